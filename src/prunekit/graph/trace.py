@@ -1,0 +1,89 @@
+"""torch.fx tracing with a readable error for untraceable code, plus shape propagation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..errors import PrunekitError
+
+
+class _Tracer(fx.Tracer):
+    """A tracer that remembers which module it was inside when tracing failed, and honours user leaves."""
+
+    def __init__(self, leaf_modules: Iterable[str | type] = ()):
+        super().__init__()
+        self.leaf_names = {x for x in leaf_modules if isinstance(x, str)}
+        self.leaf_types = tuple(x for x in leaf_modules if isinstance(x, type))
+        self.stack: list[tuple[str, str]] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.stack.append((self.path_of_module(m), type(m).__name__))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.stack.pop()
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
+    """Symbolically trace ``model``; a failure names the innermost module and suggests marking it a leaf."""
+    tracer = _Tracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, RuntimeError ...
+        where = tracer.stack[-1] if tracer.stack else None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if where and where[0]:
+            raise PrunekitError(
+                f"cannot trace the model with torch.fx inside module '{where[0]}' ({where[1]}): {first}. "
+                f"Mark it as a leaf (leaf_modules=['{where[0]}'] / --leaf {where[0]}); its channels are then left "
+                "unpruned") from None
+        raise PrunekitError(f"cannot trace the model with torch.fx: {type(e).__name__}: {first}") from None
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.shapes: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.shapes[n.name] = _shape_of(out)
+        return out
+
+
+def _shape_of(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return tuple(v.shape)
+    if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size):
+        return tuple(_shape_of(x) for x in v)
+    return None
+
+
+@torch.no_grad()
+def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, Any]:
+    """Run ``gm`` once on ``example`` and return ``{node name: output shape}`` (tuples for tuple outputs).
+
+    Buffers (BN running stats) are restored afterwards, so tracing in train mode leaves the model unchanged.
+    """
+    saved = {k: v.clone() for k, v in gm.named_buffers()}
+    rec = _ShapeRecorder(gm)
+    try:
+        rec.run(example)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrunekitError(f"the model fails on an input of shape {list(example.shape)}: {first}") from None
+    finally:
+        bufs = dict(gm.named_buffers())
+        for k, v in saved.items():
+            bufs[k].copy_(v)
+    return rec.shapes

@@ -1,0 +1,32 @@
+"""Model registry, MobileNet V1, torchvision adapters and the saved-model format."""
+
+from . import mobilenet_v1 as _mobilenet_v1  # noqa: F401  (registers "mobilenet_v1")
+from ._registry import (
+    TORCHVISION_PREFIX,
+    create_model,
+    default_input,
+    list_models,
+    register_model,
+    torchvision_classification_models,
+)
+from .mobilenet_v1 import MobileNetV1, scale_channels
+from .serialization import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputSpec,
+    ModelSpec,
+    apply_layer_shapes,
+    layer_shape,
+    layer_shapes,
+    load_model,
+    read_spec,
+    save_model,
+    set_submodule,
+)
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "MobileNetV1", "ModelSpec", "TORCHVISION_PREFIX",
+    "apply_layer_shapes", "create_model", "default_input", "layer_shape", "layer_shapes", "list_models",
+    "load_model", "read_spec", "register_model", "save_model", "scale_channels", "set_submodule",
+    "torchvision_classification_models",
+]
