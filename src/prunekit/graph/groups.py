@@ -214,7 +214,11 @@ class DependencyGraph:
         return [(int(g), np.flatnonzero(gid == g), loc[gid == g]) for g in np.unique(gid)]
 
     def slots_of(self, module: str) -> list[Slot]:
-        return [s for s in self.state.slots if s.module == module]
+        if not hasattr(self, "_slots_by_module"):
+            self._slots_by_module: dict[str, list[Slot]] = {}
+            for s in self.state.slots:
+                self._slots_by_module.setdefault(s.module, []).append(s)
+        return self._slots_by_module.get(module, [])
 
     # -- reporting -----------------------------------------------------------------------------
     def plan(self, layers: str | Sequence[str] = "pointwise", exclude: str | None = None) -> dict[str, Any]:

@@ -97,6 +97,12 @@ def mask_points(graph: DependencyGraph, groups: Sequence[Group]) -> dict[str, li
     return out
 
 
+def _mark(fn):
+    """Tag a hook as ours so that ``prunekit.strip`` can find it, even on a deep copy of the model."""
+    fn._prunekit = True
+    return fn
+
+
 class MaskHooks:
     """Installs mask points as forward hooks; ``flat()`` returns the current flat mask vector (+ trailing 1)."""
 
@@ -106,6 +112,8 @@ class MaskHooks:
         self.handles: list = []
         self._cache: dict[tuple, tuple[int, torch.Tensor]] = {}
         self._calls: dict[str, int] = {}
+        # observer(point, tensor before mask, tensor after mask): used to collect Taylor importance
+        self.observer: Callable[[MaskPoint, torch.Tensor, torch.Tensor], None] | None = None
         self._install()
 
     def _mode(self) -> str:
@@ -143,18 +151,24 @@ class MaskHooks:
                     p = lookup(name, by_mode)
                     if p is None or not isinstance(out, torch.Tensor):
                         return None
-                    return out * self._mask(p, (name, "o", p.call, self._mode()), out)
+                    y = out * self._mask(p, (name, "o", p.call, self._mode()), out)
+                    if self.observer is not None:
+                        self.observer(p, out, y)
+                    return y
 
-                self.handles.append(modules[name].register_forward_hook(hook))
+                self.handles.append(modules[name].register_forward_hook(_mark(hook)))
             else:
                 def pre_hook(mod, args, name=name, by_mode=by_mode):
                     p = lookup(name, by_mode)
                     if p is None or not args or not isinstance(args[0], torch.Tensor):
                         return None
                     x = args[0]
-                    return (x * self._mask(p, (name, "i", p.call, self._mode()), x),) + tuple(args[1:])
+                    y = x * self._mask(p, (name, "i", p.call, self._mode()), x)
+                    if self.observer is not None:
+                        self.observer(p, x, y)
+                    return (y,) + tuple(args[1:])
 
-                self.handles.append(modules[name].register_forward_pre_hook(pre_hook))
+                self.handles.append(modules[name].register_forward_pre_hook(_mark(pre_hook)))
         if counting:  # modules called at several places: count calls within one forward pass
             def reset(mod, args):
                 calls.clear()
@@ -162,10 +176,10 @@ class MaskHooks:
             def count(mod, inp, out, name):
                 calls[name] = calls.get(name, 0) + 1
 
-            self.handles.append(self.model.register_forward_pre_hook(reset))
+            self.handles.append(self.model.register_forward_pre_hook(_mark(reset)))
             for name in {n for n, _ in table}:
                 self.handles.append(modules[name].register_forward_hook(
-                    lambda mod, inp, out, name=name: count(mod, inp, out, name)))
+                    _mark(lambda mod, inp, out, name=name: count(mod, inp, out, name))))
 
     def invalidate(self) -> None:
         self._cache.clear()

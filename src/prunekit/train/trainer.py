@@ -219,7 +219,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
                                   augment=cfg.augment, num_workers=cfg.num_workers)
         epoch_end = min(total, (epoch + 1) * steps_per_epoch)
         bar = tqdm(total=epoch_end - step, desc=f"[{desc}] epoch {epoch + 1}/{math.ceil(total / steps_per_epoch)}",
-                   disable=not ctx.is_main or (show is False), leave=False, unit="step",
+                   disable=True if (not ctx.is_main or show is False) else (None if show is None else False),
+                   leave=False, unit="step",
                    mininterval=1.0, dynamic_ncols=True)
         for x, y in batches:
             if step >= epoch_end:

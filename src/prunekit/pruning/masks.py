@@ -1,0 +1,73 @@
+"""Mask state: per-group binary buffers on the model, and hooks that apply them in the forward pass.
+
+Masks are buffers of a ``prunekit_masks`` submodule, so they travel in every ``state_dict`` (checkpoints,
+DDP buffer broadcast). The hooks multiply the output of the last non-zero-preserving op of each group
+(typically the BatchNorm after a conv) by its mask, which makes the masked model compute exactly what
+surgery will produce. ``strip`` removes all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..graph import Group
+
+MASK_MODULE = "prunekit_masks"
+
+
+class MaskBank(nn.Module):
+    """One float buffer of 1s (keep) and 0s (pruned) per channel group."""
+
+    def __init__(self, groups: Sequence[Group]):
+        super().__init__()
+        self.group_names = [g.name for g in groups]
+        for i, g in enumerate(groups):
+            self.register_buffer(f"g{i}", torch.ones(g.size))
+        self._flat: tuple[int, torch.Tensor] | None = None
+
+    def masks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"g{i}") for i in range(len(self.group_names))]
+
+    def version(self) -> int:
+        """Changes whenever a mask buffer is modified in place (optimizer-free, DDP broadcast, load)."""
+        return sum(m._version for m in self.masks()) + sum(m.data_ptr() % 1_000_003 for m in self.masks())
+
+    def flat(self) -> torch.Tensor:
+        """All masks concatenated, plus a trailing constant 1 (for channels outside the selected groups)."""
+        v = self.version()
+        if self._flat is None or self._flat[0] != v:
+            ms = self.masks()
+            one = torch.ones(1, device=ms[0].device if ms else "cpu")
+            self._flat = (v, torch.cat(ms + [one]))
+        return self._flat[1]
+
+    def get(self, name: str) -> torch.Tensor:
+        return getattr(self, f"g{self.group_names.index(name)}")
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - never called
+        raise RuntimeError("MaskBank holds masks; it is not a layer")
+
+
+def attach_bank(model: nn.Module, groups: Sequence[Group]) -> MaskBank:
+    if hasattr(model, MASK_MODULE):
+        raise ValueError("model already carries prunekit masks; call prunekit.strip(model) first")
+    bank = MaskBank(groups)
+    p = next(model.parameters(), None)
+    if p is not None:
+        bank.to(p.device)
+    model.add_module(MASK_MODULE, bank)
+    return bank
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Remove every prunekit hook and the mask buffers from ``model`` (in place); returns the model."""
+    for m in model.modules():
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            for k in [k for k, fn in hooks.items() if getattr(fn, "_prunekit", False)]:
+                del hooks[k]
+    if hasattr(model, MASK_MODULE):
+        delattr(model, MASK_MODULE)
+    return model

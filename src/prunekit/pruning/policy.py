@@ -1,0 +1,260 @@
+"""Pruning policy: which groups, how many channels each keeps, and the config object that says so."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import PrunekitError, closest
+from ..graph import DependencyGraph, Group
+from .criteria import CRITERIA
+from .schedules import Schedule, from_config
+
+SCOPES = ("local", "global")
+TARGETS = ("channels", "macs", "params")
+
+
+@dataclass
+class Override:
+    """Per-layer override, matched by regex against a group's producing layers.
+
+    ``sparsity`` replaces the final sparsity for matching groups (the schedule is scaled accordingly);
+    ``exclude`` leaves them alone.
+    """
+
+    layers: str
+    sparsity: float | None = None
+    exclude: bool = False
+
+
+@dataclass
+class PruningConfig:
+    """Everything that defines a pruning run (``prune_(model, PruningConfig(...))``).
+
+    Args:
+        schedule: a :class:`Schedule` or its config (``{"kind": "polynomial_decay", ...}``).
+        criterion: ``l1``, ``l2``, ``bn_gamma``, ``taylor`` or ``random``.
+        scope: ``local`` (each group to the target) or ``global`` (ranked across groups, normalised by
+            each group's mean score).
+        layers: ``pointwise`` (non-grouped 1x1 convs), ``all``, or regex(es) over producing layer names.
+        exclude: regex of producing layers never to prune.
+        overrides: list of :class:`Override` (or dicts).
+        round_to: keep channel counts multiples of this (8 suits int8 kernels and tensor cores).
+        min_channels: never keep fewer channels in a group.
+        target: what ``sparsity`` measures: fraction of ``channels``, of ``macs`` or of ``params`` removed.
+        taylor_batches: batches of gradient statistics gathered before each pruning step (Taylor criterion).
+        seed: for the random criterion.
+        leaf_modules: module names not traced into by torch.fx (left unpruned).
+    """
+
+    schedule: Any = field(default_factory=lambda: {"kind": "polynomial_decay", "initial_sparsity": 0.0,
+                                                   "final_sparsity": 0.5, "begin_step": 0, "end_step": 1000,
+                                                   "frequency": 100})
+    criterion: str = "l1"
+    scope: str = "local"
+    layers: str | list[str] = "pointwise"
+    exclude: str | None = None
+    overrides: list[Any] = field(default_factory=list)
+    round_to: int = 1
+    min_channels: int = 1
+    target: str = "channels"
+    taylor_batches: int = 16
+    seed: int = 0
+    leaf_modules: list[str] = field(default_factory=list)
+
+    def build_schedule(self, steps_per_epoch: int | None = None) -> Schedule:
+        if isinstance(self.schedule, Schedule):
+            return self.schedule
+        try:
+            return from_config(self.schedule, steps_per_epoch)
+        except ValueError as e:
+            raise PrunekitError(f"prune.schedule: {e}") from None
+
+    def validate(self) -> PruningConfig:
+        if self.criterion not in CRITERIA:
+            raise PrunekitError(f"unknown criterion '{self.criterion}'{closest(self.criterion, CRITERIA)}; valid: "
+                                f"{', '.join(sorted(CRITERIA))}")
+        if self.scope not in SCOPES:
+            raise PrunekitError(f"prune.scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.target not in TARGETS:
+            raise PrunekitError(f"prune.target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        for name in ("round_to", "min_channels", "taylor_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PrunekitError(f"prune.{name} must be a positive integer, got {v!r}")
+        layers = [self.layers] if isinstance(self.layers, str) else self.layers
+        if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
+            raise PrunekitError(f"prune.layers must be 'pointwise', 'all' or regex(es), got {self.layers!r}")
+        for pat in [p for p in layers if p not in ("pointwise", "all")] + ([self.exclude] if self.exclude else []):
+            try:
+                re.compile(pat)
+            except re.error as e:
+                raise PrunekitError(f"invalid layer regex '{pat}': {e}") from None
+        self.overrides = [self._override(o) for o in self.overrides]
+        if not isinstance(self.schedule, Schedule):
+            self.build_schedule(steps_per_epoch=1)  # validates values; epoch keys checked with 1 step/epoch
+        return self
+
+    @staticmethod
+    def _override(o: Any) -> Override:
+        if isinstance(o, Override):
+            d = asdict(o)
+        elif isinstance(o, dict):
+            bad = set(o) - {"layers", "sparsity", "exclude"}
+            if bad:
+                raise PrunekitError(f"prune.overrides: unknown field '{sorted(bad)[0]}'; valid: layers, sparsity, "
+                                    "exclude")
+            d = dict(o)
+        else:
+            raise PrunekitError(f"prune.overrides entries must be mappings, got {o!r}")
+        if not isinstance(d.get("layers"), str):
+            raise PrunekitError("prune.overrides entries need a 'layers' regex")
+        try:
+            re.compile(d["layers"])
+        except re.error as e:
+            raise PrunekitError(f"invalid override regex '{d['layers']}': {e}") from None
+        s = d.get("sparsity")
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
+                              or not 0 <= s < 1):
+            raise PrunekitError(f"prune.overrides sparsity must be in [0, 1), got {s!r}")
+        return Override(d["layers"], s, bool(d.get("exclude", False)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(self.schedule, Schedule):
+            d["schedule"] = {"kind": self.schedule.kind, **self.schedule.get_config()}
+        d["overrides"] = [asdict(self._override(o)) for o in self.overrides]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruningConfig:
+        valid = list(cls.__dataclass_fields__)
+        for k in d:
+            if k not in valid:
+                raise PrunekitError(f"prune: unknown key '{k}'{closest(k, valid)}; valid: {', '.join(valid)}")
+        return cls(**d)
+
+
+# --- allocation ---------------------------------------------------------------------------------
+
+
+def _round_keep(keep: float, n: int, round_to: int, min_channels: int) -> int:
+    k = int(round(keep))
+    if round_to > 1 and k < n:
+        k = max(round_to, int(round(k / round_to)) * round_to)
+    return int(min(n, max(min(min_channels, n), k)))
+
+
+class Allocator:
+    """Turns scores and a target sparsity into keep-flags per group (monotone: pruned stays pruned)."""
+
+    def __init__(self, graph: DependencyGraph, groups: Sequence[Group], config: PruningConfig,
+                 final_sparsity: float, costs: dict[str, dict[str, float]] | None = None):
+        self.graph, self.groups, self.cfg = graph, list(groups), config
+        self.final = final_sparsity
+        self.scale: dict[int, float] = {}
+        self.excluded: set[int] = set()
+        for g in self.groups:
+            for o in config.overrides:
+                ov = o if isinstance(o, Override) else PruningConfig._override(o)
+                if any(re.search(ov.layers, p) for p in g.producers):
+                    if ov.exclude:
+                        self.excluded.add(g.id)
+                    elif ov.sparsity is not None:
+                        self.scale[g.id] = (ov.sparsity / final_sparsity) if final_sparsity > 0 else 0.0
+        self.costs = costs or {}
+
+    # -- channel-fraction allocation --
+    def local(self, scores: dict[int, np.ndarray], alive: dict[int, np.ndarray], s: float) -> dict[int, np.ndarray]:
+        out = {}
+        for g in self.groups:
+            a = alive[g.id]
+            if g.id in self.excluded:
+                out[g.id] = a.copy()
+                continue
+            sg = min(0.999, s * self.scale.get(g.id, 1.0))
+            k = _round_keep(g.size * (1 - sg), g.size, self.cfg.round_to, self.cfg.min_channels)
+            out[g.id] = _top(scores[g.id], a, min(k, int(a.sum())))
+        return out
+
+    def global_(self, scores: dict[int, np.ndarray], alive: dict[int, np.ndarray], s: float) -> dict[int, np.ndarray]:
+        fixed = {g.id for g in self.groups if g.id in self.excluded or g.id in self.scale}
+        out = self.local(scores, alive, s) if fixed else {}
+        free = [g for g in self.groups if g.id not in fixed]
+        total = sum(g.size for g in free)
+        target_keep = int(round(total * (1 - s)))
+        cand = []
+        for g in free:
+            a = alive[g.id]
+            sc = scores[g.id]
+            mean = float(sc[a].mean()) if a.any() else 1.0
+            norm = sc / mean if mean > 0 else np.zeros_like(sc)
+            for j in np.flatnonzero(a):
+                cand.append((norm[j], g.id, j))
+        cand.sort(key=lambda t: (t[0], t[1], t[2]))
+        keep_n = {g.id: int(alive[g.id].sum()) for g in free}
+        n_alive = sum(keep_n.values())
+        floor = {g.id: min(self.cfg.min_channels, g.size) for g in free}
+        for _, gid, _ in cand:
+            if n_alive <= target_keep:
+                break
+            if keep_n[gid] > floor[gid]:
+                keep_n[gid] -= 1
+                n_alive -= 1
+        for g in free:
+            k = _round_keep(keep_n[g.id], g.size, self.cfg.round_to, self.cfg.min_channels)
+            out[g.id] = _top(scores[g.id], alive[g.id], min(k, int(alive[g.id].sum())))
+        return out
+
+    def allocate(self, scores, alive, s: float) -> dict[int, np.ndarray]:
+        if s <= 0:
+            return {g.id: alive[g.id].copy() for g in self.groups}
+        fn = self.local if self.cfg.scope == "local" else self.global_
+        if self.cfg.target == "channels":
+            return fn(scores, alive, s)
+        # MAC/param targets: find the channel sparsity that removes fraction `s` of the cost.
+        full = self.cost({g.id: np.ones(g.size, dtype=bool) for g in self.groups})
+        goal = full * (1 - s)
+        lo, hi, best = 0.0, 0.999, fn(scores, alive, 0.0)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            trial = fn(scores, alive, mid)
+            if self.cost(trial) > goal:
+                lo = mid
+            else:
+                hi, best = mid, trial
+        return best if self.cost(best) <= goal * 1.0001 else fn(scores, alive, hi)
+
+    # -- cost model: MACs/params of the layers touching the selected groups --
+    def cost(self, keep: dict[int, np.ndarray]) -> float:
+        g = self.graph
+        root_keep = {}
+        for grp in self.groups:
+            for j, r in enumerate(grp.comps.tolist()):
+                root_keep[r] = bool(keep[grp.id][j])
+        keep_elem = np.fromiter((root_keep.get(int(r), True) for r in g.comp_of), dtype=bool, count=len(g.comp_of))
+        total = 0.0
+        for module, c in self.costs.items():
+            frac, seen = 1.0, set()
+            for s in g.slots_of(module):  # one factor per kind (a module called twice has twice the slots)
+                if s.kind in ("out", "in", "channel") and s.kind not in seen and len(s.labels):
+                    seen.add(s.kind)
+                    frac *= float(keep_elem[s.labels].mean())
+            total += c * frac
+        return total
+
+
+def _top(scores: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray:
+    """Keep the ``k`` highest-scoring alive components (ties broken by lower index)."""
+    idx = np.flatnonzero(alive)
+    if k >= len(idx):
+        return alive.copy()
+    order = idx[np.lexsort((idx, -scores[idx]))]
+    keep = np.zeros_like(alive)
+    keep[order[:k]] = True
+    return keep
