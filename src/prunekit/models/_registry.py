@@ -77,7 +77,7 @@ def _check_kwargs(name: str, fn: Callable, kwargs: dict[str, Any]) -> None:
     ann = inspect.signature(fn).return_annotation
     if isinstance(ann, str):
         ann = fn.__globals__.get(ann, ann)
-    if inspect.isclass(ann):
+    if inspect.isclass(ann) and ann is not inspect.Signature.empty:
         target = ann.__init__
     params = inspect.signature(target).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):

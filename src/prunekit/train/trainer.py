@@ -164,8 +164,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     if steps_per_epoch == 0:
         raise PrunekitError(f"batch size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
     total = int(round(cfg.epochs * steps_per_epoch))
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
+    stop = min(total, cfg.max_steps) if cfg.max_steps else total  # max_steps stops early; the LR schedule stays
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
@@ -210,14 +209,14 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     last_eval: dict[str, Any] = {}
     show = progress if progress is not None else None
     start_time = time.perf_counter()
-    while step < total:
+    while step < stop:
         epoch, start_batch = divmod(step, steps_per_epoch)
         model.train()
         n_seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
         batches = iterate_batches(data, "train", cfg.batch_size, train=True, seed=cfg.seed, epoch=epoch,
                                   start_batch=start_batch, device=device, rank=ctx.rank, world=ctx.world,
                                   augment=cfg.augment, num_workers=cfg.num_workers)
-        epoch_end = min(total, (epoch + 1) * steps_per_epoch)
+        epoch_end = min(stop, (epoch + 1) * steps_per_epoch)
         bar = tqdm(total=epoch_end - step, desc=f"[{desc}] epoch {epoch + 1}/{math.ceil(total / steps_per_epoch)}",
                    disable=True if (not ctx.is_main or show is False) else (None if show is None else False),
                    leave=False, unit="step",
@@ -250,6 +249,9 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < epoch_end:
                 save_checkpoint(step)
         bar.close()
+        if step < min(total, (epoch + 1) * steps_per_epoch):  # stopped by max_steps: checkpoint, no epoch row
+            save_checkpoint(step)
+            break
         seconds = time.perf_counter() - t0
         last_eval = evaluate(model, data, "test", cfg.eval_batch_size, device, ctx, cfg.amp)
         stats = torch.tensor([n_seen, loss_sum, correct], dtype=torch.float64)

@@ -1,0 +1,75 @@
+"""Shared fixtures: small real models trained on the bundled Fashion-MNIST subset (session-scoped, built once)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("PRUNEKIT_TEST", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run ``prunekit ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from prunekit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            rc = int(e.code or 0)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def run_cli_subprocess(*args: str, cwd: str | Path | None = None, timeout: float = 600,
+                       env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m prunekit ARGS`` in a subprocess (exit codes, no-traceback checks, kills)."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "prunekit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=e)
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    from prunekit.data import load_data
+
+    return load_data("bundled")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """MobileNet V1 alpha=0.25 trained ~2 epochs on the bundled subset (dense), saved as a model directory."""
+    out = tmp_path_factory.mktemp("tiny_train")
+    rc, so, se = run_cli("train", "--data", "bundled", "--width", "0.25", "--epochs", "2", "--lr", "0.1",
+                         "--out", out, "--device", "cpu")
+    assert rc == 0, se
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def pruned_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model pruned to 50% of pointwise channels (gradual, 1 epoch), saved with its masks."""
+    out = tmp_path_factory.mktemp("tiny_prune")
+    rc, so, se = run_cli("prune", "--model", tiny_model_dir, "--data", "bundled", "--final-sparsity", "0.5",
+                         "--epochs", "1", "--round-to", "4", "--out", out, "--device", "cpu")
+    assert rc == 0, se
+    return out / "model"
+
+
+@pytest.fixture(scope="session")
+def shrunk_model_dir(pruned_model_dir, tmp_path_factory) -> Path:
+    """The pruned model after surgery (physically smaller)."""
+    out = tmp_path_factory.mktemp("tiny_shrunk") / "model"
+    rc, so, se = run_cli("surgery", "--model", pruned_model_dir, "--out", out)
+    assert rc == 0, se
+    return out

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.graph import DependencyGraph
+from prunekit.pruning import PruningConfig, get_criterion, prune_
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 2, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 3, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        x = self.conv2(torch.relu(self.bn(self.conv1(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def constructed():
+    net = Net().eval()
+    with torch.no_grad():
+        # channel 0: one big weight (L1 2, L2 2); channel 1: spread (L1 3.5, L2 1.80); 2 tiny; 3 medium
+        net.conv1.weight.copy_(torch.tensor([[2, 0, 0, 0], [1, 1, 1, 0.5], [0.1, 0, 0, 0], [1, 1, 0, 0]],
+                                            dtype=torch.float).view(4, 1, 2, 2))
+        net.bn.weight.copy_(torch.tensor([0.1, 5.0, 1.0, 2.0]))
+    g = DependencyGraph(net, (1, 6, 6))
+    return net, g, [g.by_name["conv1"]]
+
+
+def ranking(scores):
+    return list(np.argsort(-scores))
+
+
+def test_l1_and_l2_rank_filters_by_their_norm():
+    net, g, groups = constructed()
+    l1 = get_criterion("l1").scores(net, g, groups)[groups[0].id]
+    l2 = get_criterion("l2").scores(net, g, groups)[groups[0].id]
+    assert l1 == pytest.approx([2, 3.5, 0.1, 2])
+    assert l2 == pytest.approx([2, np.sqrt(3.25), 0.1, np.sqrt(2)])
+    assert ranking(l1)[0] == 1 and ranking(l2)[0] == 0  # the two norms disagree on purpose
+
+
+def test_bn_gamma_ranks_by_abs_gamma():
+    net, g, groups = constructed()
+    s = get_criterion("bn_gamma").scores(net, g, groups)[groups[0].id]
+    assert ranking(s) == [1, 3, 2, 0]
+
+
+def test_taylor_scores_zero_for_a_channel_the_loss_ignores():
+    net, g, _ = constructed()
+    with torch.no_grad():
+        net.conv2.weight[:, 2] = 0  # channel 2 never reaches the loss
+    pruner = prune_(net, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.25}, criterion="taylor",
+                                       layers="conv1"), (1, 6, 6))
+    x = torch.randn(16, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1))
+    assert pruner.calibrate([(x, y)] * 3) == 3
+    scores = pruner._taylor_scores()[pruner.groups[0].id]
+    assert scores[2] == 0 and (np.delete(scores, 2) > 0).all()
+    pruner.step(0)
+    assert pruner.removed() == {"conv1": [2]}
+
+
+def test_random_is_seeded_and_changes_with_step():
+    net, g, groups = constructed()
+    a = get_criterion("random", seed=1).scores(net, g, groups, step=5)[groups[0].id]
+    b = get_criterion("random", seed=1).scores(net, g, groups, step=5)[groups[0].id]
+    c = get_criterion("random", seed=1).scores(net, g, groups, step=6)[groups[0].id]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_unknown_criterion():
+    with pytest.raises(PrunekitError, match="unknown criterion 'l3'"):
+        get_criterion("l3")
