@@ -96,3 +96,10 @@ def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names (shipped with prunekit)."""
     path = Path(__file__).parent / "models" / "imagenet_classes.txt"
     return path.read_text(encoding="utf-8").splitlines()
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids (``n01440764`` ...), aligned with :func:`imagenet_classes`."""
+    from .data.classes import imagenet_wnids as _wnids
+
+    return _wnids()

@@ -95,6 +95,17 @@ def model_data(loaded, data: str, data_dir: str | None, seed: int = 0):
     bundle = make_data(d, inp.channels, list(inp.size), seed=seed)
     bundle.mean, bundle.std = list(inp.mean), list(inp.std)  # normalise exactly as the model was trained
     names = loaded.spec.class_names
-    if names is not None and len(names) != bundle.num_classes:
-        raise PrunekitError(f"the model has {len(names)} classes but the {data} data has {bundle.num_classes}")
+    if names is not None and list(names) != list(bundle.class_names):
+        # Folders named after (a subset of) the model's classes, or ImageNet wnids, are mapped onto the
+        # model's class indices; otherwise the counts must agree and labels are taken in order.
+        from ..data.classes import class_index_map, relabel
+
+        match = class_index_map(bundle.class_names, names)
+        if match is not None:
+            mapping, how = match
+            bundle = relabel(bundle, mapping, names)
+            bundle.notes["class_map"] = how
+        elif len(names) != bundle.num_classes:
+            raise PrunekitError(f"the model has {len(names)} classes but the {data} data has {bundle.num_classes}, "
+                                "and its class names are neither a subset of the model's nor ImageNet wnids")
     return bundle
