@@ -54,3 +54,10 @@ def test_unwritable_output_dir_is_reported_before_work(tmp_path):
                 check_writable_dir(ro)
     finally:
         ro.chmod(0o700)
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    write_json(tmp_path / "p.json", {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -69,7 +69,7 @@ class TrainCfg:
     amp: bool = F(True, "bf16 autocast on CUDA")
     channels_last: bool = F(True, "channels_last memory format on CUDA")
     compile: bool = F(False, "torch.compile the model")
-    sync_bn: bool = F(False, "SyncBatchNorm under DDP (CUDA)")
+    sync_bn: bool = F(False, "synchronised BatchNorm under DDP (torch SyncBatchNorm on CUDA, prunekit's all-reduce BN on CPU)")
     checkpoint_every: int = F(0, "also checkpoint every N steps (0: each epoch only)", lo=0)
     max_steps: int = F(0, "stop after N steps (0: no limit)", lo=0)
 

@@ -76,8 +76,9 @@ class DependencyGraph:
         gm = trace(model, self.leaf_modules)
         p = next(model.parameters(), None)
         dev = p.device if p is not None else torch.device("cpu")
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
         batch = 1 if mode == "eval" else 2
-        shapes = propagate_shapes(gm, torch.zeros(batch, *self.input_shape, device=dev))
+        shapes = propagate_shapes(gm, torch.zeros(batch, *self.input_shape, device=dev, dtype=dtype))
         Analyzer(gm, shapes, self.state, mode).run()
         self.modes.append(mode)
         self.shapes[mode] = shapes

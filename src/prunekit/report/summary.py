@@ -85,7 +85,8 @@ def profile(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> Profi
     try:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-        model(torch.zeros(1, *input_shape, device=device))
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     finally:
         for h in hooks:
             h.remove()

@@ -47,7 +47,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False
-    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    sync_bn: bool = False  # synchronised BatchNorm under DDP (CUDA and CPU/gloo)
     num_workers: int = 0
     eval_batch_size: int = 512
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
@@ -108,6 +108,8 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size
                                                rank=ctx.rank, world=ctx.world)):
         if max_batches and i >= max_batches:
             break
+        if next(model.parameters()).dtype == torch.float64:
+            x = x.double()
         with _autocast(device, amp):
             logits = model(x).float()
         c1, c5 = accuracy(logits, y)
@@ -170,6 +172,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     if device.type == "cuda" and cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
+    param_dtype = next(model.parameters()).dtype
     step, metrics_rows = 0, []
 
     ckpt_path = out / CHECKPOINT if out else None
@@ -189,10 +192,15 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
         metrics_rows = _read_metrics(out / METRICS, max_step=step)
         _write_metrics(out / METRICS, metrics_rows)
 
+    if device.type == "cuda":  # datasets that fit: keep them on the GPU, augment there (no 2-core loader stall)
+        data = data.to(device)
     train_model: nn.Module = model
+    restore_bn = None
     if ctx.enabled:
-        if cfg.sync_bn and device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.sync_bn:
+            from .syncbn import swap_sync_batchnorm
+
+            restore_bn = swap_sync_batchnorm(model, device)
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True)
     if cfg.compile:
@@ -229,6 +237,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
                 if rec and out and ctx.is_main:
                     _append_metrics(out / METRICS, {"step": step, "epoch": step / steps_per_epoch, **rec})
             set_lr(optimizer, cosine_lr(step, total, cfg.lr, warmup, cfg.min_lr))
+            if param_dtype == torch.float64:  # double-precision models (exactness checks) get double inputs
+                x = x.double()
             if device.type == "cuda" and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.amp):
@@ -270,6 +280,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
         save_checkpoint(step)
     if not last_eval:  # resumed after the last step, or zero epochs
         last_eval = evaluate(model, data, "test", cfg.eval_batch_size, device, ctx, cfg.amp)
+    if restore_bn is not None:
+        restore_bn()
     return {"steps": step, "total_steps": total, "test": last_eval,
             "seconds": time.perf_counter() - start_time}
 

@@ -1,0 +1,42 @@
+"""Regenerate docs/config.md from the config schema: `python scripts/gen_config_doc.py`."""
+
+from pathlib import Path
+
+from prunekit.config import describe
+
+HEAD = """# Run configuration (`prunekit run CONFIG.yaml`)
+
+Every key has a default; a config file lists only what it changes. `--set key.sub=value` overrides any key (the
+value is parsed as YAML, e.g. `--set export.formats=[onnx]`). Unknown keys, wrong types and out-of-range values
+are rejected before any work starts, naming the key and the closest valid one. The resolved config is saved as
+`OUT/config.yaml`. Shipped configs: `configs/demo.yaml` (bundled data, minutes on 2 CPU cores),
+`configs/fashion_mnist.yaml` (full Fashion-MNIST, GPU-sized), `configs/imagenet_mobilenet_v1.yaml` (ImageFolder,
+starts from an imported model).
+
+**Stages and what they depend on.** `train` (model, data, train, seed; or `model.init`) → `prune` (prune) →
+`surgery` → `finetune` (finetune, train) → `export` (export) → `quantize` (quantize) → `evaluate` (bench) →
+`predict` (predict) → `report`. A stage reruns when its own keys or an earlier stage changed; `--from STAGE`
+forces a rerun.
+
+**The pruning schedule** follows TF Model Optimization: between the begin and end step, every `frequency` steps,
+the target sparsity is `final + (initial - final) * (1 - p)^power` (`p` = progress in [0, 1]; `constant` and
+`one_shot` use `final_sparsity` throughout), and in every selected group the lowest-ranked channels are masked
+until that fraction is gone. Steps can be given in epochs (`begin_epoch`, `end_epoch`); by default pruning ends
+at 60% of `prune.epochs`, leaving the rest to recover. The final target is also applied at `end_step` itself.
+`prune.lr`/`finetune.lr` default to `train.lr / 5`.
+
+"""
+
+
+def main() -> None:
+    lines = [HEAD, "| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, t, default, doc in describe():
+        d = "null" if default is None else f"`{default!r}`"
+        lines.append(f"| `{key}` | {t} | {d} | {doc} |")
+    out = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Size, MACs, latency and throughput of model directories across runtimes: PyTorch eager fp32, ONNX Runtime
+fp32 and ONNX Runtime int8 (CPU).
+
+For each model directory the fp32 ONNX and int8 ONNX files are produced with the same code as ``prunekit
+export`` / ``prunekit quantize`` and cached in ``<model dir>/.bench/<key>/`` (key: hash of the model files and
+settings; a temporary directory when the model directory is read-only). int8 calibration uses the bundled
+Fashion-MNIST training images when the model takes 1x28x28 Fashion-MNIST input, otherwise synthetic images
+of the right shape (calibration quality does not change speed or size). A masked model is benchmarked in its
+shrunk form (what export deploys). Timing: warm-up runs, then ``repeats`` timed runs per batch size (capped
+by ``max_seconds``), with ``torch.set_num_threads(N)`` and ORT ``intra_op_num_threads=N``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import PrunekitError
+
+RUNTIMES = ("pytorch_fp32", "ort_fp32", "ort_int8")
+RUNTIME_LABELS = {"pytorch_fp32": "PyTorch eager fp32", "ort_fp32": "ONNX Runtime fp32", "ort_int8": "ONNX Runtime int8"}
+CACHE_DIR = ".bench"
+
+
+@dataclass
+class BenchSettings:
+    batches: tuple[int, ...] = (1, 32)
+    threads: int | None = None  # None/0: all cores available to this process
+    repeats: int = 50
+    warmup: int = 5
+    max_seconds: float = 20.0  # per (model, runtime, batch) measurement
+    calib_samples: int = 256
+    opset: int = 18
+    cache_dir: str | None = None  # default: <model dir>/.bench
+
+    def resolved_threads(self) -> int:
+        return int(self.threads) if self.threads else available_cores()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(),
+            "logical_cores": os.cpu_count(), "available_cores": available_cores(),
+            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+            "numpy": np.__version__, "prunekit": __version__}
+
+
+def time_runs(fn: Callable[[], Any], warmup: int, repeats: int, max_seconds: float) -> np.ndarray:
+    """Per-run wall times (s): ``warmup`` untimed runs, then up to ``repeats`` timed ones (>= 3, time-capped)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 3 and time.perf_counter() - start > max_seconds:
+            break
+    return np.asarray(times)
+
+
+def stats(times: np.ndarray, batch: int) -> dict[str, Any]:
+    p50 = float(np.percentile(times, 50))
+    return {"batch": batch, "runs": int(len(times)), "p50_ms": 1e3 * p50, "p90_ms": 1e3 * float(np.percentile(times, 90)),
+            "mean_ms": 1e3 * float(times.mean()), "min_ms": 1e3 * float(times.min()),
+            "img_per_s": batch / p50 if p50 > 0 else None}
+
+
+def _model_key(directory: Path, s: BenchSettings) -> str:
+    h = hashlib.sha256()
+    for name in ("model.json", "model.safetensors", "masks.safetensors"):
+        f = directory / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    h.update(f"{__version__}|opset{s.opset}|calib{s.calib_samples}".encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_dir(directory: Path, s: BenchSettings) -> tuple[Path, bool]:
+    """(cache dir, is_temporary)."""
+    from ..io import check_writable_dir
+
+    base = Path(s.cache_dir) / directory.resolve().name if s.cache_dir else directory / CACHE_DIR
+    try:
+        return check_writable_dir(base / _model_key(directory, s), "bench cache"), False
+    except PrunekitError:
+        return Path(tempfile.mkdtemp(prefix="prunekit-bench-")), True
+
+
+def _calibration(meta, samples: int):
+    """(batches, description): bundled Fashion-MNIST when the input matches, else synthetic images."""
+    from ..data import FASHION_MNIST_CLASSES, load_data
+    from ..export import calibration_batches
+
+    c, h, w = meta.input_shape
+    if (c, h, w) == (1, 28, 28) and meta.class_names == FASHION_MNIST_CLASSES:
+        bundle, desc = load_data("bundled"), "bundled Fashion-MNIST (train)"
+    else:
+        bundle = load_data("synthetic", channels=c, size=[h, w], train_size=samples, test_size=2)
+        desc = f"synthetic {c}x{h}x{w}"
+    bundle.mean, bundle.std = list(meta.input.mean), list(meta.input.std)
+    return calibration_batches(bundle, samples), desc
+
+
+def prepare(directory: str | os.PathLike, s: BenchSettings, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Load a model directory, export fp32 ONNX and quantize int8 (cached). Returns paths, sizes, profile."""
+    from ..api import load
+    from ..export import DeployMeta, deployable, export_onnx, quantize_onnx, read_sidecar
+    from ..report.summary import profile
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        if directory.exists():
+            raise PrunekitError(f"bench takes model directories (with model.json + model.safetensors), got a file: "
+                                f"{directory}")
+        raise PrunekitError(f"model directory not found: {directory}")
+    loaded = load(directory)
+    model, note = deployable(loaded)
+    meta = DeployMeta.from_spec(loaded.spec, "onnx")
+    prof = profile(model, meta.input_shape)
+    cache, temporary = _cache_dir(directory, s)
+    fp32, int8 = cache / "model.onnx", cache / "model.int8.onnx"
+    calib_desc = None
+    if not (fp32.is_file() and read_sidecar(fp32) is not None):
+        if log:
+            log(f"exporting {directory} to ONNX ...")
+        export_onnx(model, DeployMeta.from_spec(loaded.spec, "onnx"), fp32, opset=s.opset)
+    if not (int8.is_file() and read_sidecar(int8) is not None):
+        if log:
+            log(f"quantizing {directory} to int8 ...")
+        batches, calib_desc = _calibration(meta, s.calib_samples)
+        quantize_onnx(fp32, int8, batches, calib_source=calib_desc)
+    if calib_desc is None:
+        side = read_sidecar(int8)
+        calib_desc = side.info.get("quantization", {}).get("calib_data") if side else None
+    weights = directory / "model.safetensors"
+    full = directory.resolve()
+    return {"name": full.parent.name if full.name == "model" else full.name,
+            "path": str(directory), "model": model, "meta": meta, "note": note, "params": prof.params,
+            "macs": prof.macs, "input_shape": list(meta.input_shape),
+            "sizes": {"safetensors": weights.stat().st_size, "onnx_fp32": fp32.stat().st_size,
+                      "onnx_int8": int8.stat().st_size},
+            "files": {"onnx_fp32": str(fp32), "onnx_int8": str(int8)}, "calibration": calib_desc,
+            "cache": str(cache), "cache_temporary": temporary}
+
+
+def bench_model(directory: str | os.PathLike, s: BenchSettings, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark one model directory on the three runtimes."""
+    from .runtime import TorchRuntime, load_onnx
+
+    prep = prepare(directory, s, log)
+    threads = s.resolved_threads()
+    runtimes = {"pytorch_fp32": TorchRuntime(Path(directory), prep["meta"], prep["model"].eval(), "pytorch"),
+                "ort_fp32": load_onnx(prep["files"]["onnx_fp32"], threads),
+                "ort_int8": load_onnx(prep["files"]["onnx_int8"], threads)}
+    g = np.random.default_rng(0)
+    inputs = {b: g.standard_normal((b, *prep["meta"].input_shape)).astype(np.float32) for b in s.batches}
+    results: dict[str, Any] = {}
+    for name, rt in runtimes.items():
+        if log:
+            log(f"timing {prep['name']}: {RUNTIME_LABELS[name]} ...")
+        per_batch = {}
+        for b, x in inputs.items():
+            times = time_runs(lambda rt=rt, x=x: rt.predict_logits(x), s.warmup, s.repeats, s.max_seconds)
+            per_batch[str(b)] = stats(times, b)
+        results[name] = per_batch
+    if prep["cache_temporary"]:
+        shutil.rmtree(prep["cache"], ignore_errors=True)
+    out = {k: v for k, v in prep.items() if k not in ("model", "meta", "files", "cache_temporary")}
+    out["files"] = prep["files"] if not prep["cache_temporary"] else None
+    out["runtimes"] = results
+    return out
+
+
+def headline(m: dict[str, Any], s: BenchSettings) -> dict[str, Any]:
+    """The numbers compared side by side: latency at the smallest batch, throughput at the largest."""
+    b_lat, b_thr = str(min(s.batches)), str(max(s.batches))
+    h: dict[str, Any] = {"params": m["params"], "macs": m["macs"], **{f"size_{k}": v for k, v in m["sizes"].items()}}
+    for r in RUNTIMES:
+        h[f"{r}_p50_ms"] = m["runtimes"][r][b_lat]["p50_ms"]
+        h[f"{r}_p90_ms"] = m["runtimes"][r][b_lat]["p90_ms"]
+        h[f"{r}_img_per_s"] = m["runtimes"][r][b_thr]["img_per_s"]
+    return h
+
+
+def bench(model_dirs: Sequence[str | os.PathLike], settings: BenchSettings | None = None,
+          log: Callable[[str], None] | None = None, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Benchmark several model directories; ratios are relative to the first one.
+
+    ``names`` labels the columns (default: the directory name, or its parent's for ``RUN/model``).
+    """
+    s = settings or BenchSettings()
+    if not model_dirs:
+        raise PrunekitError("no models to benchmark")
+    if names is not None and len(names) != len(model_dirs):
+        raise PrunekitError(f"{len(names)} names for {len(model_dirs)} models")
+    if any(b < 1 for b in s.batches) or not s.batches:
+        raise PrunekitError(f"batch sizes must be positive integers, got {list(s.batches)}")
+    threads = s.resolved_threads()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        models = [bench_model(d, s, log) for d in model_dirs]
+        for m, name in zip(models, names or [], strict=False):
+            m["name"] = str(name)
+        seen: dict[str, int] = {}
+        for m in models:  # unique column names
+            seen[m["name"]] = seen.get(m["name"], 0) + 1
+            if seen[m["name"]] > 1:
+                m["name"] = f"{m['name']}#{seen[m['name']]}"
+    finally:
+        torch.set_num_threads(old)
+    heads = [headline(m, s) for m in models]
+    for m, h in zip(models, heads, strict=True):
+        m["headline"] = h
+    ratios = []
+    for m, h in zip(models[1:], heads[1:], strict=True):
+        ratios.append({"model": m["name"], "vs": models[0]["name"],
+                       **{k: (v / heads[0][k] if heads[0][k] else None) for k, v in h.items()}})
+    return {"machine": machine_info(), "settings": {**asdict(s), "threads": threads,
+                                                      "latency_batch": min(s.batches),
+                                                      "throughput_batch": max(s.batches)},
+            "models": models, "ratios": ratios}
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _rows(result: dict[str, Any]) -> list[tuple[str, str, Callable[[float], str]]]:
+    from ..report.summary import human
+
+    st = result["settings"]
+    bl, bt = st["latency_batch"], st["throughput_batch"]
+    rows = [("params", "params", lambda v: human(v)), ("MACs", "macs", lambda v: human(v)),
+            ("model.safetensors", "size_safetensors", _fmt_bytes), ("ONNX fp32 file", "size_onnx_fp32", _fmt_bytes),
+            ("ONNX int8 file", "size_onnx_int8", _fmt_bytes)]
+    for r in RUNTIMES:
+        lab = RUNTIME_LABELS[r]
+        rows.append((f"{lab} p50 @{bl} (ms)", f"{r}_p50_ms", lambda v: f"{v:.3f}"))
+        rows.append((f"{lab} p90 @{bl} (ms)", f"{r}_p90_ms", lambda v: f"{v:.3f}"))
+        rows.append((f"{lab} @{bt} (img/s)", f"{r}_img_per_s", lambda v: f"{v:,.0f}"))
+    return rows
+
+
+def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    models, ratios = result["models"], result["ratios"]
+    header = ["metric", models[0]["name"]]
+    for m in models[1:]:
+        header += [m["name"], f"{m['name']}/{models[0]['name']}"]
+    body = []
+    for label, key, fmt in _rows(result):
+        row = [label, fmt(models[0]["headline"][key])]
+        for m, r in zip(models[1:], ratios, strict=True):
+            v = r.get(key)
+            row += [fmt(m["headline"][key]), "-" if v is None else f"{v:.3g}x"]
+        body.append(row)
+    return header, body
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A fixed-width table: one column per model, plus a ratio column (model / first model) for the others."""
+    header, body = _table(result)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
+    mach = result["machine"]
+    st = result["settings"]
+    out = [line(header), "-" * len(line(header)), *[line(r) for r in body], "",
+           f"machine: {mach['cpu']} ({mach['available_cores']}/{mach['logical_cores']} cores), {mach['platform']}; "
+           f"torch {mach['torch']}, onnxruntime {mach['onnxruntime']}; threads {st['threads']}, "
+           f"up to {st['repeats']} timed runs after {st['warmup']} warm-up"]
+    for m in result["models"]:
+        if m.get("note"):
+            out.append(f"note ({m['name']}): benchmarked the shrunk form of a masked model")
+    return "\n".join(out)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    header, body = _table(result)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines)

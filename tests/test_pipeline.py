@@ -1,0 +1,129 @@
+"""The one-command pipeline: stages, skipping, partial reruns, kill + resume, report schema."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prunekit.config import parse_config
+from prunekit.pipeline import STAGES, Pipeline
+
+TINY = {
+    "seed": 0,
+    "model": {"width": 0.25},
+    "data": {"name": "synthetic"},
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 0.5},
+    "prune": {"epochs": 2, "final_sparsity": 0.5, "schedule": {"end_epoch": 1.5}},
+    "finetune": {"epochs": 1},
+    "export": {"formats": ["onnx"]},
+    "quantize": {"calib_samples": 64},
+    "bench": {"repeats": 3},
+}
+
+
+def run(out, start=None, **over):
+    import copy
+
+    d = copy.deepcopy(TINY)
+    for k, v in over.items():
+        sec, key = k.split("__")
+        d.setdefault(sec, {})[key] = v
+    d["out"] = str(out)
+    logs = []
+    pipe = Pipeline(parse_config(d), log=logs.append)
+    pipe.run(start)
+    return pipe, logs
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe")
+    pipe, logs = run(out)
+    return out, pipe, logs
+
+
+def test_every_stage_runs_and_report_schema(first_run):
+    out, pipe, logs = first_run
+    assert [ln.split("]")[0][1:] for ln in logs if ln.endswith("running")] == list(STAGES)
+    doc = json.loads((out / "report.json").read_text())
+    for stage in ("dense", "pruned", "finetuned", "int8"):
+        s = doc["stages"][stage]
+        assert {"top1", "top5", "params", "macs", "size_bytes", "latency_ms"} <= set(s)
+        assert 0 <= s["top1"] <= 100 and s["params"] > 0
+    assert doc["stages"]["pruned"]["params"] < doc["stages"]["dense"]["params"]
+    assert doc["surgery"]["max_abs_diff"] <= 1e-4
+    assert len(doc["predict"]["top5"]) == 5 and {"label", "prob"} <= set(doc["predict"]["top5"][0])
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "<table>" in html
+    assert (out / "report.md").read_text().startswith("# prunekit report")
+    for f in ("config.yaml", "stages/export/model.onnx", "stages/quantize/model.int8.onnx",
+              "stages/prune/summary.md", "stages/prune/kept_channels.png", "stages/predict/sample.png"):
+        assert (out / f).is_file(), f
+
+
+def test_rerun_skips_everything_and_changes_rerun_from_the_changed_stage(first_run):
+    out, _, _ = first_run
+    t0 = time.perf_counter()
+    _, logs = run(out)
+    assert all(ln.endswith("skipped") for ln in logs) and len(logs) == len(STAGES)
+    assert time.perf_counter() - t0 < 20
+    _, logs = run(out, prune__final_sparsity=0.3)
+    ran = [ln.split("]")[0][1:] for ln in logs if ln.endswith("running")]
+    assert ran == list(STAGES[1:])  # train was reused
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["config"]["prune"]["final_sparsity"] == 0.3
+
+
+def test_from_stage_forces_a_rerun(tmp_path, first_run):
+    out, _, _ = first_run
+    _, logs = run(out, start="evaluate", prune__final_sparsity=0.3)
+    ran = [ln.split("]")[0][1:] for ln in logs if ln.endswith("running")]
+    assert ran == ["evaluate", "predict", "report"]
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    import yaml
+
+    d = {**TINY, "out": str(tmp_path / "run"), "train": {**TINY["train"], "epochs": 6}}
+    cfg.write_text(yaml.safe_dump(d))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "prunekit", "run", str(cfg)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in p.stdout:  # kill in the middle of training, after a few epoch checkpoints
+        seen.append(line)
+        if line.startswith("[train] epoch 3.00"):
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL, "".join(seen[-5:])
+    assert (tmp_path / "run" / "stages" / "train" / "checkpoint.pt").is_file()
+    r = subprocess.run([sys.executable, "-m", "prunekit", "run", str(cfg)], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[train] running (resuming)" in r.stdout
+    assert "resumed from" in r.stdout and "at step" in r.stdout
+    assert "[train] epoch 1.00" not in r.stdout  # it did not start over
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["stages"]["int8"]["top1"] >= 0
+
+
+def test_cli_run_prints_summary_and_rejects_bad_config(tmp_path, first_run):
+    from conftest import run_cli
+
+    out, _, _ = first_run
+    cfg = tmp_path / "c.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump({**TINY, "out": str(out)}))
+    rc, so, se = run_cli("run", cfg)
+    assert rc == 0, se
+    assert "stage" in so and "int8" in so and "report.html" in so
+    cfg.write_text("trian: {}\n")
+    rc, so, se = run_cli("run", cfg)
+    assert rc == 2 and "did you mean 'train'" in se and "Traceback" not in se
