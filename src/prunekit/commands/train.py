@@ -4,9 +4,13 @@ Also writes OUT/metrics.jsonl (one line per epoch), OUT/config.yaml (the resolve
 OUT/checkpoint.pt (every epoch, atomically). `--resume` continues a killed run and ends with exactly the
 weights an uninterrupted run would have.
 
+With `--init DIR` it starts from a saved model instead (fine-tuning, e.g. the shrunk model after surgery: the
+seed's "retrain" step); the architecture and input settings then come from DIR.
+
 example:
   prunekit train --data bundled --width 0.5 --epochs 5 --out runs/mnv1
   prunekit train --data fashion-mnist --data-dir ~/fmnist --epochs 30 --batch-size 256 --lr 0.1 --out runs/full
+  prunekit train --init runs/shrunk --data bundled --epochs 4 --lr 0.02 --out runs/finetuned
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .common import add_data_args, add_device_arg, fresh_output, positive_float,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument("--config", metavar="YAML", help="take model/data/train settings from a run config")
+    p.add_argument("--init", metavar="DIR", help="start from this saved model (fine-tune) instead of a fresh one")
     p.add_argument("--arch", help="model: mobilenet_v1 (default) or torchvision:NAME")
     p.add_argument("--width", type=positive_float("--width"), help="width multiplier (mobilenet_v1; default 1.0)")
     p.add_argument("--epochs", type=positive_float("--epochs"), help="epochs (default 10)")
@@ -55,8 +60,23 @@ def run(args: argparse.Namespace) -> int:
     out = fresh_output(cfg.out, resume=args.resume, overwrite=args.overwrite)
     ctx = init_distributed(cfg.device)
     set_seed(cfg.seed)
-    data = make_data(cfg.data, seed=cfg.seed)
-    model, spec = build_model(cfg.model, data, cfg.data.resize)
+    if args.init:
+        from ..api import load
+        from ..errors import PrunekitError
+        from .common import model_data
+
+        if args.arch or args.width:
+            raise PrunekitError("--init takes the architecture from the saved model; drop --arch/--width")
+        loaded = load(args.init)
+        if loaded.pruner is not None:
+            raise PrunekitError(f"{args.init} carries pruning masks; fine-tune it with `prunekit prune` or run "
+                                "`prunekit surgery` first")
+        model, spec = loaded.model, loaded.spec
+        data = model_data(loaded, cfg.data.name, cfg.data.root, cfg.seed)
+        spec.extra = {k: v for k, v in spec.extra.items() if k != "metrics"}
+    else:
+        data = make_data(cfg.data, seed=cfg.seed)
+        model, spec = build_model(cfg.model, data, cfg.data.resize)
     tcfg = train_config(cfg.train, cfg.seed, num_workers=cfg.data.num_workers)
     if ctx.is_main:
         write_resolved_config(out, cfg)

@@ -122,6 +122,7 @@ class AnalysisState:
     locks: dict[int, str] = field(default_factory=dict)  # element -> reason
     records: dict[str, list[NodeRec]] = field(default_factory=dict)  # mode -> node records
     module_calls: dict[str, dict[str, int]] = field(default_factory=dict)  # mode -> module -> call count
+    first_slot: dict[tuple[str, str, int], Slot] = field(default_factory=dict)  # (module, kind, dim) -> first
 
     def new(self, key: str, n: int) -> np.ndarray:
         if key in self.produced:
@@ -132,6 +133,14 @@ class AnalysisState:
         self.owner.extend([key] * n)
         self.produced[key] = ids
         return ids
+
+    def add_slot(self, slot: Slot) -> None:
+        """Record ``slot``. A layer called at several places (or traced in both modes) has one weight, so the
+        channels it sees at every call are the same channels: they are united, and prune together."""
+        first = self.first_slot.setdefault((slot.module, slot.kind, slot.dim), slot)
+        if first is not slot and len(first.labels) == len(slot.labels):
+            self.uf.union_arrays(first.labels, slot.labels)
+        self.slots.append(slot)
 
     def lock(self, labels: np.ndarray | None, reason: str) -> None:
         if labels is None:
@@ -152,8 +161,10 @@ _ZP_UNARY = {  # per-channel and f(0) == 0
     "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "stochastic_depth", "neg", "abs",
     "square", "relu6_", "identity", "max_pool2d_with_indices",
 }
-_NZP_UNARY = {"sigmoid", "sigmoid_", "hardsigmoid", "softplus", "exp", "cos", "log_sigmoid", "reciprocal",
-              "sqrt", "rsqrt", "log", "log1p", "softsign", "erf", "sign"}
+_NZP_UNARY = {"sigmoid", "sigmoid_", "hardsigmoid", "softplus", "exp", "cos", "log_sigmoid", "sqrt", "log1p",
+              "softsign", "erf", "sign"}
+# f(0) is +-inf: a pruned (zero) channel would turn into inf, and masking it (inf * 0) into NaN
+_POLE_UNARY = {"reciprocal", "reciprocal_", "rsqrt", "rsqrt_", "log", "log_", "log2", "log10"}
 _ADD = {"add", "add_", "iadd", "sub", "sub_", "isub", "rsub"}
 _MUL = {"mul", "mul_", "imul"}
 _DIV = {"truediv", "div", "div_", "itruediv"}
@@ -367,7 +378,7 @@ class Analyzer:
         return self.opaque(node, f"unsupported module type {type(m).__name__}")
 
     def slot(self, module: str, kind: str, dim: int, labels: np.ndarray, node: fx.Node) -> None:
-        self.s.slots.append(Slot(module, kind, dim, labels, node.name, self.mode))
+        self.s.add_slot(Slot(module, kind, dim, labels, node.name, self.mode))
 
     def conv(self, node: fx.Node, name: str, m: nn.Module, x: TV) -> Any:
         if x.cdim != 1 or len(x.labels) != m.in_channels:
@@ -415,6 +426,8 @@ class Analyzer:
                     return self.passthrough_nochannel(node)
                 return self.opaque(node, "unsupported operation")
             return None  # arithmetic on sizes, etc.
+        if name in _POLE_UNARY:
+            return self.opaque(node, "not finite at zero (a pruned channel would become inf)")
         if name in _ZP_UNARY or name in _NZP_UNARY:
             v = self.out_tv(node, x.labels, x.cdim)
             self.rec(node, "zp" if name in _ZP_UNARY else "nzp", v)
@@ -520,6 +533,8 @@ class Analyzer:
 
     def binary(self, node: fx.Node, name: str, args: list, kwargs: dict) -> Any:
         operands = list(args[:2]) + [kwargs[k] for k in ("other",) if k in kwargs]
+        if name in _DIV and len(operands) > 1 and isinstance(operands[1], TV) and operands[1].labels is not None:
+            return self.opaque(node, "division by a tensor with channels (a pruned channel would divide by zero)")
         out_shape = self.shapes.get(node.name)
         if not isinstance(out_shape, tuple) or not all(isinstance(s, int) for s in out_shape):
             if any(isinstance(o, TV) and o.labels is not None for o in operands):
@@ -550,7 +565,7 @@ class Analyzer:
             if isinstance(o, PV):
                 pos = len(o.shape) - (nd - cdim)
                 if 0 <= pos < len(o.shape) and o.shape[pos] == c and c > 1:
-                    self.s.slots.append(Slot(o.target, "param", pos, labels, node.name, self.mode))
+                    self.s.add_slot(Slot(o.target, "param", pos, labels, node.name, self.mode))
                 elif 0 <= pos < len(o.shape) and o.shape[pos] not in (1, c):
                     return self.opaque(node, "parameter broadcast against channels")
                 plain = False

@@ -19,6 +19,7 @@ class _Tracer(fx.Tracer):
         self.leaf_names = {x for x in leaf_modules if isinstance(x, str)}
         self.leaf_types = tuple(x for x in leaf_modules if isinstance(x, type))
         self.stack: list[tuple[str, str]] = []
+        self.failed: tuple[str, str] | None = None  # innermost module whose forward raised
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
@@ -28,9 +29,15 @@ class _Tracer(fx.Tracer):
     def call_module(self, m, forward, args, kwargs):
         self.stack.append((self.path_of_module(m), type(m).__name__))
         try:
-            return super().call_module(m, forward, args, kwargs)
+            out = super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed is None:  # the stack unwinds before trace() sees the error: remember it here
+                self.failed = self.stack[-1]
+            raise
         finally:
             self.stack.pop()
+        self.failed = None  # an error raised inside was caught by the module's own code
+        return out
 
 
 def trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
@@ -39,7 +46,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.Graph
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, RuntimeError ...
-        where = tracer.stack[-1] if tracer.stack else None
+        where = tracer.failed or (tracer.stack[-1] if tracer.stack else None)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if where and where[0]:
             raise PrunekitError(
