@@ -56,7 +56,13 @@ class UnionFind:
                 self.union(x, y)
 
     def roots(self) -> np.ndarray:
-        return np.fromiter((self.find(i) for i in range(len(self.parent))), dtype=np.int64, count=len(self.parent))
+        """The root of every element (vectorised pointer jumping)."""
+        p = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                return p
+            p = q
 
 
 # --- values --------------------------------------------------------------------------------------
