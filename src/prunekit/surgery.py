@@ -59,7 +59,10 @@ class SurgeryResult:
 
 def zero_channels(model: nn.Module, graph: DependencyGraph, groups: Sequence[str] | None = None,
                   atol: float = 0.0) -> dict[str, list[int]]:
-    """The seed's rule: channels whose producing weights (and BN affine, bias) are all zero."""
+    """The seed's rule, made exact: channels whose every producing weight (conv/linear rows and biases, BN affine)
+    in the coupled group is zero — e.g. a pointwise filter, its BN, and the next depthwise filter and BN, as
+    :meth:`prunekit.pruning.Pruner.bake` leaves them. Zero pointwise weights alone are not enough: the next BN
+    would still add a constant, and deleting the channel would change the model's outputs."""
     modules = dict(model.named_modules())
     names = set(groups) if groups is not None else {g.name for g in graph.groups if g.prunable}
     nonzero = np.zeros(len(graph.comp_of), dtype=bool)
