@@ -75,7 +75,9 @@ def test_verification_catches_a_wrong_model():
     import copy
 
     wrong = copy.deepcopy(m)
-    apply_surgery(wrong, g, {"blocks.3.pw.conv": [0, 1, 2]})  # reference below is the *unmasked* model
+    apply_surgery(wrong, g, {"blocks.10.pw.conv": list(range(0, 64, 2))})  # compared with the *unmasked* model
+    with torch.no_grad():
+        wrong.classifier.bias.add_(1e-3)  # and a small error on top: far above the 1e-4 tolerance
     with pytest.raises(VerificationError, match="max abs diff"):
         verify(m, wrong, x)
     assert verify(m, copy.deepcopy(m), x) == 0.0
