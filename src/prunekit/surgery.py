@@ -180,7 +180,7 @@ def apply_surgery(model: nn.Module, graph: DependencyGraph, removed: Mapping[str
     for name, kinds in plan.items():
         params = {k: v for k, v in kinds.items() if k.startswith("param:")}
         layer = {k: v for k, v in kinds.items() if not k.startswith("param:")}
-        for key, (keep, slot) in params.items():
+        for keep, slot in params.values():
             owner_name, _, attr = name.rpartition(".")
             owner = model.get_submodule(owner_name) if owner_name else model
             old = getattr(owner, attr)
@@ -290,7 +290,7 @@ def shrink(model: nn.Module, input_shape: Sequence[int], removed: Mapping[str, S
         with masked(model, graph, removed):
             reference = _run_eval(model, x)
     target = model if inplace else copy.deepcopy(model)
-    groups = apply_surgery(target, graph, removed)
+    apply_surgery(target, graph, removed)
     diff = verify(reference, target, x, atol) if check else None
     after = profile(target, input_shape)
     return SurgeryResult(target, diff, before.params, after.params, before.macs, after.macs, len(removed),

@@ -371,13 +371,13 @@ class Analyzer:
             v = self.out_tv(node, x.labels, x.cdim)
             self.rec(node, "nzp", v, name)
             return v
-        if isinstance(m, nn.ConstantPad2d) or isinstance(m, nn.ZeroPad2d):
+        if isinstance(m, (nn.ConstantPad2d, nn.ZeroPad2d)):
             if len(x.shape) - x.cdim <= len(m.padding) // 2:
                 return self.opaque(node, "padding of the channel dimension")
             v = self.out_tv(node, x.labels, x.cdim)
             self.rec(node, "zp" if isinstance(m, nn.ZeroPad2d) or m.value == 0 else "nzp", v, name)
             return v
-        if isinstance(m, _ZP_MODULES) or isinstance(m, _NZP_MODULES):
+        if isinstance(m, _ZP_MODULES + _NZP_MODULES):
             v = self.out_tv(node, x.labels, x.cdim)
             self.rec(node, "zp" if isinstance(m, _ZP_MODULES) else "nzp", v, name)
             return v
