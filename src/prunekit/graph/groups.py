@@ -94,34 +94,35 @@ class DependencyGraph:
     # -- groups --------------------------------------------------------------------------------
     def _build_groups(self, model: nn.Module) -> None:
         st = self.state
-        self.comp_of = st.uf.roots()
-        owner = np.array(st.owner, dtype=object)
+        comp = self.comp_of = st.uf.roots()  # a component's root is its smallest element id
         module_order = {n: i for i, (n, _) in enumerate(model.named_modules())}
         locked_roots: dict[int, str] = {}
         for e, why in st.locks.items():
-            locked_roots.setdefault(int(self.comp_of[e]), why)
-        # elements of each component, and which producers they come from
-        order = np.argsort(self.comp_of, kind="stable")
-        roots_sorted = self.comp_of[order]
-        bounds = np.flatnonzero(np.diff(roots_sorted)) + 1
+            locked_roots.setdefault(int(comp[e]), why)
+        # Owner keys ranked like (module order, name); then the set of producing owners of every component,
+        # vectorised as the unique (root, owner rank) pairs.
+        keys, inv = np.unique(np.array(st.owner, dtype=object), return_inverse=True)
+        ranked = sorted(range(len(keys)), key=lambda i: (module_order.get(keys[i], 1 << 30), keys[i]))
+        rank = np.empty(len(keys), dtype=np.int64)
+        rank[ranked] = np.arange(len(keys))
+        names = [keys[i] for i in ranked]
+        is_real = np.array([not k.startswith(("input:", "opaque:")) for k in names], dtype=bool)
+        n_keys = max(1, len(keys))
+        pairs = np.unique(comp * n_keys + rank[inv])
+        p_root, p_rank = pairs // n_keys, pairs % n_keys
+        sel = is_real[p_rank]
+        p_root, p_rank = p_root[sel], p_rank[sel]
+        producers: dict[int, tuple[str, ...]] = {}
+        if len(p_root):
+            cut = np.flatnonzero(np.diff(p_root)) + 1
+            for r, ranks in zip(p_root[np.r_[0, cut]].tolist(), np.split(p_rank, cut), strict=True):
+                producers[r] = tuple(names[j] for j in ranks.tolist())
         comps: dict[tuple, list[int]] = {}
-        first_elem: dict[int, int] = {}
-        for chunk in np.split(order, bounds):
-            root = int(self.comp_of[chunk[0]])
-            prods = tuple(sorted({o for o in owner[chunk] if not o.startswith(("input:", "opaque:"))},
-                                 key=lambda n: (module_order.get(n, 1 << 30), n)))
-            key = (prods or (owner[chunk.min()],), root in locked_roots)
-            comps.setdefault(key, []).append(root)
-            first_elem[root] = int(chunk.min())
-        members: dict[int, set[str]] = {}
-        for sl in st.slots:
-            desc = f"param:{sl.module}" if sl.kind == "param" else f"{sl.module}.{sl.kind}"
-            for r in np.unique(self.comp_of[sl.labels]).tolist():
-                members.setdefault(r, set()).add(desc)
+        for r in np.unique(comp).tolist():  # ascending roots = channel order of the first producer
+            key = (producers.get(r) or (st.owner[r],), r in locked_roots)
+            comps.setdefault(key, []).append(r)
         groups: list[Group] = []
         for (prods, is_locked), roots in comps.items():  # prods: producing layers, else the source key
-            roots = sorted(roots, key=lambda r: first_elem[r])
-            mem = sorted(set().union(*(members.get(r, set()) for r in roots)))
             reason = None
             if is_locked:
                 reason = next(locked_roots[r] for r in roots if r in locked_roots)
@@ -129,22 +130,31 @@ class DependencyGraph:
                 reason = "no producing layer"
             real = [p for p in prods if not p.startswith(("input:", "opaque:"))]
             label = real[0] if real else _source_label(prods[0])
-            groups.append(Group(0, label, np.array(roots, dtype=np.int64), real, mem, reason))
+            groups.append(Group(0, label, np.array(roots, dtype=np.int64), real, [], reason))
         groups.sort(key=lambda g: (module_order.get(g.producers[0], -1) if g.producers else -1, g.locked is not None,
                                    int(g.comps.min())))
+        gid_of_root = np.full(len(comp), -1, dtype=np.int64)
+        local_of_root = np.full(len(comp), -1, dtype=np.int64)
+        for i, g in enumerate(groups):
+            gid_of_root[g.comps] = i
+            local_of_root[g.comps] = np.arange(g.size)
+        members: list[set[str]] = [set() for _ in groups]
+        for sl in st.slots:
+            desc = f"param:{sl.module}" if sl.kind == "param" else f"{sl.module}.{sl.kind}"
+            for gi in np.unique(gid_of_root[comp[sl.labels]]).tolist():
+                members[gi].add(desc)
         seen: dict[str, int] = {}
         for i, g in enumerate(groups):
             g.id = i
+            g.members = sorted(members[i])
             k = seen.get(g.name, 0)
             seen[g.name] = k + 1
             if k:
                 g.name = f"{g.name}#{k}"
         self.groups = groups
         self.by_name = {g.name: g for g in groups}
-        self.group_of_root: dict[int, tuple[int, int]] = {}
-        for g in groups:
-            for j, r in enumerate(g.comps.tolist()):
-                self.group_of_root[r] = (g.id, j)
+        self._gid_of_root, self._local_of_root = gid_of_root, local_of_root
+        self.group_of_root = _RootIndex(gid_of_root, local_of_root)
         self._modules = dict(model.named_modules())
         for g in groups:
             g.meta["pointwise"] = any(_is_pointwise(self._modules.get(p)) for p in g.producers)
@@ -210,8 +220,7 @@ class DependencyGraph:
     def slot_components(self, slot: Slot) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """For each group touching ``slot``: (group id, positions in the slot, component index in the group)."""
         roots = self.comp_of[slot.labels]
-        gid = np.array([self.group_of_root[int(r)][0] for r in roots])
-        loc = np.array([self.group_of_root[int(r)][1] for r in roots])
+        gid, loc = self._gid_of_root[roots], self._local_of_root[roots]
         return [(int(g), np.flatnonzero(gid == g), loc[gid == g]) for g in np.unique(gid)]
 
     def slots_of(self, module: str) -> list[Slot]:
@@ -242,6 +251,19 @@ class DependencyGraph:
                          "producers": g.producers, "members": g.members})
         return {"input_shape": list(self.input_shape), "modes": self.modes, "layers": layers,
                 "selected": len(chosen), "groups": rows}
+
+
+class _RootIndex:
+    """``index[root] -> (group id, component index)``, backed by two arrays."""
+
+    def __init__(self, gid: np.ndarray, local: np.ndarray):
+        self.gid, self.local = gid, local
+
+    def __getitem__(self, root: int) -> tuple[int, int]:
+        return int(self.gid[root]), int(self.local[root])
+
+    def get(self, root: int, default=None):
+        return self[root] if 0 <= root < len(self.gid) and self.gid[root] >= 0 else default
 
 
 def _source_label(key: str) -> str:
