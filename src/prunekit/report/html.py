@@ -55,7 +55,7 @@ def collect(p) -> dict[str, Any]:
         "seconds": {k: v.get("seconds") for k, v in r.items() if isinstance(v, dict) and "seconds" in v},
     }
     if dense:
-        for k, s in doc["stages"].items():
+        for s in doc["stages"].values():
             s["params_ratio"] = s["params"] / dense["params"] if dense.get("params") else None
             s["size_ratio"] = s["size_bytes"] / dense["size_bytes"] if dense.get("size_bytes") else None
             if s.get("latency_ms") and dense.get("latency_ms"):
@@ -116,14 +116,32 @@ def _headline(doc: dict[str, Any]) -> list[str]:
                      f"{f['top1']:.2f}% after fine-tuning.")
     if "dense" in st and "int8" in st:
         d, q = st["dense"], st["int8"]
-        sp = f", {d['latency_ms'] / q['latency_ms']:.1f}x faster at batch 1" if d.get("latency_ms") and q.get(
-            "latency_ms") else ""
-        lines.append(f"The int8 model is {d['size_bytes'] / q['size_bytes']:.1f}x smaller than the dense fp32 model"
-                     f"{sp} (top-1 {q['top1']:.2f}%).")
+        lines.append(f"The int8 model is {d['size_bytes'] / q['size_bytes']:.1f}x smaller than the dense fp32 model "
+                     f"(top-1 {q['top1']:.2f}%).")
+    lat = _latency_line(st)
+    if lat:
+        lines.append(lat)
     if doc["surgery"].get("max_abs_diff") is not None:
         lines.append(f"Surgery verified: the shrunk model reproduces the masked model to "
                      f"{doc['surgery']['max_abs_diff']:.1e} (max abs diff, fp32).")
     return lines
+
+
+def _latency_line(st: dict[str, Any]) -> str | None:
+    """Batch-1 latencies grouped by runtime: PyTorch eager and ONNX Runtime are not comparable with each other."""
+    ms = lambda v: f"{v:.2f} ms" if v >= 0.1 else f"{v:.3f} ms"  # noqa: E731
+    eager = [f"{k} {ms(st[k]['latency_ms'])}" for k in ("dense", "pruned", "finetuned")
+             if k in st and st[k].get("latency_ms") and st[k].get("runtime", "").startswith("pytorch")]
+    ort = []
+    if st.get("finetuned", {}).get("latency_ms_onnx_fp32"):
+        ort.append(f"finetuned fp32 {ms(st['finetuned']['latency_ms_onnx_fp32'])}")
+    if st.get("int8", {}).get("latency_ms"):
+        ort.append(f"int8 {ms(st['int8']['latency_ms'])}")
+    parts = ([f"PyTorch eager: {', '.join(eager)}"] if eager else []) + (
+        [f"ONNX Runtime: {', '.join(ort)}"] if ort else [])
+    if not parts:
+        return None
+    return f"Batch-1 latency on this machine's CPU. {'; '.join(parts)} (compare within a runtime)."
 
 
 def write_report(p, out: Path) -> dict[str, Path]:
@@ -161,39 +179,114 @@ def _layer_md(groups: list[dict]) -> str:
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;
-padding:4px 10px;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+padding:0 1em;color:#222}h2{margin-top:1.6em;border-bottom:1px solid #e5e5e5;padding-bottom:.2em}
+.scroll{overflow-x:auto}table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 10px;text-align:right;white-space:nowrap}th{background:#f3f3f3}
+th.l,td.l{text-align:left}tr.total td{font-weight:600;background:#fafafa}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}
-code{background:#f6f6f6;padding:1px 4px}.lead{font-size:17px;line-height:1.5}"""
+code{background:#f6f6f6;padding:1px 4px}.lead{font-size:17px;line-height:1.5;margin:.6em 0}
+.pred{display:flex;flex-wrap:wrap;gap:1.5em;align-items:center}.pred img.sample{width:140px;height:auto;
+image-rendering:pixelated;border:1px solid #ccc}.pred img.photo{max-width:240px;height:auto}
+.pred figcaption{text-align:center}pre{white-space:pre-wrap;font-size:12px}"""
+
+_RUNTIMES = {"pytorch": "PyTorch fp32", "onnx": "ONNX Runtime fp32", "int8": "ONNX Runtime int8"}
+_PRUNING_PLOTS = ("sparsity", "kept_channels", "importance_hist", "weight_hist")
+
+
+def _table(header: list[str], rows: list[list[str]], left: set[int], total: list[str] | None = None) -> str:
+    """An HTML table; columns in ``left`` hold text (left-aligned), the others numbers (right-aligned)."""
+    e = html.escape
+
+    def cells(r: list[str], tag: str) -> str:
+        return "".join(f"<{tag}{' class=l' if i in left else ''}>{c if c.startswith('<code>') else e(c)}</{tag}>"
+                       for i, c in enumerate(r))
+
+    out = "<div class=scroll><table><tr>" + cells(header, "th") + "</tr>"
+    out += "".join("<tr>" + cells(r, "td") + "</tr>" for r in rows)
+    if total:
+        out += "<tr class=total>" + cells(total, "td") + "</tr>"
+    return out + "</table></div>"
+
+
+def _thumbnail(path: str | None) -> tuple[bytes, bool] | None:
+    """The predicted image as a small PNG (``pixelated``: tiny images shown enlarged without smoothing)."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(path) as im:
+            small = max(im.size) < 96
+            im = im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB")
+            im.thumbnail((240, 240))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+        return buf.getvalue(), small
+    except Exception:  # a report never fails on a picture
+        return None
+
+
+def _prediction(pred: dict[str, Any]) -> str:
+    e = html.escape
+    forms = [k for k in _RUNTIMES if pred.get(k)] or (["top5"] if pred.get("top5") else [])
+    if not forms:
+        return ""
+    name = Path(str(pred["image"])).name
+    title = f"Top-5 for {e(name)}" + (f" (label: {e(pred['label'])})" if pred.get("label") else "")
+    n = max(len(pred[k]) for k in forms)
+    rows = [[str(i + 1)] + [f"{pred[k][i]['label']} {100 * pred[k][i]['prob']:.1f}%" if i < len(pred[k]) else ""
+                            for k in forms] for i in range(n)]
+    table = _table(["#"] + [_RUNTIMES.get(k, "prediction") for k in forms], rows, set(range(1, len(forms) + 1)))
+    thumb = _thumbnail(pred.get("image"))
+    pic = ""
+    if thumb:
+        data, small = thumb
+        label = e(pred["label"]) if pred.get("label") else e(name)
+        pic = (f"<figure><img class={'sample' if small else 'photo'} alt='{e(name)}' "
+               f"src='data:image/png;base64,{base64.b64encode(data).decode()}'><figcaption>{label}</figcaption>"
+               "</figure>")
+    return f"<h2>{title}</h2><div class=pred>{pic}{table}</div>"
+
+
+def _layers_html(doc: dict[str, Any]) -> str:
+    layers = doc["prune"]["groups"]
+    if not layers:
+        return ""
+    e = html.escape
+    rows = [[f"<code>{e(g['layer'])}</code>", f"{g['kept']} / {g['total']}", f"{100 * g['sparsity']:.1f}%",
+             f"{g.get('params_before', 0):,}", f"{g.get('params_after', 0):,}", f"{g.get('macs_before', 0):,}",
+             f"{g.get('macs_after', 0):,}"] for g in layers]
+    s = doc["surgery"]
+    total = None
+    if s.get("params_before") is not None and s.get("macs_before") is not None:
+        kept, tot = sum(g["kept"] for g in layers), sum(g["total"] for g in layers)
+        total = ["whole model", f"{kept} / {tot}", f"{100 * (1 - kept / tot):.1f}%" if tot else "-",
+                 *(f"{s[k]:,}" for k in ("params_before", "params_after", "macs_before", "macs_after"))]
+    head = ["layer", "kept / total", "sparsity", "params before", "params after", "MACs before", "MACs after"]
+    return ("<h2>Per-layer pruning</h2><p>Channels kept in each pruned group; parameters and MACs of the layers "
+            "that produce those channels, before and after surgery. Last row: all pruned channels, and the "
+            "parameters and MACs of the whole model.</p>" + _table(head, rows, {0}, total))
 
 
 def _html(doc: dict[str, Any], rows: list[list[str]], imgs: dict[str, bytes], captions: dict[str, str]) -> str:
     e = html.escape
-    t = "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in rows[0]) + "</tr>"
-    for r in rows[1:]:
-        t += "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>"
-    t += "</table>"
-    pred = doc["predict"]
-    ptab = ""
-    if pred.get("top5"):
-        ptab = (f"<h2>Top-5 for {e(Path(str(pred['image'])).name)}" + (f" (label: {e(pred['label'])})" if
-                pred.get("label") else "") + "</h2><table><tr><th>#</th><th>class</th><th>probability</th></tr>")
-        ptab += "".join(f"<tr><td>{i + 1}</td><td>{e(x['label'])}</td><td>{100 * x['prob']:.1f}%</td></tr>"
-                        for i, x in enumerate(pred["top5"])) + "</table>"
-    figs = "".join(f"<figure><img alt='{k}' src='data:image/png;base64,{base64.b64encode(v).decode()}'>"
-                   f"<figcaption>{e(captions[k])}</figcaption></figure>" for k, v in imgs.items())
-    layers = doc["prune"]["groups"]
-    ltab = ""
-    if layers:
-        ltab = ("<h2>Per-layer pruning</h2><table><tr><th>layer</th><th>kept / total</th><th>sparsity</th>"
-                "<th>params before</th><th>params after</th><th>MACs before</th><th>MACs after</th></tr>")
-        ltab += "".join(f"<tr><td><code>{e(g['layer'])}</code></td><td>{g['kept']} / {g['total']}</td>"
-                        f"<td>{100 * g['sparsity']:.1f}%</td><td>{g.get('params_before', 0):,}</td>"
-                        f"<td>{g.get('params_after', 0):,}</td><td>{g.get('macs_before', 0):,}</td>"
-                        f"<td>{g.get('macs_after', 0):,}</td></tr>" for g in layers) + "</table>"
+    summary = _table(rows[0], rows[1:], {0, len(rows[0]) - 1})
+
+    def fig(k: str) -> str:
+        return (f"<figure><img alt='{k}' src='data:image/png;base64,{base64.b64encode(imgs[k]).decode()}'>"
+                f"<figcaption>{e(captions[k])}</figcaption></figure>")
+
+    pruning = "".join(fig(k) for k in _PRUNING_PLOTS if k in imgs)
+    other = "".join(fig(k) for k in imgs if k not in _PRUNING_PLOTS)
+    figs = (f"<h2>Pruning</h2>{pruning}" if pruning else "") + (
+        f"<h2>Accuracy and cost</h2>{other}" if other else "")
     lead = "".join(f"<p class='lead'>{e(x)}</p>" for x in _headline(doc))
     cfg = e(json.dumps(doc["config"], indent=1))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>prunekit report</title><style>{_CSS}</style>"
-            f"</head><body><h1>prunekit report</h1>{lead}{t}{ptab}{figs}{ltab}<details><summary>run config</summary>"
-            f"<pre>{cfg}</pre></details><p style='color:#888'>prunekit {e(doc['prunekit_version'])} · "
-            f"{e(doc['created'])} · {e(doc['machine']['platform'])}</p></body></html>\n")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width, "
+            f"initial-scale=1'><title>prunekit report</title><style>{_CSS}</style></head><body>"
+            f"<h1>prunekit report</h1>{lead}{summary}{_prediction(doc['predict'])}{figs}{_layers_html(doc)}"
+            f"<details><summary>run config</summary><pre>{cfg}</pre></details><p style='color:#888'>prunekit "
+            f"{e(doc['prunekit_version'])} · {e(doc['created'])} · {e(doc['machine']['platform'])}</p>"
+            "</body></html>\n")

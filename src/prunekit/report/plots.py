@@ -14,9 +14,12 @@ from ..io import atomic_write
 
 
 def _plt():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
+    if "matplotlib.pyplot" not in sys.modules:  # headless by default, but never switch a backend the caller
+        matplotlib.use("Agg")                   # already uses (Jupyter's inline backend would stop displaying)
     import matplotlib.pyplot as plt
 
     return plt
@@ -104,8 +107,13 @@ def sparsity_curve(metrics: Sequence[dict[str, Any]], path: str | Path | None = 
     ep = [m for m in metrics if "test_top1" in m]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if ev:
-        ax.step([m["step"] for m in ev], [100 * m["sparsity"] for m in ev], where="post", color="#d95f02",
-                label="sparsity %")
+        xs, ys = [m["step"] for m in ev], [100 * m["sparsity"] for m in ev]
+        if xs[0] > 0:  # dense until the first mask update
+            xs, ys = [0, *xs], [0.0, *ys]
+        last = max(m.get("step", 0) for m in metrics)
+        if last > xs[-1]:  # the masks hold until the end of the run
+            xs, ys = [*xs, last], [*ys, ys[-1]]
+        ax.step(xs, ys, where="post", color="#d95f02", label="sparsity %")
     ax.set_xlabel("step")
     ax.set_ylabel("sparsity (%)", color="#d95f02")
     ax.set_ylim(0, 100)
@@ -123,9 +131,17 @@ def accuracy_vs_macs(points: Sequence[dict[str, Any]], path: str | Path | None =
     """Scatter of top-1 accuracy against MACs, one labelled point per stage/method."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    xs = [p["macs"] for p in points] or [1.0]
+    ys = [p["top1"] for p in points] or [0.0]
+    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
     for p in points:
         ax.scatter(p["macs"] / 1e6, p["top1"], s=40, color=p.get("color", "#2b7bba"), marker=p.get("marker", "o"))
-        ax.annotate(p["label"], (p["macs"] / 1e6, p["top1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        # a point just below another one at (nearly) the same MACs gets its label underneath, not on top of it
+        crowded = any(q is not p and abs(q["macs"] - p["macs"]) < 0.02 * dx
+                      and 0 <= q["top1"] - p["top1"] < 0.06 * dy
+                      and (q["top1"] > p["top1"] or points.index(q) < points.index(p)) for q in points)
+        ax.annotate(p["label"], (p["macs"] / 1e6, p["top1"]), fontsize=7, xytext=(4, -9 if crowded else 3),
+                    textcoords="offset points")
     ax.set_xlabel("MACs (M)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)
