@@ -49,9 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..export.metadata import check_output
     from ..inference.bench import BenchSettings, bench, format_table
     from ..io import write_json
 
+    if args.out:  # a directory or an unwritable place is reported before minutes of benchmarking
+        check_output(args.out, overwrite=True, what="--out")
     s = BenchSettings(batches=args.batch, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
                       max_seconds=args.max_seconds, calib_samples=args.calib_samples, cache_dir=args.cache_dir)
     res = bench(args.model, s, log=None if args.json else lambda m: print(m, file=sys.stderr))

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import write_json
     from ..report.inspect import pruned_weight_magnitudes, write_inspection
     from ..train import fit, init_distributed, read_metrics
+    from ..train.trainer import CHECKPOINT
     from ..workflows import pruning_config, set_seed, steps_per_epoch, train_config
     from .common import model_data
 
@@ -99,11 +100,15 @@ def run(args: argparse.Namespace) -> int:
 
         batches = iterate_batches(data, "train", args.batch_size, train=True, seed=args.seed + 1)
         pruner.calibrate(b for _, b in zip(range(config.taylor_batches), batches, strict=False))
-    if ctx.is_main:
-        write_json(out / "prune_config.json", {"pruning": config.to_dict(), "train": tcfg.__dict__,
-                                               "source_model": str(args.model), "steps_per_epoch": spe})
+    prune_doc = {"pruning": config.to_dict(), "train": tcfg.__dict__, "source_model": str(args.model),
+                 "steps_per_epoch": spe}
+    resuming = args.resume and (out / CHECKPOINT).exists()  # a refused resume leaves prune_config.json alone
+    if ctx.is_main and not resuming:
+        write_json(out / "prune_config.json", prune_doc)
     result = fit(model, data, tcfg, out, callbacks=[pruner], resume=args.resume, ctx=ctx, desc="prune")
     if ctx.is_main:
+        if resuming:
+            write_json(out / "prune_config.json", prune_doc)
         model.cpu()
         spec = loaded.spec
         spec.extra = {**spec.extra, "metrics": {"test": result["test"], "sparsity": pruner.sparsity()}}

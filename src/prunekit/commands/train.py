@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..api import save
     from ..config import apply_overrides, parse_config, read_yaml
     from ..train import fit, init_distributed
+    from ..train.trainer import CHECKPOINT
     from ..workflows import build_model, make_data, set_seed, train_config, write_resolved_config
 
     raw = read_yaml(args.config) if args.config else {}
@@ -78,10 +79,15 @@ def run(args: argparse.Namespace) -> int:
         data = make_data(cfg.data, seed=cfg.seed)
         model, spec = build_model(cfg.model, data, cfg.data.resize)
     tcfg = train_config(cfg.train, cfg.seed, num_workers=cfg.data.num_workers)
-    if ctx.is_main:
+    # Resuming: config.yaml is rewritten only once fit() has accepted the checkpoint, so a refused resume
+    # (different config, unreadable checkpoint) leaves the run directory as it was.
+    resuming = args.resume and (Path(out) / CHECKPOINT).exists()
+    if ctx.is_main and not resuming:
         write_resolved_config(out, cfg)
     result = fit(model, data, tcfg, out, resume=args.resume, ctx=ctx, desc="train")
     if ctx.is_main:
+        if resuming:
+            write_resolved_config(out, cfg)
         spec.extra["metrics"] = {"test": result["test"], "steps": result["steps"]}
         save(model.cpu(), Path(out) / "model", spec)
         t = result["test"]

@@ -137,7 +137,8 @@ def check_pt2_safe(path: str | os.PathLike) -> None:
                 low = name.lower()
                 if low.endswith((".pt", ".pkl", ".pickle")):
                     try:
-                        torch.load(io.BytesIO(z.read(name)), map_location="cpu", weights_only=True)
+                        with _no_warnings():
+                            torch.load(io.BytesIO(z.read(name)), map_location="cpu", weights_only=True)
                     except Exception:
                         raise PrunekitError(f"{path}: refusing to load, the archive member {name} holds pickled "
                                             "objects that are not plain tensors") from None

@@ -269,8 +269,19 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
             raise PrunekitError(f"{directory / WEIGHTS} does not match {MODEL_JSON}: '{k}' has shape "
                                 f"{list(weights[k].shape)}, the architecture expects {list(v.shape)}")
     model.load_state_dict(weights, strict=True)
+    _check_input_channels(model, spec, directory / MODEL_JSON)
     model.eval()
     return model.to(device), spec
+
+
+def _check_input_channels(model: nn.Module, spec: ModelSpec, where: Path) -> None:
+    """``input.channels`` must be what the first convolution takes (else every forward fails later)."""
+    for name, m in model.named_modules():
+        if isinstance(m, _CONVS):
+            if m.in_channels != spec.input.channels:
+                raise PrunekitError(f"{where}: input.channels is {spec.input.channels} but the model's first "
+                                    f"convolution '{name}' takes {m.in_channels} channels")
+            return
 
 
 def _resize_plain_tensors(model: nn.Module, weights: dict[str, torch.Tensor], shapes: dict[str, Any]) -> None:

@@ -28,11 +28,24 @@ class DistContext:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a one-line user error."""
+    from ..errors import PrunekitError
+
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise PrunekitError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PrunekitError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+        if dev.index >= torch.cuda.device_count():
+            raise PrunekitError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     return dev
 
 

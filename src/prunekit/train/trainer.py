@@ -156,7 +156,10 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     to ``out_dir`` (rank 0 only). With ``resume=True`` and a checkpoint present, training continues from it and
     ends with exactly the weights an uninterrupted run would have.
     """
-    from tqdm.auto import tqdm
+    if progress is False:  # no bar: plain tqdm (tqdm.auto warns in notebooks without ipywidgets)
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
 
     cfg.validate()
     ctx = ctx or DistContext()
@@ -174,23 +177,42 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
     param_dtype = next(model.parameters()).dtype
     step, metrics_rows = 0, []
+    rows_at_checkpoint = None  # metrics.jsonl rows that the resumed checkpoint had seen
 
     ckpt_path = out / CHECKPOINT if out else None
     if resume and ckpt_path and ckpt_path.exists():
         ck = torch_load(ckpt_path, "checkpoint")
+        if not (isinstance(ck, dict) and {"model", "optimizer", "step", "rng", "fingerprint"} <= set(ck)):
+            raise PrunekitError(f"{ckpt_path} is not a prunekit training checkpoint; use a new --out directory or "
+                                "run without --resume")
         if ck.get("fingerprint") != _fingerprint(cfg):
             raise PrunekitError(f"{ckpt_path} was written with a different training config; use a new --out "
                                 "directory or run without --resume")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        for cb, st in zip(callbacks, ck.get("callbacks", []), strict=False):
-            cb.load_state_dict(st)
-        _set_rng_state(ck["rng"])
-        step = int(ck["step"])
+        try:  # same training config but another model (e.g. a different --width) or pruning setup
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            for cb, st in zip(callbacks, ck.get("callbacks", []), strict=False):
+                cb.load_state_dict(st)
+            _set_rng_state(ck["rng"])
+            step = int(ck["step"])
+            rows_at_checkpoint = ck.get("metrics_rows")
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+            first = (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:200]
+            raise PrunekitError(f"{ckpt_path} does not match this model or pruning setup ({first}); use a new --out "
+                                "directory or run without --resume") from None
         log(f"[{desc}] resumed from {ckpt_path} at step {step}/{total}")
     if out and ctx.is_main:
         metrics_rows = _read_metrics(out / METRICS, max_step=step)
+        if isinstance(rows_at_checkpoint, int):  # exact: also drops a callback row of the resume step itself,
+            # which a killed run may have appended after the checkpoint (and which is written again now)
+            metrics_rows = _read_metrics(out / METRICS, max_step=2**62)[:rows_at_checkpoint]
         _write_metrics(out / METRICS, metrics_rows)
+    n_rows = [len(metrics_rows)]
+
+    def append_metrics(row: dict) -> None:
+        _append_metrics(out / METRICS, row)
+        n_rows[0] += 1
 
     if device.type == "cuda":  # datasets that fit: keep them on the GPU, augment there (no 2-core loader stall)
         data = data.to(device)
@@ -211,7 +233,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
             return
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": at_step,
                  "callbacks": [cb.state_dict() for cb in callbacks], "rng": _rng_state(),
-                 "fingerprint": _fingerprint(cfg)}
+                 "fingerprint": _fingerprint(cfg), "metrics_rows": n_rows[0]}
         torch_save(ckpt_path, state)
 
     last_eval: dict[str, Any] = {}
@@ -235,7 +257,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
             for cb in callbacks:
                 rec = cb.on_step_begin(step)
                 if rec and out and ctx.is_main:
-                    _append_metrics(out / METRICS, {"step": step, "epoch": step / steps_per_epoch, **rec})
+                    append_metrics({"step": step, "epoch": step / steps_per_epoch, **rec})
             set_lr(optimizer, cosine_lr(step, total, cfg.lr, warmup, cfg.min_lr))
             if param_dtype == torch.float64:  # double-precision models (exactness checks) get double inputs
                 x = x.double()
@@ -274,7 +296,7 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
             if hasattr(cb, "summary"):
                 row.update(cb.summary())
         if out and ctx.is_main:
-            _append_metrics(out / METRICS, row)
+            append_metrics(row)
         log(f"[{desc}] epoch {row['epoch']:.2f}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%  "
             f"test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%  ({row['img_per_s']:.0f} img/s)")
         save_checkpoint(step)
