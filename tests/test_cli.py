@@ -82,3 +82,13 @@ def test_help_for_every_command():
     for name, _, _ in COMMANDS:
         rc, out, _ = run_cli(name, "--help")
         assert rc == 0 and "usage: prunekit" in out and ("example" in out or name in ("run",)), name
+
+
+def test_failed_command_removes_the_output_dir_it_created(tmp_path):
+    rc, _, err = run_cli("train", "--data", "bundled", "--set", "train.batch_size=100000", "--out", tmp_path / "new")
+    assert rc == 2 and "larger than the training set" in err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("mine")
+    rc, _, err = run_cli("train", "--data", "bundled", "--set", "train.batch_size=100000", "--out", tmp_path / "old")
+    assert rc == 2 and (tmp_path / "old" / "keep.txt").read_text() == "mine"

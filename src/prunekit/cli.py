@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _remove_created_outputs() -> None:
+    """A command that failed on a user error leaves no new, half-made output directory behind."""
+    import shutil
+
+    from .commands.common import CREATED_DIRS
+
+    while CREATED_DIRS:
+        shutil.rmtree(CREATED_DIRS.pop(), ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except PrunekitError as e:
         msg = " ".join(str(e).split())
         sys.stderr.write(f"prunekit {args.command}: error: {msg}\n")
+        _remove_created_outputs()
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -33,6 +33,10 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(_finite(obj), indent=2, default=_json_default) + "\n")
 
 
+# Output directories this command created; removed again if it fails on a user error (no half-made runs left).
+CREATED_DIRS: list[Path] = []
+
+
 def fresh_output(out: str | Path, *, resume: bool = False, overwrite: bool = False, marker: str = "model") -> Path:
     """Check an output directory before any work: writable, and not holding a previous result."""
     from ..io import check_writable_dir
@@ -40,6 +44,8 @@ def fresh_output(out: str | Path, *, resume: bool = False, overwrite: bool = Fal
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrunekitError(f"--out {out} exists and is not a directory")
+    if not out.exists():
+        CREATED_DIRS.append(out)
     if (out / marker).exists() and not (resume or overwrite):
         raise PrunekitError(f"{out} already holds a result ({out / marker}); use --resume to continue it, "
                             "--overwrite to replace it, or choose another --out")

@@ -210,7 +210,8 @@ def save_model(model: nn.Module, directory: str | Path, spec: ModelSpec,
         "stats": stats or {},
         "extra": spec.extra,
     }
-    save_tensors(directory / WEIGHTS, sd, metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)})
+    # one metadata key: safetensors orders its metadata map arbitrarily, and byte-identical files need one order
+    save_tensors(directory / WEIGHTS, sd, metadata={"format": f"{FORMAT}/{SCHEMA_VERSION}"})
     write_json(directory / MODEL_JSON, doc)
     return directory
 

@@ -180,6 +180,9 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     rows_at_checkpoint = None  # metrics.jsonl rows that the resumed checkpoint had seen
 
     ckpt_path = out / CHECKPOINT if out else None
+    if ckpt_path is not None and ctx.is_main:  # temp files left by a kill during a checkpoint write
+        for tmp in out.glob(f".{CHECKPOINT}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     if resume and ckpt_path and ckpt_path.exists():
         ck = torch_load(ckpt_path, "checkpoint")
         if not (isinstance(ck, dict) and {"model", "optimizer", "step", "rng", "fingerprint"} <= set(ck)):
