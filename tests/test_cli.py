@@ -92,3 +92,9 @@ def test_failed_command_removes_the_output_dir_it_created(tmp_path):
     (tmp_path / "old" / "keep.txt").write_text("mine")
     rc, _, err = run_cli("train", "--data", "bundled", "--set", "train.batch_size=100000", "--out", tmp_path / "old")
     assert rc == 2 and (tmp_path / "old" / "keep.txt").read_text() == "mine"
+    # an earlier successful command's output survives a later failure in the same process
+    rc, _, _ = run_cli("surgery", "--model", "torchvision:squeezenet1_1", "--sparsity", "0.3", "--image-size", "64",
+                       "--out", tmp_path / "ok")
+    assert rc == 0
+    rc, _, _ = run_cli("surgery", "--model", "torchvision:nope", "--sparsity", "0.3", "--out", tmp_path / "bad")
+    assert rc == 2 and (tmp_path / "ok" / "model.json").is_file() and not (tmp_path / "bad").exists()

@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .commands.common import CREATED_DIRS
+
+    CREATED_DIRS.clear()  # only directories created by *this* command may be removed on failure
     try:
         rc = args.func(args)
+        CREATED_DIRS.clear()
         return int(rc or 0)
     except PrunekitError as e:
         msg = " ".join(str(e).split())
