@@ -82,6 +82,8 @@ class StageTrainCfg:
     lr: float | None = F(None, "peak learning rate (default: train.lr / 5)", lo=0, lo_open=True, hi=100)
     batch_size: int | None = F(None, "batch size (default: train.batch_size)", lo=1, hi=1 << 20)
     warmup_epochs: float = F(0.0, "warm-up epochs", lo=0, hi=10000)
+    distill: float = F(0.0, "weight of distillation from the dense (train-stage) model; 0 = off", lo=0, hi=1)
+    distill_temperature: float = F(4.0, "distillation temperature", lo=0, lo_open=True, hi=100)
 
 
 @dataclass

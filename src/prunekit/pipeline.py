@@ -59,7 +59,7 @@ class Pipeline:
             Stage("train", (), ("model", "data", "train", "seed"), st.train),
             Stage("prune", ("train",), ("prune", "data", "seed"), st.prune),
             Stage("surgery", ("prune",), (), st.surgery),
-            Stage("finetune", ("surgery",), ("finetune", "train", "data", "seed"), st.finetune),
+            Stage("finetune", ("surgery", "train"), ("finetune", "train", "data", "seed"), st.finetune),
             Stage("export", ("finetune",), ("export",), st.export),
             Stage("quantize", ("export",), ("quantize", "data"), st.quantize),
             Stage("evaluate", ("train", "prune", "finetune", "quantize"), ("data", "bench"), st.evaluate),

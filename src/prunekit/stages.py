@@ -25,6 +25,11 @@ def _model_data(p, loaded):
     return d
 
 
+def _teacher(p):
+    """The dense model of the train stage, the distillation teacher of the prune and finetune stages."""
+    return _load(p.stage_dir("train") / "model").model.eval()
+
+
 def _copy_model(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
@@ -75,6 +80,7 @@ def prune(p, d: Path) -> dict[str, Any]:
     spe = steps_per_epoch(data, tcfg.batch_size)
     pcfg = pruning_config(cfg.prune, spe, cfg.seed)
     model = loaded.model
+    teacher = _teacher(p) if tcfg.distill > 0 else None
     pruner = prune_(model, pcfg, loaded.input_shape, steps_per_epoch=spe)
     scores_before = pruner.criterion.scores(model, pruner.graph, pruner.groups)
     weights_before = pruned_weight_magnitudes(pruner, only_alive=False)
@@ -86,7 +92,8 @@ def prune(p, d: Path) -> dict[str, Any]:
                                   device=p.ctx.device)
         model.to(p.ctx.device)
         pruner.calibrate(b for _, b in zip(range(pcfg.taylor_batches), batches, strict=False))
-    result = fit(model, data, tcfg, d, callbacks=[pruner], resume=True, ctx=p.ctx, desc="prune", log=p.log)
+    result = fit(model, data, tcfg, d, callbacks=[pruner], resume=True, ctx=p.ctx, desc="prune", log=p.log,
+                 teacher=teacher)
     out: dict[str, Any] = {"test": result["test"], "sparsity": pruner.sparsity(), "config": pcfg.to_dict()}
     if p.ctx.is_main:
         model.cpu()
@@ -126,7 +133,8 @@ def finetune(p, d: Path) -> dict[str, Any]:
     loaded = _load(src)
     data = _model_data(p, loaded)
     tcfg = train_config(cfg.train, cfg.seed + 1, cfg.finetune, cfg.data.num_workers)
-    result = fit(loaded.model, data, tcfg, d, resume=True, ctx=p.ctx, desc="finetune", log=p.log)
+    teacher = _teacher(p) if tcfg.distill > 0 else None
+    result = fit(loaded.model, data, tcfg, d, resume=True, ctx=p.ctx, desc="finetune", log=p.log, teacher=teacher)
     if p.ctx.is_main:
         save(loaded.model.cpu(), d / "model", loaded.spec)
     return {"test": result["test"], "steps": result["steps"]}

@@ -63,6 +63,8 @@ def train_config(t: TrainCfg, seed: int, stage: StageTrainCfg | None = None, num
         base["lr"] = stage.lr if stage.lr is not None else t.lr / 5
         base["batch_size"] = stage.batch_size or t.batch_size
         base["warmup_epochs"] = stage.warmup_epochs
+        base["distill"] = stage.distill
+        base["distill_temperature"] = stage.distill_temperature
     return TrainConfig(seed=seed, num_workers=num_workers, **base).validate()
 
 

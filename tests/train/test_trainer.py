@@ -87,3 +87,21 @@ def test_bad_train_config(kw, msg):
 def test_batch_larger_than_dataset(data, tmp_path):
     with pytest.raises(PrunekitError, match="larger than the training set"):
         fit(tiny(), data, cfg(batch_size=1000), tmp_path, progress=False, log=lambda s: None)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(tmp_path, data):
+    teacher = tiny(seed=1)
+    fit(teacher, data, cfg(epochs=3), None, progress=False, log=lambda s: None)
+    teacher.eval()
+
+    def disagreement(m):
+        m.eval()
+        x = data.test.images.float().div(255).sub(0.5).div(0.25)
+        return float((m(x).softmax(1) - teacher(x).softmax(1)).abs().sum(1).mean())
+
+    plain, kd = tiny(seed=2), tiny(seed=2)
+    fit(plain, data, cfg(epochs=2), None, progress=False, log=lambda s: None)
+    fit(kd, data, cfg(epochs=2, distill=0.9), None, progress=False, log=lambda s: None, teacher=teacher)
+    assert disagreement(kd) < disagreement(plain)
+    with pytest.raises(PrunekitError, match="needs a teacher"):
+        fit(tiny(), data, cfg(distill=0.5), None, progress=False, log=lambda s: None)

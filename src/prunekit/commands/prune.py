@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=positive_float("--lr"), default=0.01)
     t.add_argument("--batch-size", type=positive_int("--batch-size"), default=128)
     t.add_argument("--seed", type=positive_int("--seed", allow_zero=True), default=0)
+    t.add_argument("--distill", type=fraction("--distill"), default=0.0,
+                   help="weight of distillation from the dense --model (0 = off; 0.5-0.9 typical)")
     p.add_argument("--out", required=True, help="output run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true")
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                         final_sparsity=args.final_sparsity, begin_step=args.begin_step, end_step=args.end_step,
                         begin_epoch=args.begin_epoch or 0.0, end_epoch=args.end_epoch, frequency=args.frequency,
                         power=args.power)
-    pcfg = PruneCfg(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, schedule=sched,
+    pcfg = PruneCfg(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, schedule=sched, distill=args.distill,
                     criterion=args.criterion, scope=args.scope, layers=args.layers, exclude=args.exclude,
                     round_to=args.round_to, min_channels=args.min_channels, target=args.target)
     spe = steps_per_epoch(data, args.batch_size)
@@ -92,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
     from ..pruning import prune_
 
     model = loaded.model
+    teacher = None
+    if args.distill > 0:
+        import copy
+
+        teacher = copy.deepcopy(model).eval()
     pruner = prune_(model, config, loaded.input_shape, steps_per_epoch=spe)
     scores_before = pruner.criterion.scores(model, pruner.graph, pruner.groups)
     weights_before = pruned_weight_magnitudes(pruner, only_alive=False)
@@ -105,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     resuming = args.resume and (out / CHECKPOINT).exists()  # a refused resume leaves prune_config.json alone
     if ctx.is_main and not resuming:
         write_json(out / "prune_config.json", prune_doc)
-    result = fit(model, data, tcfg, out, callbacks=[pruner], resume=args.resume, ctx=ctx, desc="prune")
+    result = fit(model, data, tcfg, out, callbacks=[pruner], resume=args.resume, ctx=ctx, desc="prune",
+                 teacher=teacher)
     if ctx.is_main:
         if resuming:
             write_json(out / "prune_config.json", prune_doc)

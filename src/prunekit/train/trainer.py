@@ -52,6 +52,8 @@ class TrainConfig:
     eval_batch_size: int = 512
     checkpoint_every: int = 0  # steps; 0 = at the end of every epoch only
     max_steps: int = 0  # stop early after this many steps (0 = no limit; for tests and smoke runs)
+    distill: float = 0.0  # weight of the distillation loss (needs a teacher); 0 = plain cross-entropy
+    distill_temperature: float = 4.0
 
     def validate(self) -> TrainConfig:
         def pos(name, integer=False, allow_zero=False):
@@ -71,6 +73,9 @@ class TrainConfig:
             pos(n, allow_zero=True)
         for n in ("checkpoint_every", "max_steps", "num_workers", "seed"):
             pos(n, integer=True, allow_zero=True)
+        if not 0 <= self.distill <= 1:
+            raise PrunekitError(f"distill must be in [0, 1], got {self.distill}")
+        pos("distill_temperature")
         if not 0 <= self.label_smoothing < 1:
             raise PrunekitError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.optimizer not in OPTIMIZERS:
@@ -149,12 +154,14 @@ def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
 
 def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Path | None = None, *,
         callbacks: Sequence[Callback] = (), resume: bool = False, ctx: DistContext | None = None,
-        progress: bool | None = None, log: Callable[[str], None] = print, desc: str = "train") -> dict[str, Any]:
+        progress: bool | None = None, log: Callable[[str], None] = print, desc: str = "train",
+        teacher: nn.Module | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train``; evaluate on ``data.test`` each epoch.
 
     Writes ``checkpoint.pt`` (atomic; model, optimizer, step, RNG and callback states) and ``metrics.jsonl``
     to ``out_dir`` (rank 0 only). With ``resume=True`` and a checkpoint present, training continues from it and
-    ends with exactly the weights an uninterrupted run would have.
+    ends with exactly the weights an uninterrupted run would have. With ``teacher`` and ``cfg.distill > 0`` the
+    loss is ``(1 - a) * cross-entropy + a * T^2 * KL(student/T || teacher/T)`` (Hinton et al., 2015).
     """
     if progress is False:  # no bar: plain tqdm (tqdm.auto warns in notebooks without ipywidgets)
         from tqdm import tqdm
@@ -219,6 +226,12 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
 
     if device.type == "cuda":  # datasets that fit: keep them on the GPU, augment there (no 2-core loader stall)
         data = data.to(device)
+    if cfg.distill > 0:
+        if teacher is None:
+            raise PrunekitError("distill > 0 needs a teacher model (e.g. the dense model before pruning)")
+        teacher = teacher.to(device).eval()
+        for p_ in teacher.parameters():
+            p_.requires_grad_(False)
     train_model: nn.Module = model
     restore_bn = None
     if ctx.enabled:
@@ -269,6 +282,13 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
             with _autocast(device, cfg.amp):
                 logits = train_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if cfg.distill > 0:
+                    with torch.no_grad():
+                        t_logits = teacher(x).float()
+                    t = cfg.distill_temperature
+                    kd = F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(t_logits / t, 1),
+                                  reduction="batchmean", log_target=True) * t * t
+                    loss = (1 - cfg.distill) * loss + cfg.distill * kd
             if not torch.isfinite(loss):
                 raise PrunekitError(f"training diverged at step {step} (loss={loss.item()}); lower --lr")
             optimizer.zero_grad(set_to_none=True)
