@@ -92,3 +92,16 @@ def test_streaming_split_matches_preloaded(tmp_path):
     xa = [x for x, _ in iterate_batches(a, "train", 4, train=True, seed=1)]
     xb = [x for x, _ in iterate_batches(b, "train", 4, train=True, seed=1)]
     assert all((p - q).abs().max() == 0 for p, q in zip(xa, xb, strict=True))
+
+
+def test_streaming_with_persistent_workers_keeps_order_across_epochs(tmp_path):
+    from prunekit.data import iterate_batches
+
+    make_folder(tmp_path, n=6, size=(10, 10))
+    a = load_data("imagefolder", tmp_path, preload=True)
+    b = load_data("imagefolder", tmp_path, preload=False)
+    for epoch in (0, 1):
+        ya = [y for _, y in iterate_batches(a, "train", 4, train=True, seed=1, epoch=epoch)]
+        yb = [y for _, y in iterate_batches(b, "train", 4, train=True, seed=1, epoch=epoch, num_workers=1)]
+        assert all((p == q).all() for p, q in zip(ya, yb, strict=True))
+    assert list(b.train._loaders) == [1]  # one loader (one set of worker processes) served both epochs

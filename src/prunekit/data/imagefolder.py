@@ -102,9 +102,16 @@ class FolderSplit(torch.utils.data.Dataset):
         return torch.from_numpy(load_image(path, self.channels, self.size, self.resize)), label
 
     def fetch(self, batches, num_workers=0):
-        loader = torch.utils.data.DataLoader(self, batch_sampler=[b.tolist() for b in batches],
-                                             num_workers=num_workers, collate_fn=_collate,
-                                             persistent_workers=False, pin_memory=torch.cuda.is_available())
+        # One DataLoader per worker count, kept across epochs (persistent workers); each epoch only swaps the
+        # batch order in its sampler, so decoding processes are not restarted every epoch.
+        loaders = self.__dict__.setdefault("_loaders", {})
+        if num_workers not in loaders:
+            sampler = _Batches()
+            loaders[num_workers] = (sampler, torch.utils.data.DataLoader(
+                self, batch_sampler=sampler, num_workers=num_workers, collate_fn=_collate,
+                persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available()))
+        sampler, loader = loaders[num_workers]
+        sampler.batches = [b.tolist() for b in batches]
         it = iter(loader)
         while True:
             try:
@@ -114,6 +121,19 @@ class FolderSplit(torch.utils.data.Dataset):
             except Exception as e:  # worker errors arrive wrapped: keep the original one-line message
                 lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
                 raise PrunekitError(lines[-1].split("PrunekitError: ")[-1] if lines else repr(e)) from None
+
+
+class _Batches(torch.utils.data.Sampler):
+    """A batch sampler whose batches are replaced before every pass."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _collate(batch):
