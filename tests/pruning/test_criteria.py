@@ -37,13 +37,36 @@ def ranking(scores):
     return list(np.argsort(-scores))
 
 
-def test_l1_and_l2_rank_filters_by_their_norm():
+def test_l1_filters_ranks_by_the_producing_filters_only():
     net, g, groups = constructed()
+    s = get_criterion("l1_filters").scores(net, g, groups)[groups[0].id]
+    assert s == pytest.approx([2, 3.5, 0.1, 2])
+
+
+def test_l1_and_l2_sum_over_the_whole_group():
+    """Group-wide norms: producing filter row + BN gamma + the consumer's input column (Torch-Pruning style)."""
+    net, g, groups = constructed()
+    w1 = net.conv1.weight.detach().flatten(1)
+    gamma = net.bn.weight.detach()
+    w2 = net.conv2.weight.detach().flatten(1)  # (3, 4): column c reads channel c
     l1 = get_criterion("l1").scores(net, g, groups)[groups[0].id]
     l2 = get_criterion("l2").scores(net, g, groups)[groups[0].id]
-    assert l1 == pytest.approx([2, 3.5, 0.1, 2])
-    assert l2 == pytest.approx([2, np.sqrt(3.25), 0.1, np.sqrt(2)])
-    assert ranking(l1)[0] == 1 and ranking(l2)[0] == 0  # the two norms disagree on purpose
+    assert l1 == pytest.approx((w1.abs().sum(1) + gamma.abs() + w2.abs().sum(0)).numpy(), rel=1e-6)
+    assert l2 == pytest.approx((w1.pow(2).sum(1) + gamma.pow(2) + w2.pow(2).sum(0)).sqrt().numpy(), rel=1e-6)
+
+
+def test_group_norm_credits_only_channels_that_are_used():
+    """A channel with gamma 0 and no reader gains nothing over its filter norm; the used ones gain gamma + column."""
+    net, g, groups = constructed()
+    with torch.no_grad():
+        net.conv1.weight[0] = 10.0
+        net.bn.weight[0] = 0.0
+        net.conv2.weight[:, 0] = 0.0
+        net.conv2.weight[:, 1:] = 1.0
+    filters = get_criterion("l1_filters").scores(net, g, groups)[groups[0].id]
+    group = get_criterion("l1").scores(net, g, groups)[groups[0].id]
+    assert ranking(filters)[0] == 0
+    assert group[0] - filters[0] == pytest.approx(0.0) and (group[1:] - filters[1:] > 3).all()
 
 
 def test_bn_gamma_ranks_by_abs_gamma():

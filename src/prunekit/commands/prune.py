@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frequency", type=positive_int("--frequency"), help="prune every N steps (default: ~10 updates)")
     g.add_argument("--power", type=positive_float("--power"), default=3.0, help="polynomial exponent (default 3)")
     c = p.add_argument_group("what to prune")
-    c.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn_gamma", "taylor", "random"])
+    c.add_argument("--criterion", default="l1", choices=["l1", "l2", "l1_filters", "bn_gamma", "taylor", "random"])
     c.add_argument("--scope", default="local", choices=["local", "global"])
     c.add_argument("--layers", default="pointwise", help="pointwise (default), all, or a regex over layer names")
     c.add_argument("--exclude", help="regex of layers never to prune")

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (masked or dense) or torchvision:NAME")
     p.add_argument("--out", required=True, help="directory for the shrunk model")
     p.add_argument("--sparsity", type=fraction("--sparsity"), help="one-shot: remove this fraction of channels")
-    p.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn_gamma", "random"])
+    p.add_argument("--criterion", default="l1", choices=["l1", "l2", "l1_filters", "bn_gamma", "random"])
     p.add_argument("--layers", default="pointwise", help="pointwise (default), all, or a regex over layer names")
     p.add_argument("--exclude", help="regex of layers never to prune")
     p.add_argument("--scope", default="local", choices=["local", "global"])

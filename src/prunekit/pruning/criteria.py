@@ -61,33 +61,54 @@ class Criterion(ABC):
 
 class _Norm(Criterion):
     p = 1
+    consumers = True  # also weigh how the channel is used: BN gamma and the next layers' input weights
 
     def scores(self, model, graph, groups, *, step=0, data=None):
         modules = dict(model.named_modules())
 
-        def rows(s):
-            if s.kind != "out":
-                return None
-            w = modules[s.module].weight.detach().float()
+        def norm(w: torch.Tensor, dim: int) -> np.ndarray:
+            w = w.detach().float().transpose(0, dim)
             w = w.reshape(w.shape[0], -1)
             return (w.abs().sum(1) if self.p == 1 else w.pow(2).sum(1)).cpu().numpy()
 
-        out = _scatter(graph, groups, rows)
+        def member(s):
+            m = modules.get(s.module)
+            w = getattr(m, "weight", None)
+            if not isinstance(w, torch.Tensor):
+                return None
+            if s.kind == "out":
+                return norm(w, 0)
+            if self.consumers and s.kind == "in":
+                return norm(w, 1)
+            if self.consumers and s.kind == "channel" and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                return norm(w[:, None], 0)
+            return None
+
+        out = _scatter(graph, groups, member)
         return out if self.p == 1 else {k: np.sqrt(v) for k, v in out.items()}
 
 
 @register_criterion("l1")
 class L1(_Norm):
-    """Sum of absolute filter weights of every producing layer in the group (Li et al., 2017)."""
+    """L1 norm over the whole channel group: producing filters, BN gamma and the next layers' input weights
+    (as Torch-Pruning's group magnitude; after BatchNorm a filter's own norm says little about its output)."""
 
     p = 1
 
 
 @register_criterion("l2")
 class L2(_Norm):
-    """Euclidean norm of the group's filters (all coupled producing layers together)."""
+    """L2 norm over the whole channel group (producing filters, BN gamma, next layers' input weights)."""
 
     p = 2
+
+
+@register_criterion("l1_filters")
+class L1Filters(_Norm):
+    """Sum of absolute weights of the producing filters only (Li et al., 2017)."""
+
+    p = 1
+    consumers = False
 
 
 @register_criterion("bn_gamma")

@@ -38,7 +38,7 @@ class PruningConfig:
 
     Args:
         schedule: a :class:`Schedule` or its config (``{"kind": "polynomial_decay", ...}``).
-        criterion: ``l1``, ``l2``, ``bn_gamma``, ``taylor`` or ``random``.
+        criterion: ``l1``, ``l2`` (group norms), ``l1_filters``, ``bn_gamma``, ``taylor`` or ``random``.
         scope: ``local`` (each group to the target) or ``global`` (ranked across groups, normalised by
             each group's mean score).
         layers: ``pointwise`` (non-grouped 1x1 convs), ``all``, or regex(es) over producing layer names.
