@@ -79,7 +79,7 @@ class StageTrainCfg:
     """Training settings of the prune/finetune stages; unset values inherit from ``train``."""
 
     epochs: float = F(5, "epochs", lo=0, hi=10000)
-    lr: float | None = F(None, "peak learning rate (default: train.lr / 5)", lo=0, lo_open=True, hi=100)
+    lr: float | None = F(None, "peak learning rate (default: train.lr / 2)", lo=0, lo_open=True, hi=100)
     batch_size: int | None = F(None, "batch size (default: train.batch_size)", lo=1, hi=1 << 20)
     warmup_epochs: float = F(0.0, "warm-up epochs", lo=0, hi=10000)
     distill: float = F(0.0, "weight of distillation from the dense (train-stage) model; 0 = off", lo=0, hi=1)
@@ -105,7 +105,8 @@ class PruneCfg(StageTrainCfg):
     enabled: bool = F(True, "run the prune stage")
     final_sparsity: float | None = F(None, "shortcut for schedule.final_sparsity", lo=0, hi=1, hi_open=True)
     schedule: ScheduleCfg = field(default_factory=ScheduleCfg)
-    criterion: Literal["l1", "l2", "bn_gamma", "taylor", "random"] = F("l1", "channel importance")
+    criterion: Literal["l1", "l2", "l1_filters", "bn_gamma", "taylor", "random"] = F(
+        "l1", "channel importance (l1/l2: norm over the whole channel group; l1_filters: producing filters only)")
     scope: Literal["local", "global"] = F("local", "local: each layer to the target; global: ranked across")
     layers: str | list = F("pointwise", "pointwise | all | regex (or list) over producing layer names")
     exclude: str | None = F(None, "regex of layers never to prune")

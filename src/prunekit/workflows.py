@@ -60,7 +60,7 @@ def train_config(t: TrainCfg, seed: int, stage: StageTrainCfg | None = None, num
     base = {f.name: getattr(t, f.name) for f in dataclasses.fields(TrainCfg)}
     if stage is not None:
         base["epochs"] = stage.epochs
-        base["lr"] = stage.lr if stage.lr is not None else t.lr / 5
+        base["lr"] = stage.lr if stage.lr is not None else t.lr / 2
         base["batch_size"] = stage.batch_size or t.batch_size
         base["warmup_epochs"] = stage.warmup_epochs
         base["distill"] = stage.distill
