@@ -255,10 +255,14 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
     last_eval: dict[str, Any] = {}
     show = progress if progress is not None else None
     start_time = time.perf_counter()
+    lazy = device.type == "cuda"  # GPU: accumulate loss/accuracy on the device, check finiteness every 50 steps
     while step < stop:
         epoch, start_batch = divmod(step, steps_per_epoch)
         model.train()
         n_seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
+        if lazy:
+            loss_acc = torch.zeros((), device=device, dtype=torch.float64)
+            correct_acc = torch.zeros((), device=device, dtype=torch.int64)
         batches = iterate_batches(data, "train", cfg.batch_size, train=True, seed=cfg.seed, epoch=epoch,
                                   start_batch=start_batch, device=device, rank=ctx.rank, world=ctx.world,
                                   augment=cfg.augment, num_workers=cfg.num_workers)
@@ -289,21 +293,32 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, out_dir: str | Pat
                     kd = F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(t_logits / t, 1),
                                   reduction="batchmean", log_target=True) * t * t
                     loss = (1 - cfg.distill) * loss + cfg.distill * kd
-            if not torch.isfinite(loss):
+            if not lazy and not torch.isfinite(loss):
                 raise PrunekitError(f"training diverged at step {step} (loss={loss.item()}); lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             n_seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
+            if lazy:  # no host sync per step: the GPU runs ahead of Python
+                loss_acc += loss.detach().double() * len(y)
+                correct_acc += (logits.detach().argmax(1) == y).sum()
+                if step % 50 == 0 and not bool(torch.isfinite(loss_acc)):
+                    raise PrunekitError(f"training diverged by step {step} (non-finite loss); lower --lr")
+            else:
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.detach().argmax(1) == y).sum())
             bar.update(1)
-            if bar.n % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", acc=f"{100 * correct / n_seen:.1f}")
+            if bar.n % 50 == 0 and not bar.disable:
+                ls, cs = (float(loss_acc), int(correct_acc)) if lazy else (loss_sum, correct)
+                bar.set_postfix(loss=f"{ls / n_seen:.3f}", acc=f"{100 * cs / n_seen:.1f}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < epoch_end:
                 save_checkpoint(step)
         bar.close()
+        if lazy:
+            loss_sum, correct = float(loss_acc), int(correct_acc)
+            if not math.isfinite(loss_sum):
+                raise PrunekitError(f"training diverged by step {step} (non-finite loss); lower --lr")
         if step < min(total, (epoch + 1) * steps_per_epoch):  # stopped by max_steps: checkpoint, no epoch row
             save_checkpoint(step)
             break
