@@ -113,10 +113,15 @@ class DependencyGraph:
         sel = is_real[p_rank]
         p_root, p_rank = p_root[sel], p_rank[sel]
         producers: dict[int, tuple[str, ...]] = {}
-        if len(p_root):
-            cut = np.flatnonzero(np.diff(p_root)) + 1
-            for r, ranks in zip(p_root[np.r_[0, cut]].tolist(), np.split(p_rank, cut), strict=True):
-                producers[r] = tuple(names[j] for j in ranks.tolist())
+        if len(p_root):  # one padded row of owner ranks per root; few distinct rows (one per layer, typically)
+            starts = np.r_[0, np.flatnonzero(np.diff(p_root)) + 1]
+            lengths = np.diff(np.r_[starts, len(p_root)])
+            seg = np.repeat(np.arange(len(starts)), lengths)
+            rows = np.full((len(starts), int(lengths.max())), -1, dtype=np.int64)
+            rows[seg, np.arange(len(p_root)) - starts[seg]] = p_rank
+            uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+            tuples = [tuple(names[j] for j in row if j >= 0) for row in uniq.tolist()]
+            producers = dict(zip(p_root[starts].tolist(), (tuples[i] for i in inv.reshape(-1).tolist()), strict=True))
         comps: dict[tuple, list[int]] = {}
         for r in np.unique(comp).tolist():  # ascending roots = channel order of the first producer
             key = (producers.get(r) or (st.owner[r],), r in locked_roots)

@@ -57,10 +57,25 @@ def trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.Graph
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+_BN_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
+
+
 class _ShapeRecorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, fast: bool = False):
         super().__init__(gm)
         self.shapes: dict[str, Any] = {}
+        self.fast = fast
+
+    def call_module(self, target, args, kwargs):
+        # Under fake tensors, BatchNorm's decomposition is most of the cost of shape propagation (ResNet-50:
+        # ~0.4 of 0.5 s); its output has its input's shape, so skip it when the input fits the layer.
+        if self.fast and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            mod = self.fetch_attr(target)
+            x = args[0]
+            dims = _BN_DIMS.get(type(mod))
+            if dims and x.dim() in dims and x.shape[1] == mod.num_features and x.is_floating_point():
+                return torch.empty_like(x)
+        return super().call_module(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
@@ -91,7 +106,7 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, Any
 
             mode = FakeTensorMode(allow_non_fake_inputs=True)
             with mode:
-                rec = _ShapeRecorder(gm)
+                rec = _ShapeRecorder(gm, fast=True)
                 rec.run(mode.from_tensor(example))
             return rec.shapes
         except Exception:  # unsupported op under fake tensors, or a data-dependent shape: run it for real
