@@ -32,8 +32,13 @@ class MaskBank(nn.Module):
         return [getattr(self, f"g{i}") for i in range(len(self.group_names))]
 
     def version(self) -> int:
-        """Changes whenever a mask buffer is modified in place (optimizer-free, DDP broadcast, load)."""
-        return sum(m._version for m in self.masks()) + sum(m.data_ptr() % 1_000_003 for m in self.masks())
+        """Changes whenever a mask buffer is modified in place (optimizer-free, DDP broadcast, load) or replaced
+        (``.to()``). Called by every mask hook in every forward pass, so it reads ``_buffers`` directly (no
+        ``nn.Module.__getattr__``)."""
+        v = 0
+        for m in self._buffers.values():
+            v += m._version + m.data_ptr() % 1_000_003
+        return v
 
     def flat(self) -> torch.Tensor:
         """All masks concatenated, plus a trailing constant 1 (for channels outside the selected groups)."""
