@@ -164,7 +164,7 @@ def main() -> None:
         write_text(prefix.with_suffix(".md"), render(result))
 
     plan = [(c, size, m) for c in modes for size in sizes for m in (False, True)]
-    for i, (compiled, size, masks) in enumerate(plan):
+    for compiled, size, masks in plan:
         if compiled and args.data_dir and "fmnist_epoch" not in result and not over():
             result["fmnist_epoch"] = fmnist_epoch(args.data_dir, device, width, batch, compiled=False)
             print(f"full Fashion-MNIST epoch {result['fmnist_epoch']['seconds']:.1f} s", flush=True)
