@@ -27,7 +27,7 @@ def test_defaults_and_overrides(tmp_path):
     ({"prune": {"schedule": {"begin_step": 50, "end_step": 10}}}, "begin_step .50. must be <= end_step"),
     ({"prune": {"schedule": {"frequency": 0}}}, "frequency must be >= 1"),
     ({"prune": {"epochs": 2, "schedule": {"end_epoch": 3}}}, "after the last prune epoch"),
-    ({"prune": {"criterion": "l3"}}, "must be one of l1, l2, bn_gamma, taylor, random"),
+    ({"prune": {"criterion": "l3"}}, "must be one of l1, l2, l1_filters, bn_gamma, taylor, random"),
     ({"prune": {"layers": "blocks.(("}}, "invalid layer regex"),
     ({"prune": {"overrides": [{"layer": "x"}]}}, "unknown field 'layer'"),
     ({"data": {"name": "mnist"}}, "did you mean 'fashion-mnist'"),
