@@ -60,6 +60,19 @@ def trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.Graph
 _BN_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 
 
+def _conv2d_out_hw(mod: nn.Conv2d, h: int, w: int) -> tuple[int, int] | None:
+    """Output height/width of a Conv2d with numeric padding (None: let the real kernel decide)."""
+    if isinstance(mod.padding, str) or mod.padding_mode != "zeros":
+        return None
+    out = []
+    for size, k, s, p, d in zip((h, w), mod.kernel_size, mod.stride, mod.padding, mod.dilation, strict=True):
+        o = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        if o < 1:
+            return None  # too small an input: the real call raises the proper error
+        out.append(o)
+    return out[0], out[1]
+
+
 class _ShapeRecorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, fast: bool = False):
         super().__init__(gm)
@@ -75,6 +88,10 @@ class _ShapeRecorder(fx.Interpreter):
             dims = _BN_DIMS.get(type(mod))
             if dims and x.dim() in dims and x.shape[1] == mod.num_features and x.is_floating_point():
                 return torch.empty_like(x)
+            if type(mod) is nn.Conv2d and x.dim() == 4 and x.shape[1] == mod.in_channels and x.is_floating_point():
+                hw = _conv2d_out_hw(mod, x.shape[2], x.shape[3])  # the conv meta kernel is the next largest cost
+                if hw is not None:
+                    return x.new_empty((x.shape[0], mod.out_channels, *hw))
         return super().call_module(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
