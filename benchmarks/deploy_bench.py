@@ -16,7 +16,8 @@ Usage::
     python benchmarks/deploy_bench.py --threads 1 --repeats 500
 
 Writes ``benchmarks/results/deploy.{json,md}`` (``--quick``: ``benchmarks/results/_work/deploy_quick.*``).
-Trained models are kept in ``benchmarks/results/_work/deploy_<mode>/`` and reused (``--retrain`` to redo).
+Trained models are kept in ``benchmarks/results/_work/deploy_<mode>_w<width>_e<epochs>_p<prune epochs>/`` and
+reused by a run with the same settings (``--retrain`` to redo).
 Timings are only as good as the machine is quiet: run it with nothing else on the CPU.
 """
 
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dense:
         dense, pruned = Path(args.dense), Path(args.pruned)
     else:
-        dense, pruned = build_models(ROOT / "results" / "_work" / f"deploy_{mode}", data, cfg, args.retrain)
+        key = f"deploy_{mode}_w{cfg['width']}_e{cfg['epochs']}_p{cfg['prune_epochs']}"  # settings in the name: no stale reuse
+        dense, pruned = build_models(ROOT / "results" / "_work" / key, data, cfg, args.retrain)
     s = BenchSettings(batches=tuple(sorted({int(b) for b in args.batch.split(",")})), threads=args.threads,
                       repeats=args.repeats or cfg["repeats"], warmup=10 if mode == "full" else 5)
     res = bench([dense, pruned], s, log=lambda msg: print(msg, flush=True), names=["dense", "pruned"])
