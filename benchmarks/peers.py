@@ -39,7 +39,7 @@ Full mode (GPU): width 1.0, full data, 30 dense + 5 prune + 10 fine-tune epochs 
 (dense, baselines) / 0.05 (prune, fine-tune: train.lr / 2, the library default), TP iterative K=5, all variants,
 dynamo ONNX exporter.
 Quick mode (CPU, ~45 min on 2 quiet cores): width 0.5, a class-balanced 10k-image training subset (full 10k test
-set), 3 dense + 2 prune + 1 fine-tune epochs (6 in all), batch 128, LR 0.05 / 0.01, TP iterative K=4, the
+set), 3 dense + 2 prune + 1 fine-tune epochs (6 in all), batch 128, LR 0.05 / 0.025, TP iterative K=4, the
 legacy (TorchScript) ONNX exporter (3x faster to export; same graph), and a reduced matrix (``QUICK_VARIANTS``).
 
 Usage::
@@ -78,7 +78,7 @@ MODES = {
              "batch_size": 256, "lr": 0.1, "stage_lr": 0.05, "warmup_epochs": 1.0, "tp_steps": 5,
              "exporter": "auto", "reseed": 6, "latency_repeats": 300, "latency_seconds": 10.0},
     "quick": {"width": 0.5, "train_subset": 10000, "dense_epochs": 3, "prune_epochs": 2, "finetune_epochs": 1,
-              "batch_size": 128, "lr": 0.05, "stage_lr": 0.01, "warmup_epochs": 1.0, "tp_steps": 4,
+              "batch_size": 128, "lr": 0.05, "stage_lr": 0.025, "warmup_epochs": 1.0, "tp_steps": 4,
               "exporter": "legacy", "reseed": 1, "latency_repeats": 200, "latency_seconds": 4.0},
 }
 
@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reseed", type=int, help="max close pairs rerun with seed+1 (quick 1, full 6; 0: none)")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float, help="LR of dense and width baselines (full 0.1, quick 0.05)")
-    ap.add_argument("--stage-lr", type=float, help="LR of prune / fine-tune stages (full 0.05, quick 0.01)")
+    ap.add_argument("--stage-lr", type=float, help="LR of prune / fine-tune stages (full 0.05, quick 0.025)")
     ap.add_argument("--tp-steps", type=int, help="Torch-Pruning iterative steps (full 5, quick 4)")
     ap.add_argument("--exporter", choices=["auto", "dynamo", "legacy"], help="ONNX exporter (full auto, quick legacy)")
     ap.add_argument("--latency-seconds", type=float, help="max seconds per latency measurement (full 10, quick 4)")
@@ -688,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         cut = [n for n in all_variants() if n not in names]
         doc["quick_note"] = (f"width {cfg['width']} (not 1.0); {len(data.train):,} training images (not 60k); "
                              f"{cfg['dense_epochs']:g}+{cfg['prune_epochs']:g}+{cfg['finetune_epochs']:g} epochs (not "
-                             "30+5+10); batch 128 / LR 0.05 (not 256 / 0.1); legacy ONNX exporter; second seed for "
+                             "30+5+10); batch 128 / LR 0.05 and 0.025 (not 256 / 0.1 and 0.05); legacy ONNX exporter; second seed for "
                              f"the closest pair only; variants cut: {', '.join(cut) if cut else 'none'}")
     j, m = C.write_results(prefix, doc, markdown(doc))
     C.log(f"wrote {j}, {m}, {pareto} ({doc['seconds_total']:.0f} s)")
