@@ -101,3 +101,25 @@ def test_random_is_seeded_and_changes_with_step():
 def test_unknown_criterion():
     with pytest.raises(PrunekitError, match="unknown criterion 'l3'"):
         get_criterion("l3")
+
+
+def test_group_norm_sums_a_linear_consumers_columns_per_channel():
+    """conv -> BN -> flatten -> Linear: each channel's score includes its H*W input columns of the Linear."""
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 3, 3, bias=False)
+            self.bn = nn.BatchNorm2d(3)
+            self.fc = nn.Linear(3 * 2 * 2, 5)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+    net = Head().eval()
+    g = DependencyGraph(net, (1, 4, 4))
+    group = g.by_name["conv"]
+    s = get_criterion("l1").scores(net, g, [group])[group.id]
+    fc = net.fc.weight.detach().abs().view(5, 3, 4).sum((0, 2))  # columns of channel c: c*4 .. c*4+3
+    expected = net.conv.weight.detach().abs().flatten(1).sum(1) + net.bn.weight.detach().abs() + fc
+    assert s == pytest.approx(expected.numpy(), rel=1e-6)

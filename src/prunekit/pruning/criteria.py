@@ -76,10 +76,8 @@ class _Norm(Criterion):
             w = getattr(m, "weight", None)
             if not isinstance(w, torch.Tensor):
                 return None
-            if s.kind == "out":
-                return norm(w, 0)
-            if self.consumers and s.kind == "in":
-                return norm(w, 1)
+            if s.kind == "out" or (self.consumers and s.kind == "in"):
+                return norm(w, s.dim)  # the slot's weight dimension: output rows / input columns
             if self.consumers and s.kind == "channel" and isinstance(m, nn.modules.batchnorm._BatchNorm):
                 return norm(w[:, None], 0)
             return None
