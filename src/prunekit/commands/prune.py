@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--target", default="channels", choices=["channels", "macs", "params"])
     t = p.add_argument_group("training while pruning")
     t.add_argument("--epochs", type=positive_float("--epochs"), default=5.0)
-    t.add_argument("--lr", type=positive_float("--lr"), default=0.01)
+    t.add_argument("--lr", type=positive_float("--lr"), default=0.025,
+                   help="peak learning rate (default 0.025: half of train's default, as prune.lr in configs)")
     t.add_argument("--batch-size", type=positive_int("--batch-size"), default=128)
     t.add_argument("--seed", type=positive_int("--seed", allow_zero=True), default=0)
     t.add_argument("--distill", type=fraction("--distill"), default=0.0,
