@@ -59,14 +59,9 @@ MODELS = {
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from prunekit.inference.bench import cpu_model
+
+    cpu = cpu_model()
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
