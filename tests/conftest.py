@@ -18,6 +18,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on a shared 2-core machine, small models run much faster with one
+    thread than with two spin-waiting ones. Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     """Run ``prunekit ARGS`` in-process; returns (exit code, stdout, stderr)."""
     from prunekit.cli import main

@@ -24,16 +24,9 @@ from prunekit.graph import DependencyGraph, masked
 from prunekit.models import InputSpec, ModelSpec, list_models, register_model
 from prunekit.surgery import example_inputs, shrink
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SEEDS = [0, 1, 2]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Toy nets: one intra-op thread is much faster than two on a shared 2-core machine (no spin-waiting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- helpers ----------------------------------------------------------------------------------------

@@ -32,18 +32,12 @@ from prunekit.graph import DependencyGraph
 from prunekit.models import InputSpec, ModelSpec, list_models, register_model
 from prunekit.surgery import example_inputs, shrink
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ARCH = "test_properties_random_cnn"
 SIZE = 8
 ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
         "none": nn.Identity}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- the random architecture ---------------------------------------------------------------------------------

@@ -33,18 +33,10 @@ MODELS = [
     ("torchvision:vgg11_bn", {"num_classes": 10}, 64),
     ("torchvision:alexnet", {"num_classes": 10}, 224),
 ]
-pytestmark = pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
+pytestmark = [pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export"),
+              pytest.mark.usefixtures("one_thread")]
 
 IDS = [f"{a.split(':')[-1]}-{k['width']}" if "width" in k else a.split(":")[-1] for a, k, _ in MODELS]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small inputs: one intra-op thread beats two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randomize_bn(model: nn.Module, seed: int) -> nn.Module:

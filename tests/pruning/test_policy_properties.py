@@ -30,16 +30,10 @@ from prunekit.pruning import (
     prune_,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHAPE = (1, 28, 28)
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --- schedules ------------------------------------------------------------------------------------------------
