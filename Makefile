@@ -12,7 +12,7 @@ help:
 	@echo "make demo       create $(VENV), install prunekit, run the whole pipeline on the bundled data"
 	@echo "make test       create $(VENV), install prunekit[dev,test], run the default test suite"
 	@echo "make test-slow  the slow tests too"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff and the import-layer contract (lint-imports)"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,7 @@ demo: $(BIN)/.installed
 	$(BIN)/prunekit run configs/demo.yaml --out runs/demo
 
 test: $(BIN)/.installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(BIN)/.installed
@@ -32,6 +33,7 @@ test-slow: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info .pytest_cache

@@ -6,6 +6,7 @@ when run as ``python benchmarks/X.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
@@ -83,11 +84,43 @@ def setup_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Machine, software, device and load: recorded with every result."""
+def provenance() -> dict[str, Any]:
+    """Which code produced a result: the git commit (and whether the working tree differed from it), the package
+    versions and the machine. Every results file records it."""
+    import importlib.metadata as md
+    import subprocess
+
     from prunekit.inference.bench import machine_info
 
-    env = {**machine_info(), "device": str(device), "torch_threads": torch.get_num_threads(), "load_start": loadavg()}
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "safetensors", "timm", "torch-pruning"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[pkg] = md.version(pkg)
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": dirty, "versions": versions,
+            "machine": machine_info(), "recorded": now()}
+
+
+def provenance_line(p: dict[str, Any]) -> str:
+    """One Markdown line naming the commit, key versions and machine of a result."""
+    m, v = p["machine"], p["versions"]
+    commit = (p.get("git_commit") or "unknown")[:10] + (" + local changes" if p.get("git_dirty") else "")
+    return (f"*Commit {commit}; torch {v.get('torch', '?')}, onnxruntime {v.get('onnxruntime', '?')}; {m['cpu']} "
+            f"({m['available_cores']} cores), {p['recorded']}.*")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Machine, software, device, load and provenance: recorded with every result."""
+    from prunekit.inference.bench import machine_info
+
+    env = {**machine_info(), "device": str(device), "torch_threads": torch.get_num_threads(), "load_start": loadavg(),
+           "provenance": provenance()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -146,7 +179,7 @@ def mobilenet(width: float, seed: int, dropout: float = 0.2):
 
 def model_spec(data, width: float, extra: dict | None = None):
     from prunekit.models import ModelSpec
-    from prunekit.workflows import input_spec
+    from prunekit.steps import input_spec
 
     spec = ModelSpec("mobilenet_v1", {"width": width, "num_classes": 10, "in_channels": 1, "small_input": True,
                                       "dropout": 0.2}, input_spec(data), list(data.class_names))
@@ -155,10 +188,10 @@ def model_spec(data, width: float, extra: dict | None = None):
 
 
 def params_macs(model) -> dict[str, int]:
-    from prunekit.pruning import strip_copy
-    from prunekit.report.summary import profile
+    from prunekit.cost import profile
+    from prunekit.pruning import strip
 
-    p = profile(strip_copy(model).cpu(), (1, 28, 28))
+    p = profile(strip(model, copy=True).cpu(), (1, 28, 28))
     return {"params": p.params, "macs": p.macs}
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 
 from prunekit.io import write_json, write_text  # noqa: E402
 from prunekit.models import create_model  # noqa: E402
-from prunekit.pruning import PruningConfig, prune_  # noqa: E402
+from prunekit.pruning import OneShot, PruningConfig, prune_  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -45,7 +45,7 @@ def step_rate(size: int, masks: bool, compiled: bool, device: torch.device, widt
                          small_input=small).to(device)
     shape = (1 if small else 3, size, size)
     if masks:
-        p = prune_(model, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.5}), shape)
+        p = prune_(model, PruningConfig(schedule=OneShot(0.5)), shape)
         p.step(0)
     cuda = device.type == "cuda"
     if cuda:

@@ -168,7 +168,7 @@ class Runner:
 
     def dense(self, seed: int) -> tuple[nn.Module, dict]:
         """The shared starting point: dense trained ``dense_epochs`` (cached in memory and on disk)."""
-        from prunekit.api import load, save
+        from prunekit.saved import load, save
 
         if seed in self.dense_cache:
             m, info = self.dense_cache[seed]
@@ -229,37 +229,36 @@ class Runner:
 
     def match_width(self, r: float) -> float:
         """Width whose parameter count matches prunekit local pruning of the pointwise channels at ``r``."""
-        from prunekit.pruning import PruningConfig, prune_
+        from prunekit.pruning import OneShot, PruningConfig, prune_
 
         m = C.mobilenet(self.cfg["width"], 0)
-        pr = prune_(m, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": r}), (1, 28, 28))
-        pr.update(r)
+        pr = prune_(m, PruningConfig(schedule=OneShot(r)), (1, 28, 28))
+        pr.step(0)
         return C.width_for_params(pr.shrink(check=False).params_after)
 
     def prunekit(self, model, name, r, seed, rec):
-        from prunekit.config import PruneCfg, ScheduleCfg
         from prunekit.data import iterate_batches
-        from prunekit.pruning import PruningConfig, prune_
-        from prunekit.workflows import pruning_config, steps_per_epoch
+        from prunekit.pruning import OneShot, PruningConfig, ScheduleSpec, prune_
+        from prunekit.steps import steps_per_epoch
 
         c = self.cfg
         _, kind, crit, scope, _ = name.split("-")
         spe = steps_per_epoch(self.data, c["batch_size"])
         if kind == "gradual":
-            pcfg = pruning_config(PruneCfg(epochs=c["prune_epochs"], final_sparsity=r, criterion=crit, scope=scope,
-                                           schedule=ScheduleCfg(kind="polynomial_decay", power=3.0)), spe, seed)
-            pruner = prune_(model, pcfg, (1, 28, 28), steps_per_epoch=spe)
+            pcfg = PruningConfig(schedule=ScheduleSpec(kind="polynomial_decay", final_sparsity=r, power=3.0),
+                                 criterion=crit, scope=scope, seed=seed)
+            pruner = prune_(model, pcfg, (1, 28, 28), steps_per_epoch=spe, total_steps=round(c["prune_epochs"] * spe))
             rec["schedule"] = pruner.schedule.get_config()
             rec["train"] = [self.fit(model, c["prune_epochs"], seed, True, f"{name}_s{seed}_prune", callbacks=[pruner])]
             ft_epochs = c["finetune_epochs"]
         else:
-            pcfg = PruningConfig(schedule={"kind": "one_shot", "target_sparsity": r}, criterion=crit, scope=scope,
+            pcfg = PruningConfig(schedule=OneShot(r), criterion=crit, scope=scope,
                                  seed=seed).validate()
             pruner = prune_(model, pcfg, (1, 28, 28))
             if crit == "taylor":
                 batches = iterate_batches(self.data, "train", c["batch_size"], train=True, seed=seed + 1)
                 pruner.calibrate(b for _, b in zip(range(pcfg.taylor_batches), batches, strict=False))
-            pruner.update(r)
+            pruner.step(0)
             rec["schedule"] = {"kind": "one_shot", "target_sparsity": r}
             rec["train"] = []
             ft_epochs = c["prune_epochs"] + c["finetune_epochs"]
@@ -324,7 +323,7 @@ def deploy_metrics(model: nn.Module, name: str, data, cfg: dict, out_dir: Path, 
     """Params, MACs, ONNX fp32/int8 sizes, int8 top-1, batch-1 latency (PyTorch eager, ORT fp32, ORT int8)."""
     from torch.nn.utils import prune
 
-    from prunekit.export import DeployMeta, calibration_batches, export_onnx, ort_session, quantize_onnx
+    from prunekit.deploy import DeployMeta, calibration_batches, export_onnx, ort_session, quantize_onnx
     from prunekit.inference.bench import stats, time_runs
 
     model = model.eval().cpu()

@@ -72,8 +72,8 @@ def train_cfg(epochs: float, cfg: dict, seed: int, stage: bool):
 
 
 def load_dense(path: str):
-    from prunekit.api import load
     from prunekit.errors import PrunekitError
+    from prunekit.saved import load
 
     loaded = load(path)
     if loaded.pruner is not None or loaded.spec.arch != "mobilenet_v1":
@@ -84,18 +84,16 @@ def load_dense(path: str):
 
 def prune_one(dense, data, ratio: float, cfg: dict, seed: int, work: Path, plots: Path, ctx) -> dict:
     """Gradual pruning to ``ratio`` -> surgery (verified) -> fine-tune. Returns the record."""
-    from prunekit.config import PruneCfg, ScheduleCfg
-    from prunekit.pruning import prune_
+    from prunekit.pruning import PruningConfig, ScheduleSpec, prune_
     from prunekit.report.inspect import pruned_weight_magnitudes, write_inspection
+    from prunekit.steps import steps_per_epoch
     from prunekit.train import evaluate, fit, read_metrics
-    from prunekit.workflows import pruning_config, steps_per_epoch
 
     tag = f"{int(round(ratio * 100))}"
     model = copy.deepcopy(dense)
     spe = steps_per_epoch(data, cfg["batch_size"])
-    pcfg = pruning_config(PruneCfg(epochs=cfg["prune_epochs"], final_sparsity=ratio,
-                                   schedule=ScheduleCfg(kind="polynomial_decay", power=3.0)), spe, seed)
-    pruner = prune_(model, pcfg, (1, 28, 28), steps_per_epoch=spe)
+    pcfg = PruningConfig(schedule=ScheduleSpec(kind="polynomial_decay", final_sparsity=ratio, power=3.0), seed=seed)
+    pruner = prune_(model, pcfg, (1, 28, 28), steps_per_epoch=spe, total_steps=round(cfg["prune_epochs"] * spe))
     sched = pruner.schedule.get_config()
     C.log(f"[{tag}%] PolynomialDecay {sched} over {len(pruner.groups)} pointwise groups")
     scores_before = pruner.criterion.scores(model, pruner.graph, pruner.groups)
@@ -256,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         C.log(f"re-rendered {j}, {m}")
         return 0
 
-    from prunekit.api import save
     from prunekit.report import plots as P
+    from prunekit.saved import save
     from prunekit.train import DistContext, evaluate, fit, pick_device
 
     mode = "quick" if args.quick else "full"

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="model/run directory (default benchmarks/results/_work/train_fmnist[_quick])")
     args = ap.parse_args(argv)
 
-    from prunekit.api import save
+    from prunekit.saved import save
     from prunekit.train import DistContext, TrainConfig, fit, pick_device
 
     mode = "quick" if args.quick else "full"

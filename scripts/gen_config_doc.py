@@ -13,7 +13,8 @@ are rejected before any work starts, naming the key and the closest valid one. T
 `configs/fashion_mnist.yaml` (full Fashion-MNIST, GPU-sized), `configs/imagenet_mobilenet_v1.yaml` (ImageFolder,
 starts from an imported model).
 
-**Stages and what they depend on.** `train` (model, data, train, seed; or `model.init`) → `prune` (prune) →
+**Stages and what they depend on.** `train` (model, data, train, seed; `model.init` starts from a saved model
+and trains it `train.epochs` more epochs, 0 = as it is) → `prune` (prune) →
 `surgery` → `finetune` (finetune, train) → `export` (export) → `quantize` (quantize) → `evaluate` (bench) →
 `predict` (predict) → `report`. A stage reruns when its own keys or an earlier stage changed; `--from STAGE`
 forces a rerun.
@@ -23,7 +24,12 @@ the target sparsity is `final + (initial - final) * (1 - p)^power` (`p` = progre
 `one_shot` use `final_sparsity` throughout), and in every selected group the lowest-ranked channels are masked
 until that fraction is gone. Steps can be given in epochs (`begin_epoch`, `end_epoch`); by default pruning ends
 at 60% of `prune.epochs`, leaving the rest to recover. The final target is also applied at `end_step` itself.
-`prune.lr`/`finetune.lr` default to `train.lr / 2` (measured on full Fashion-MNIST, 50% pruned: 89.47% top-1 at lr/2 vs 88.32% at lr/5).
+`prune.lr`/`finetune.lr` default to `train.lr / 2`; the prune and finetune stages take every other training
+setting from `train`.
+
+**Augmentation** (`data.augment`) scales with the image: a random crop after zero padding of `crop_pad` times
+the image side (default 0.125: 4 px at 28x28, 1 px at 8x8), and horizontal flips only where the content is
+mirror-symmetric: on by default for Fashion-MNIST, off for image folders and synthetic data.
 
 """
 

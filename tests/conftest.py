@@ -49,6 +49,44 @@ def run_cli_subprocess(*args: str, cwd: str | Path | None = None, timeout: float
                           cwd=cwd, timeout=timeout, env=e)
 
 
+@contextlib.contextmanager
+def read_only_dir(path: Path):
+    """``path`` (created) made unwritable for this process, also when the tests run as root (as CI does), which
+    ignores permission bits: then it is made immutable (``chattr +i``) or bind-mounted read-only onto itself.
+    Yields how; fails (never skips silently) when no method works."""
+    import shutil
+    import tempfile
+
+    path.mkdir(parents=True, exist_ok=True)
+    undo, how = None, None
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        undo, how = (lambda: path.chmod(0o755)), "chmod 555"
+    else:
+        for cmd, off, label in ((["chattr", "+i"], ["chattr", "-i"], "chattr +i"),
+                                (["mount", "--bind", "-o", "ro"], ["umount"], "read-only bind mount")):
+            if shutil.which(cmd[0]) is None:
+                continue
+            args = [*cmd, str(path)] + ([str(path)] if cmd[0] == "mount" else [])
+            if subprocess.run(args, capture_output=True).returncode == 0:
+                undo, how = (lambda off=off: subprocess.run([*off, str(path)], capture_output=True)), label
+                break
+    try:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path)
+            os.close(fd)
+            os.unlink(tmp)
+            writable = True
+        except OSError:
+            writable = False
+        if writable:
+            pytest.fail(f"could not make {path} read-only for this process (tried: chmod / chattr / bind mount)")
+        yield how
+    finally:
+        if undo is not None:
+            undo()
+
+
 @pytest.fixture(scope="session")
 def bundled():
     from prunekit.data import load_data

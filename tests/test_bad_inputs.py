@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,10 +35,10 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def _save_model(directory: Path, **model_kwargs) -> Path:
-    from prunekit.api import save
     from prunekit.config import ModelCfg
     from prunekit.data import load_data
-    from prunekit.workflows import build_model
+    from prunekit.saved import save
+    from prunekit.steps import build_model
 
     torch.manual_seed(0)
     model, spec = build_model(ModelCfg(width=0.25, **model_kwargs), load_data("bundled"))
@@ -258,15 +257,15 @@ CASES = [
     Case("config/nan", _train("--out", "@new_out", "--set", "train.epochs=.nan"), "train.epochs must be finite"),
     Case("config/sparsity-one", _prune("--final-sparsity", "1"), "must be in [0, 1)"),
     Case("config/sparsity-negative", _prune("--final-sparsity", "-0.1"), "must be in [0, 1)"),
-    Case("config/sparsity-nan", _prune("--final-sparsity", "nan"), "must be in [0, 1)"),
+    Case("config/sparsity-nan", _prune("--final-sparsity", "nan"), "--final-sparsity must be finite"),
     Case("config/begin-after-end", _prune("--begin-step", "50", "--end-step", "10"),
-         "must be after begin step"),
+         "begin_step (50) must be <= end_step (10)"),
     Case("config/begin-after-end-yaml", _train("--out", "@new_out", "--set", "prune.schedule.begin_step=10",
                                                "--set", "prune.schedule.end_step=5"), "must be <= end_step"),
     Case("config/initial-above-final", _prune("--initial-sparsity", "0.8", "--final-sparsity", "0.5"),
          "exceeds the final sparsity"),
     Case("config/end-epoch-after-epochs", _prune("--end-epoch", "3"), "is after the last epoch"),
-    Case("config/frequency-zero", _prune("--frequency", "0"), "--frequency must be > 0"),
+    Case("config/frequency-zero", _prune("--frequency", "0"), "--frequency must be >= 1"),
     Case("config/layers-match-nothing", lambda w: ["plan", "--model", w["model"], "--layers", "no_such_layer"],
          "matches no prunable layer"),
     Case("config/layers-bad-regex", _prune("--layers", "blocks.(1"), "invalid layer regex"),
@@ -283,7 +282,7 @@ CASES = [
          "the following arguments are required: --model"),
     Case("cli/bad-number", lambda w: ["eval", "--model", w["model"], "--batch-size", "ten"],
          "--batch-size must be an integer"),
-    Case("cli/unknown-command", lambda w: ["trian", "--out", "x"], "invalid choice: 'trian'"),
+    Case("cli/unknown-command", lambda w: ["trian", "--out", w["new_out"]], "invalid choice: 'trian'"),
     Case("cli/unknown-choice", _prune("--criterion", "magic"), "invalid choice: 'magic'"),
     Case("cli/unknown-device", lambda w: ["eval", "--model", w["model"], "--device", "tpu9"], "unknown device"),
     Case("cli/out-is-a-file", _train("--out", "@m_file"), "exists and is not a directory",
@@ -307,11 +306,15 @@ CASES = [
 
 
 def snapshot(paths: list[Path]) -> dict[str, tuple]:
-    """Every file under ``paths`` with its size, mtime and content hash, and every directory (so that a file
-    added or left behind shows up). Directory mtimes are not compared: the up-front writability probe
-    (a temporary file created and removed) touches them without changing any result."""
+    """Every file under ``paths`` with its size, mtime and content hash, every directory (so that a file
+    added or left behind shows up), and the paths that do not exist (so that one created shows up). Directory
+    mtimes are not compared: the up-front writability probe (a temporary file created and removed) touches
+    them without changing any result."""
     snap: dict[str, tuple] = {}
     for root in paths:
+        if not root.exists():
+            snap[str(root)] = ("absent",)
+            continue
         for f in [root] if not root.is_dir() else [root, *sorted(root.rglob("*"))]:
             if f.is_file():
                 st = f.stat()
@@ -319,6 +322,13 @@ def snapshot(paths: list[Path]) -> dict[str, tuple]:
             else:
                 snap[str(f)] = ("dir",)
     return snap
+
+
+def touched(case: Case, w: dict[str, Path]) -> list[Path]:
+    """What a failing command must leave as it was: every path it was given (outputs, models, data, configs;
+    one that does not exist must not be created) and the case's declared results."""
+    paths = [a for a in case.args(w) if isinstance(a, Path) and not str(a).startswith("/proc")]
+    return sorted(set(paths + case.protect(w)))
 
 
 def assert_one_line_error(r, match: str) -> None:
@@ -334,27 +344,36 @@ def assert_one_line_error(r, match: str) -> None:
 @pytest.fixture(scope="module")
 def results(w, request) -> dict[str, tuple]:
     """Run the selected cases, a few processes at a time (each spends ~2 s importing torch), and record
-    the protected files before and after. Cases only read the shared inputs, so they can overlap."""
+    what each may touch before and after. Cases only read the shared inputs, so they can overlap."""
     from concurrent.futures import ThreadPoolExecutor
 
     wanted = {it.callspec.params["case"].id for it in request.session.items
               if it.module is request.module and hasattr(it, "callspec") and "case" in it.callspec.params}
     cases = [c for c in CASES if c.id in wanted]
-    before = {c.id: snapshot(c.protect(w)) for c in cases}
+    before = {c.id: snapshot(touched(c, w)) for c in cases}
+    tree_before = snapshot([w["root"]])
 
     def one(c: Case):
         return run_cli_subprocess(*c.args(w), cwd=w["root"], timeout=300, env=ENV)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         done = dict(zip([c.id for c in cases], pool.map(one, cases), strict=True))
-    return {c.id: (done[c.id], before[c.id], snapshot(c.protect(w))) for c in cases}
+    out = {c.id: (done[c.id], before[c.id], snapshot(touched(c, w))) for c in cases}
+    out["_tree"] = (tree_before, snapshot([w["root"]]))
+    return out
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, results):
     r, before, after = results[case.id]
     assert_one_line_error(r, case.match)
-    assert after == before, "an existing result was modified"
+    assert after == before, "an existing result (or input) was modified, or an output was created"
+
+
+def test_failed_commands_leave_the_whole_tree_as_it_was(results):
+    """Nothing anywhere under the shared directory changed while every case failed (cases run there)."""
+    before, after = results["_tree"]
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))[:5]
 
 
 def test_matrix_is_large_distinct_and_documented():
@@ -366,18 +385,15 @@ def test_matrix_is_large_distinct_and_documented():
     assert not [c.id for c in CASES if c.match not in doc], "docs/errors.md lacks these messages"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions (the /proc and file-as-directory "
-                                               "cases cover unwritable outputs)")
 def test_out_in_read_only_directory(w, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        r = run_cli_subprocess("surgery", "--model", w["model"], "--sparsity", "0.5", "--out", ro / "shrunk", env=ENV)
+    """Also as root (CI): the directory is then immutable or a read-only bind mount, not just chmod 555."""
+    from conftest import read_only_dir
+
+    with read_only_dir(tmp_path / "ro") as how:
+        r = run_cli_subprocess("surgery", "--model", w["model"], "--sparsity", "0.5", "--out", tmp_path / "ro" / "s",
+                               env=ENV)
         assert_one_line_error(r, "cannot create output directory")
-        assert not list(ro.iterdir())
-    finally:
-        ro.chmod(0o700)
+        assert not list((tmp_path / "ro").iterdir()), how
 
 
 # --- inputs that are accepted on purpose ---------------------------------------------------------------
@@ -399,7 +415,7 @@ def test_near_total_sparsity_is_clamped_to_one_channel_per_layer(w, tmp_path):
     rc, so, se = run_cli("surgery", "--model", w["model"], "--sparsity", "0.999999", "--out", tmp_path / "s",
                          "--json")
     assert rc == 0, se
-    from prunekit.api import load
+    from prunekit.saved import load
 
     model = load(tmp_path / "s").model
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -73,7 +73,36 @@ def test_torchvision_one_line_surgery(tmp_path):
     assert res["max_abs_diff"] <= 1e-4 and res["params_after"] < 0.7 * res["params_before"]
     from prunekit import load
 
-    assert load(tmp_path / "mv2").model is not None
+    assert sum(p.numel() for p in load(tmp_path / "mv2").model.parameters()) == res["params_after"]
+
+
+def test_a_shrunk_model_reloads_and_computes_what_the_masked_model_did(tmp_path):
+    """surgery -> save -> load: the reloaded model reproduces the masked original (not just "loads")."""
+    import torch
+
+    from prunekit import load, save
+    from prunekit.pruning import OneShot, PruningConfig, prune_
+    from prunekit.saved import resolve
+
+    torch.manual_seed(0)
+    ref = resolve("torchvision:resnet18", num_classes=10)
+    with torch.no_grad():  # BN statistics that make every channel matter
+        for m in ref.model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.bias.uniform_(-0.5, 0.5)
+    save(ref.model, tmp_path / "dense", ref.spec)
+    rc, out, err = run_cli("surgery", "--model", tmp_path / "dense", "--sparsity", "0.4", "--layers", "all",
+                           "--out", tmp_path / "small")
+    assert rc == 0, err
+    small = load(tmp_path / "small").model.eval()
+    masked = ref.model.eval()
+    prune_(masked, PruningConfig(schedule=OneShot(0.4), layers="all"), (3, 224, 224)).step(0)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = masked(x), small(x)
+    assert got.shape == (2, 10) and (got - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
+    assert sum(p.numel() for p in small.parameters()) < 0.8 * sum(p.numel() for p in masked.parameters())
 
 
 def test_help_for_every_command():

@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from prunekit.config import dump_config, load_config, parse_config
-from prunekit.workflows import pruning_config, train_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.y*ml"))
 # training-set sizes the configs are written for (images per epoch)
@@ -23,11 +22,10 @@ def test_every_config_loads_and_resolves(path):
     cfg = load_config(path)
     # OUT/config.yaml (the resolved config a run saves) loads back to the same config
     assert parse_config(yaml.safe_load(dump_config(cfg))) == cfg
-    steps = TRAIN_IMAGES[cfg.data.name] // train_config(cfg.train, cfg.seed, cfg.prune).batch_size
+    steps = TRAIN_IMAGES[cfg.data.name] // cfg.prune.training(cfg.train, cfg.seed).batch_size
     if cfg.prune.enabled:
-        pc = pruning_config(cfg.prune, steps, cfg.seed)
-        sched = pc.build_schedule()
         prune_steps = round(cfg.prune.epochs * steps)
+        sched = cfg.prune.pruning(cfg.seed).build_schedule(steps, prune_steps)
         assert 0 <= sched.begin_step < sched.end_step <= prune_steps
         assert sched.final_sparsity == cfg.prune.final_sparsity
 
@@ -53,7 +51,8 @@ def test_fashion_mnist_config_is_the_full_gpu_run():
     moved = load_config(path, ["data.root=/data/fmnist"])
     assert moved.data.root == "/data/fmnist" and moved.train == cfg.train
     # pruning ramps over the first 10 epochs of 234 steps (60,000 / 256), about once per epoch
-    sched = pruning_config(cfg.prune, 60_000 // 256).build_schedule()
+    spe = 60_000 // 256
+    sched = cfg.prune.pruning().build_schedule(spe, round(cfg.prune.epochs * spe))
     assert (sched.begin_step, sched.end_step) == (0, 2340)
     assert 8 <= (sched.end_step - sched.begin_step) // sched.frequency <= 12
     assert sched.sparsity(sched.end_step) == pytest.approx(0.75)

@@ -41,19 +41,17 @@ def test_nan_is_written_as_null(tmp_path):
 
 
 def test_unwritable_output_dir_is_reported_before_work(tmp_path):
+    from conftest import read_only_dir
+
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(PrunekitError, match="not a directory|cannot create"):
         check_writable_dir(f / "sub")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        if os.geteuid() != 0:  # root ignores permissions
-            with pytest.raises(PrunekitError, match="not writable"):
-                check_writable_dir(ro)
-    finally:
-        ro.chmod(0o700)
+    with read_only_dir(tmp_path / "ro"), pytest.raises(PrunekitError, match="is not writable"):
+        check_writable_dir(tmp_path / "ro")  # (as root too: the directory is immutable or mounted read-only)
+    with read_only_dir(tmp_path / "ro2"), pytest.raises(PrunekitError, match="cannot create"):
+        check_writable_dir(tmp_path / "ro2" / "run")
+    assert not list((tmp_path / "ro").iterdir()) and not list((tmp_path / "ro2").iterdir())
 
 
 def test_atomic_files_get_normal_permissions(tmp_path):
@@ -61,3 +59,16 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_loading_is_refused_under_torch_older_than_2_6(tmp_path, monkeypatch):
+    """torch.load(weights_only=True) could be bypassed before torch 2.6 (CVE-2025-32434): refuse to unpickle."""
+    ok = tmp_path / "ok.pt"
+    torch_save(ok, {"w": torch.zeros(2)})
+    assert torch.equal(torch_load(ok)["w"], torch.zeros(2))
+    for old in ("2.5.1", "2.4.0+cpu", "1.13.1"):
+        monkeypatch.setattr(torch, "__version__", old)
+        with pytest.raises(PrunekitError, match=r"torch.load is only safe from torch 2.6 on"):
+            torch_load(ok)
+    monkeypatch.setattr(torch, "__version__", "2.6.0+cu124")
+    assert torch.equal(torch_load(ok)["w"], torch.zeros(2))

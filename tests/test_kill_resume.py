@@ -33,7 +33,7 @@ import torch
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 STEPS_PER_EPOCH = 16  # synthetic: 512 training images / batch 32
 TRAIN_EPOCHS, PRUNE_EPOCHS = 3, 2
-TRAIN_EVERY, PRUNE_EVERY = 5, 4  # checkpoint_every (prune: set by the worker; it has no CLI flag)
+TRAIN_EVERY, PRUNE_EVERY = 5, 4  # checkpoint_every (prune: added by the worker to the killed run only)
 TRAIN_ARGS = ["train", "--data", "synthetic", "--image-size", "16", "--width", "0.25", "--epochs", str(TRAIN_EPOCHS),
               "--batch-size", "32", "--lr", "0.05", "--device", "cpu", "--set", f"train.checkpoint_every={TRAIN_EVERY}"]
 
@@ -65,17 +65,9 @@ def target(path):
     return os.path.basename(str(path)) == spec.get("name")
 
 
-if spec.get("checkpoint_every"):  # `prunekit prune` has no flag for it; results do not depend on it
-    import prunekit.workflows as wf
-
-    real_tc = wf.train_config
-
-    def train_config(*a, **k):
-        cfg = real_tc(*a, **k)
-        cfg.checkpoint_every = spec["checkpoint_every"]
-        return cfg
-
-    wf.train_config = train_config
+argv = sys.argv[2:]
+if spec.get("checkpoint_every"):  # more checkpoints in the killed run; results do not depend on it
+    argv += ["--set", f"train.checkpoint_every={spec['checkpoint_every']}"]
 
 kind, count = spec["kind"], [0]
 if kind == "step":  # at the start of the n-th optimisation step
@@ -124,7 +116,7 @@ elif kind == "half-written":  # half of the checkpoint's bytes are in the tempor
 
 from prunekit.cli import main
 
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(argv))
 '''
 
 

@@ -52,17 +52,17 @@ def evil_torch_zip(marker: Path) -> bytes:
 
 
 def _model_dir(directory: Path, masked: bool = False) -> Path:
-    from prunekit.api import save
     from prunekit.config import ModelCfg
     from prunekit.data import load_data
-    from prunekit.workflows import build_model
+    from prunekit.saved import save
+    from prunekit.steps import build_model
 
     torch.manual_seed(0)
     model, spec = build_model(ModelCfg(width=0.25), load_data("bundled"))
     if masked:
-        from prunekit.pruning import PruningConfig, prune_
+        from prunekit.pruning import OneShot, PruningConfig, prune_
 
-        pruner = prune_(model, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.5}), (1, 28, 28))
+        pruner = prune_(model, PruningConfig(schedule=OneShot(0.5)), (1, 28, 28))
         pruner.step(0)
     save(model, directory, spec)
     return directory
@@ -261,10 +261,10 @@ IMPORT_ALLOW = {
 }
 # Loaders that unpickle only after a check, or only what prunekit produced in memory.
 LOADER_ALLOW = {
-    ("export/torchscript.py", "torchscript_bytes", "torch.jit.load"),  # reloads our own bytes for verification
-    ("export/torchscript.py", "load_torchscript", "torch.jit.load"),  # TorchScript unpickler: no Python globals
-    ("export/torchscript.py", "exported_program_bytes", "torch.export.load"),  # our own bytes
-    ("export/torchscript.py", "load_exported_program", "torch.export.load"),  # after check_pt2_safe(path)
+    ("deploy/torchscript.py", "torchscript_bytes", "torch.jit.load"),  # reloads our own bytes for verification
+    ("deploy/torchscript.py", "load_torchscript", "torch.jit.load"),  # TorchScript unpickler: no Python globals
+    ("deploy/torchscript.py", "exported_program_bytes", "torch.export.load"),  # our own bytes
+    ("deploy/torchscript.py", "load_exported_program", "torch.export.load"),  # after check_pt2_safe(path)
 }
 
 
@@ -341,7 +341,7 @@ def test_source_has_no_unsafe_loading_or_dynamic_code():
     problems = [p for path in files for p in scan(path, path.relative_to(SRC).as_posix())]
     assert not problems, "\n".join(problems)
     # the allowlisted torch.export.load is only reached after the archive check
-    src = (SRC / "export" / "torchscript.py").read_text()
+    src = (SRC / "deploy" / "torchscript.py").read_text()
     body = src[src.index("def load_exported_program"):]
     assert body.index("check_pt2_safe(path)") < body.index("torch.export.load(")
 

@@ -1,13 +1,18 @@
 """prunekit: structured channel pruning for CNNs.
 
-Train -> prune gradually (masks) -> surgery (physically smaller model) -> fine-tune -> export -> int8.
+Train -> prune gradually (masks) -> shrink (surgery: a physically smaller model) -> fine-tune -> export -> int8.
 
 >>> import prunekit
+>>> from prunekit.pruning import OneShot
 >>> model = prunekit.create_model("mobilenet_v1", width=0.25, num_classes=10, in_channels=1, small_input=True)
->>> config = prunekit.PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.5})
->>> pruner = prunekit.prune_(model, config, input_shape=(1, 28, 28))
+>>> pruner = prunekit.prune_(model, prunekit.PruningConfig(schedule=OneShot(0.5)), input_shape=(1, 28, 28))
 >>> _ = pruner.step(0)                       # call once per training step in any training loop
->>> small = pruner.shrink().model            # verified: same outputs as the masked model
+>>> small = prunekit.shrink(pruner).model    # verified: same outputs as the masked model
+
+The public API is one verb per action: ``create_model``, ``load_data``, ``fit``, ``evaluate``, ``prune_``,
+``shrink``, ``strip``, ``save``, ``load``, ``export``, ``quantize``; two configs, ``TrainConfig`` and
+``PruningConfig``; and ``PrunekitError``. Schedules, criteria and the channel graph live in
+``prunekit.pruning`` and ``prunekit.graph``.
 """
 
 from __future__ import annotations
@@ -15,18 +20,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # name -> module that defines it; imported on first use so that `import prunekit` stays fast.
 _EXPORTS = {
-    "create_model": "models", "list_models": "models", "register_model": "models", "ModelSpec": "models",
-    "InputSpec": "models", "load": "api", "save": "api", "resolve": "api",
-    "PruningConfig": "pruning", "prune_": "pruning", "strip": "pruning", "Pruner": "pruning",
-    "ConstantSparsity": "pruning", "PolynomialDecay": "pruning", "register_criterion": "pruning",
-    "DependencyGraph": "graph", "shrink": "surgery", "verify": "surgery",
-    "load_data": "data", "fit": "train", "evaluate": "train", "TrainConfig": "train",
-    "profile": "report", "export_model": "export", "quantize_onnx": "export", "load_runtime": "inference",
-    "PrunekitError": "errors",
+    "create_model": "models", "load_data": "data", "fit": "train", "evaluate": "train", "TrainConfig": "train",
+    "PruningConfig": "pruning", "prune_": "pruning", "strip": "pruning", "shrink": "surgery", "save": "saved",
+    "load": "saved", "export": "deploy", "quantize": "deploy", "PrunekitError": "errors",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

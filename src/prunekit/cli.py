@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from ._version import __version__
 from .errors import PrunekitError
 
 # (command, module under prunekit.commands, one-line help) — each module defines add_arguments(p) and run(args).

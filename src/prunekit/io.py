@@ -138,8 +138,28 @@ def torch_save(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, f)
 
 
+MIN_TORCH_FOR_LOADING = (2, 6)  # weights_only=True could be bypassed before 2.6 (CVE-2025-32434)
+
+
+def _torch_version() -> tuple[int, int]:
+    parts = torch.__version__.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def require_safe_torch(what: str, path: str | os.PathLike) -> None:
+    """Refuse to unpickle anything (even with weights_only=True) under a torch older than 2.6."""
+    if _torch_version() < MIN_TORCH_FOR_LOADING:
+        raise PrunekitError(f"refusing to load {what} {path} with torch {torch.__version__}: torch.load is only safe "
+                            "from torch 2.6 on (CVE-2025-32434); upgrade torch")
+
+
 def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load(weights_only=True)``: refuses arbitrary pickled objects without running them."""
+    """``torch.load(weights_only=True)``: refuses arbitrary pickled objects without running them (and refuses
+    to load anything with a torch older than 2.6, whose weights_only unpickler could be bypassed)."""
+    require_safe_torch(what, path)
     path = Path(path)
     if not path.is_file():
         raise PrunekitError(f"{what} not found: {path}")

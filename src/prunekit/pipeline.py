@@ -1,10 +1,10 @@
 """The whole pruning guide as one resumable run: train -> prune -> surgery -> finetune -> export -> quantize ->
 evaluate -> predict -> report.
 
-Each stage writes into ``OUT/stages/<stage>/`` and records a fingerprint of everything it depends on (its config
-sections and its inputs' fingerprints) in ``.stage.json`` when it finishes. A re-run skips stages whose
-fingerprint is unchanged; a changed setting reruns that stage and everything after it; a killed training stage
-resumes from its checkpoint.
+Each stage runs one step of :mod:`prunekit.steps` into ``OUT/stages/<stage>/`` and records a fingerprint of
+everything it depends on (its config sections and its inputs' fingerprints) in ``.stage.json`` when it
+finishes. A re-run skips stages whose fingerprint is unchanged; a changed setting reruns that stage and
+everything after it; a killed training stage resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import steps
 from .config import RunConfig, dump_config
-from .errors import PrunekitError
+from .errors import PrunekitError, closest
 from .io import check_writable_dir, read_json, write_json, write_text
 
 STAGES = ("train", "prune", "surgery", "finetune", "export", "quantize", "evaluate", "predict", "report")
@@ -40,6 +41,131 @@ def _fp(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _copy_model(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+# --- the stages: each calls one step ---------------------------------------------------------------------
+
+
+def _train(p: Pipeline, d: Path) -> dict[str, Any]:
+    return steps.train(p.cfg, d, data=p.data(), ctx=p.ctx, log=p.log).to_dict()
+
+
+def _prune(p: Pipeline, d: Path) -> dict[str, Any]:
+    src = p.stage_dir("train") / "model"
+    if not p.cfg.prune.enabled:
+        _copy_model(src, d / "model")
+        return {"skipped": True}
+    return steps.prune(p.cfg, src, d, data=p.data(), ctx=p.ctx, log=p.log).to_dict()
+
+
+def _surgery(p: Pipeline, d: Path) -> dict[str, Any]:
+    res = steps.surgery(p.stage_dir("prune") / "model", d / "model", require_change=False)
+    write_json(d / "surgery.json", res.result)
+    return res.to_dict()
+
+
+def _finetune(p: Pipeline, d: Path) -> dict[str, Any]:
+    src = p.stage_dir("surgery") / "model"
+    if not p.cfg.finetune.enabled or p.cfg.finetune.epochs == 0:
+        _copy_model(src, d / "model")
+        return {"skipped": True}
+    teacher = None
+    if p.cfg.finetune.distill > 0:  # the dense model of the train stage
+        from .saved import load
+
+        teacher = load(p.stage_dir("train") / "model").model.eval()
+    return steps.finetune(p.cfg, src, d, teacher=teacher, data=p.data(), ctx=p.ctx, log=p.log).to_dict()
+
+
+def _export(p: Pipeline, d: Path) -> dict[str, Any]:
+    out = {}
+    for fmt in p.cfg.export.formats:
+        path = d / steps.EXPORT_NAMES[fmt]
+        res = steps.export(p.stage_dir("finetune") / "model", path, fmt, opset=p.cfg.export.opset)
+        out[fmt] = {"path": str(path), "max_abs_diff": res.get("max_abs_diff"), "size_bytes": res["size_bytes"]}
+    return out
+
+
+def _quantize(p: Pipeline, d: Path) -> dict[str, Any]:
+    if not p.cfg.quantize.enabled:
+        return {"skipped": True}
+    out = d / "model.int8.onnx"
+    res = steps.quantize(p.stage_dir("export") / "model.onnx", out, p.cfg.data, p.cfg.quantize, seed=p.cfg.seed)
+    return {"path": str(out), **{k: v for k, v in res.items() if k not in ("path",)}}
+
+
+def _evaluate(p: Pipeline, d: Path) -> dict[str, Any]:
+    import torch
+
+    from .cost import profile
+    from .inference.runtime import load_runtime
+    from .saved import load
+
+    b = p.cfg.bench
+    if b.threads:
+        torch.set_num_threads(b.threads)
+    threads = b.threads or None
+    stages: dict[str, Any] = {}
+    for name, stage in (("dense", "train"), ("pruned", "surgery"), ("finetuned", "finetune")):
+        path = p.stage_dir(stage) / "model"
+        ev = steps.evaluate(path, p.cfg.data, seed=p.cfg.seed, bundle=p.data())
+        loaded = load(path)
+        prof = profile(loaded.model, loaded.input_shape)
+        rt = load_runtime(path, threads=threads)
+        stages[name] = {"top1": ev["top1"], "top5": ev["top5"], "params": prof.params, "macs": prof.macs,
+                        "size_bytes": (path / "model.safetensors").stat().st_size, "runtime": "pytorch fp32",
+                        "latency_ms": steps.latency_ms(rt, b.repeats) if b.enabled else None}
+    q = p.stage_dir("quantize") / "model.int8.onnx"
+    if q.is_file():
+        ev = steps.evaluate(q, p.cfg.data, seed=p.cfg.seed, bundle=p.data())
+        rt = load_runtime(q, threads=threads)
+        stages["int8"] = {"top1": ev["top1"], "top5": ev["top5"], "params": stages["finetuned"]["params"],
+                          "macs": stages["finetuned"]["macs"], "size_bytes": q.stat().st_size,
+                          "runtime": "onnxruntime int8", "latency_ms": steps.latency_ms(rt, b.repeats) if b.enabled
+                          else None}
+    onnx = p.stage_dir("export") / "model.onnx"
+    if onnx.is_file() and b.enabled:
+        stages["finetuned"]["latency_ms_onnx_fp32"] = steps.latency_ms(load_runtime(onnx, threads=threads), b.repeats)
+    write_json(d / "evaluate.json", stages)
+    return {"stages": stages}
+
+
+def _predict(p: Pipeline, d: Path) -> dict[str, Any]:
+    from PIL import Image
+
+    img, truth = p.cfg.predict.image, None
+    if img is None:  # the first test image of the run's dataset
+        data = p.data()
+        if not hasattr(data.test, "images"):
+            raise PrunekitError("predict.image is required for streamed image folders")
+        x = data.test.images[0].numpy()
+        img = d / "sample.png"
+        Image.fromarray(x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)).save(img)
+        truth = data.class_names[int(data.test.labels[0])]
+    forms = {"pytorch": p.stage_dir("finetune") / "model", "onnx": p.stage_dir("export") / "model.onnx",
+             "int8": p.stage_dir("quantize") / "model.int8.onnx"}
+    out: dict[str, Any] = {"image": str(img), "label": truth}
+    for name, path in forms.items():
+        if path.exists():
+            _, preds = steps.predict(path, [img], topk=p.cfg.predict.topk)
+            out[name] = [{"label": lab.name, "prob": round(lab.prob, 4)} for lab in preds[0].top]
+    out["top5"] = out.get("onnx") or out.get("pytorch")
+    return out
+
+
+def _report(p: Pipeline, d: Path) -> dict[str, Any]:
+    from .report.html import write_report
+
+    return {k: str(v) for k, v in write_report(p, p.out).items()}
+
+
+# --- the runner --------------------------------------------------------------------------------------------
+
+
 class Pipeline:
     """Runs the stages of one :class:`RunConfig` in ``cfg.out``."""
 
@@ -53,50 +179,39 @@ class Pipeline:
         self.results: dict[str, dict[str, Any]] = {}
         self.fingerprints: dict[str, str] = {}
         self._data = None
-        from . import stages as st
-
         self.stages = [
-            Stage("train", (), ("model", "data", "train", "seed"), st.train),
-            Stage("prune", ("train",), ("prune", "data", "seed"), st.prune),
-            Stage("surgery", ("prune",), (), st.surgery),
-            Stage("finetune", ("surgery", "train"), ("finetune", "train", "data", "seed"), st.finetune),
-            Stage("export", ("finetune",), ("export",), st.export),
-            Stage("quantize", ("export",), ("quantize", "data"), st.quantize),
-            Stage("evaluate", ("train", "prune", "finetune", "quantize"), ("data", "bench"), st.evaluate),
-            Stage("predict", ("export", "quantize"), ("predict", "data"), st.predict),
+            Stage("train", (), ("model", "data", "train", "seed"), _train),
+            Stage("prune", ("train",), ("prune", "data", "seed"), _prune),
+            Stage("surgery", ("prune",), (), _surgery),
+            Stage("finetune", ("surgery", "train"), ("finetune", "train", "data", "seed"), _finetune),
+            Stage("export", ("finetune",), ("export",), _export),
+            Stage("quantize", ("export",), ("quantize", "data"), _quantize),
+            Stage("evaluate", ("train", "prune", "finetune", "quantize"), ("data", "bench"), _evaluate),
+            Stage("predict", ("export", "quantize"), ("predict", "data"), _predict),
             Stage("report", ("train", "prune", "surgery", "finetune", "export", "quantize", "evaluate", "predict"),
-                  (), st.report),
+                  (), _report),
         ]
 
-    # -- helpers used by stage functions --
     def stage_dir(self, name: str) -> Path:
         return self.out / "stages" / name
 
-    def data(self, channels: int | None = None, size: list[int] | None = None):
-        """The run's dataset (cached), converted to a model's input when given."""
-        from .data.datasets import adapt
-        from .workflows import make_data
-
+    def data(self):
+        """The run's dataset, loaded once."""
         if self._data is None:
-            self._data = make_data(self.cfg.data, seed=self.cfg.seed)
-        return adapt(self._data, channels, size) if channels or size else self._data
+            self._data = steps.load_dataset(self.cfg.data, seed=self.cfg.seed)
+        return self._data
 
     def section(self, name: str) -> Any:
         v = getattr(self.cfg, name)
-        return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+        return self.cfg.to_dict()[name] if dataclasses.is_dataclass(v) else v
 
-    # -- running --
     def fingerprint(self, stage: Stage) -> str:
         payload = {"stage": stage.name, "sections": {s: self.section(s) for s in stage.sections},
                    "deps": {d: self.fingerprints.get(d) for d in stage.deps}}
-        if stage.name == "train":
-            payload["init"] = self.cfg.model.init
         return _fp(payload)
 
     def run(self, start: str | None = None) -> dict[str, Any]:
         if start is not None and start not in STAGES:
-            from .errors import closest
-
             raise PrunekitError(f"unknown stage '{start}'{closest(start, STAGES)}; stages: {', '.join(STAGES)}")
         check_writable_dir(self.out, "run directory")
         if self.ctx.is_main:
@@ -123,10 +238,7 @@ class Pipeline:
             self._barrier()
             t0 = time.perf_counter()
             self.log(f"[{stage.name}] running" + (" (resuming)" if partial and not forced else ""))
-            if stage.name in DISTRIBUTED_STAGES or self.ctx.is_main:
-                result = stage.fn(self, d) or {}
-            else:
-                result = {}
+            result = (stage.fn(self, d) or {}) if stage.name in DISTRIBUTED_STAGES or self.ctx.is_main else {}
             result["seconds"] = round(time.perf_counter() - t0, 2)
             self._barrier()
             if self.ctx.is_main:
@@ -143,8 +255,3 @@ class Pipeline:
         from .train.distributed import barrier
 
         barrier()
-
-
-def stage_result(out: str | Path, stage: str) -> dict[str, Any] | None:
-    p = Path(out) / "stages" / stage / MARKER
-    return read_json(p).get("result") if p.is_file() else None

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cost import profile
 from .errors import PrunekitError, UnsupportedGraphError, VerificationError
 from .graph import DependencyGraph
 from .graph.analysis import Slot
+from .graph.handlers import handler_for, set_submodule
 from .graph.masking import masked
-from .models.serialization import layer_shape, resized_like, set_submodule
-from .report.summary import profile
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-5
@@ -108,67 +108,13 @@ def _idx(keep: np.ndarray, device) -> torch.Tensor:
 
 
 def _shrink_module(name: str, m: nn.Module, kinds: dict[str, tuple[np.ndarray, Slot]]) -> nn.Module | None:
-    shape = layer_shape(m)
-    if shape is None:
-        raise UnsupportedGraphError(f"layer '{name}' ({type(m).__name__}) cannot be resized")
-    dev = next(m.parameters(), torch.empty(0)).device
-    sd = m.state_dict()
-    new_sd: dict[str, torch.Tensor] = dict(sd)
-    new_shape = dict(shape)
-
-    def sel(t: torch.Tensor, keep: np.ndarray, dim: int) -> torch.Tensor:
-        return t.index_select(dim, _idx(keep, t.device))
-
-    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        keep_out = kinds["out"][0] if "out" in kinds else np.arange(m.out_channels)
-        if m.groups == 1:
-            keep_in = kinds["in"][0] if "in" in kinds else np.arange(m.in_channels)
-            new_sd["weight"] = sel(sel(sd["weight"], keep_out, 0), keep_in, 1)
-            new_shape.update(in_channels=len(keep_in), out_channels=len(keep_out))
-        else:
-            ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
-            keep_in = kinds["in_grouped"][0] if "in_grouped" in kinds else np.arange(m.in_channels)
-            kept_groups = np.unique(keep_out // opg)
-            want_out = (kept_groups[:, None] * opg + np.arange(opg)[None, :]).ravel()
-            want_in = (kept_groups[:, None] * ipg + np.arange(ipg)[None, :]).ravel()
-            if not (np.array_equal(want_out, keep_out) and np.array_equal(want_in, keep_in)):
-                raise UnsupportedGraphError(f"grouped conv '{name}': channels must be removed in whole groups")
-            new_sd["weight"] = sel(sd["weight"], keep_out, 0)
-            new_shape.update(in_channels=len(keep_in), out_channels=len(keep_out), groups=len(kept_groups))
-        if m.bias is not None:
-            new_sd["bias"] = sel(sd["bias"], keep_out, 0)
-        sizes = [len(keep_out), new_shape["in_channels"]]
-    elif isinstance(m, nn.Linear):
-        keep_out = kinds["out"][0] if "out" in kinds else np.arange(m.out_features)
-        keep_in = kinds["in"][0] if "in" in kinds else np.arange(m.in_features)
-        new_sd["weight"] = sel(sel(sd["weight"], keep_out, 0), keep_in, 1)
-        if m.bias is not None:
-            new_sd["bias"] = sel(sd["bias"], keep_out, 0)
-        new_shape.update(in_features=len(keep_in), out_features=len(keep_out))
-        sizes = [len(keep_out), len(keep_in)]
-    else:  # per-channel modules: BatchNorm/InstanceNorm, GroupNorm(C, C), PReLU
-        keep = kinds["channel"][0]
-        for k, t in sd.items():
-            if t.ndim >= 1 and k != "num_batches_tracked":
-                new_sd[k] = sel(t, keep, 0)
-        if "num_features" in new_shape:
-            new_shape["num_features"] = len(keep)
-        elif "num_channels" in new_shape:
-            new_shape.update(num_groups=len(keep), num_channels=len(keep))
-        elif "num_parameters" in new_shape:
-            new_shape["num_parameters"] = len(keep)
-        sizes = [len(keep)]
-    if min(sizes) == 0:
-        raise PrunekitError(f"surgery would remove every channel of layer '{name}'")
-    if new_shape == shape:
-        return None
-    new = resized_like(m, new_shape)
-    new.load_state_dict(new_sd)
-    p = next(m.parameters(), None)
-    new.to(device=dev, dtype=p.dtype if p is not None else None)
-    for pn, par in new.named_parameters():
-        par.requires_grad_(m.get_parameter(pn).requires_grad)
-    return new
+    h = handler_for(m)
+    try:
+        if h is None:
+            raise NotImplementedError
+        return h.shrink(name, m, {k: keep for k, (keep, _) in kinds.items()})
+    except NotImplementedError:
+        raise UnsupportedGraphError(f"layer '{name}' ({type(m).__name__}) cannot be resized") from None
 
 
 def apply_surgery(model: nn.Module, graph: DependencyGraph, removed: Mapping[str, Sequence[int]]) -> int:
@@ -261,18 +207,25 @@ def example_inputs(input_shape: Sequence[int], batch: int = 4, seed: int = 0, de
     return torch.randn(batch, *input_shape, generator=g).to(device or "cpu")
 
 
-def shrink(model: nn.Module, input_shape: Sequence[int], removed: Mapping[str, Sequence[int]] | str = "zero", *,
-           graph: DependencyGraph | None = None, inplace: bool = False, check: bool = True,
-           inputs: torch.Tensor | None = None, atol: float = DEFAULT_ATOL) -> SurgeryResult:
+def shrink(model: Any, input_shape: Sequence[int] | None = None,
+           removed: Mapping[str, Sequence[int]] | str = "zero", *, graph: DependencyGraph | None = None,
+           inplace: bool = False, check: bool = True, inputs: torch.Tensor | None = None,
+           atol: float = DEFAULT_ATOL) -> SurgeryResult:
     """Remove channels and return a smaller model whose outputs equal the masked model's.
 
+    ``shrink(pruner)`` removes a :class:`~prunekit.pruning.Pruner`'s pruned channels (its ``shrink()``).
+
     Args:
-        model: the model (unchanged unless ``inplace``).
+        model: the model (unchanged unless ``inplace``), or a pruner.
         input_shape: ``(C, H, W)`` of one input.
         removed: ``{group name: [channel indices]}`` or ``"zero"`` (channels whose weights are all zero).
         graph: a dependency graph of ``model`` (built if not given).
         check: verify against the masked model (``max_abs_diff <= atol`` in fp32 eval mode) and raise otherwise.
     """
+    if not isinstance(model, nn.Module) and hasattr(model, "removed") and hasattr(model, "shrink"):
+        return model.shrink(check=check, inputs=inputs)  # a Pruner (surgery does not import pruning)
+    if input_shape is None:
+        raise PrunekitError("shrink(model, input_shape, removed): input_shape (C, H, W) is required")
     t0 = time.perf_counter()
     graph = graph or DependencyGraph(model, input_shape)
     if isinstance(removed, str):

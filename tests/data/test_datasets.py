@@ -53,14 +53,19 @@ def test_label_count_mismatch(tmp_path):
         load_data("fashion-mnist", d)
 
 
-def test_real_fashion_mnist_if_present():
-    from pathlib import Path
-
-    src = Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion-mnist"
-    if not src.is_dir():
-        pytest.skip("full Fashion-MNIST not available here")
-    d = load_data("fashion-mnist", src)
-    assert len(d.train) == 60000 and len(d.test) == 10000
+def test_full_size_fashion_mnist_via_prunekit_data(tmp_path, monkeypatch):
+    """The real dataset's layout and sizes (60,000 + 10,000 images, 28x28, 10 classes), written here with the
+    repository's own IDX writer, found through $PRUNEKIT_DATA (as on a machine with the real files)."""
+    for split, n in (("train", 60_000), ("t10k", 10_000)):
+        images = np.broadcast_to(np.arange(28, dtype=np.uint8), (n, 28, 28))
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    monkeypatch.setenv("PRUNEKIT_DATA", str(tmp_path))
+    d = load_data("fashion-mnist")
+    assert (len(d.train), len(d.test)) == (60_000, 10_000)
+    assert d.train.images.shape[1:] == (1, 28, 28) and d.num_classes == 10
+    assert torch.equal(d.train.labels[:12], torch.arange(12) % 10)
+    assert d.augment.hflip and d.augment.pad_pixels(d.size) == 4  # Fashion-MNIST's default augmentation
 
 
 def test_adapt_channels_and_size(bundled):
@@ -96,3 +101,48 @@ def test_unknown_dataset_and_system_path_copy(tmp_path, bundled):
     d = tmp_path / "fm"
     shutil.copytree(BUNDLED_DIR, d)
     assert len(load_data("fashion-mnist", d).train) == 4000
+
+
+def test_augmentation_scales_with_the_image_and_flips_only_where_asked(tmp_path):
+    """Crop padding is a fraction of the image side; image folders (content of unknown symmetry) are not flipped
+    unless data.augment.hflip says so; Fashion-MNIST keeps its 4 px + flips."""
+    from PIL import Image
+
+    from prunekit.data import Augment
+
+    for size, pad in ((8, 1), (16, 2), (28, 4), (224, 28)):
+        assert Augment(crop_pad=0.125).pad_pixels([size, size]) == pad
+    assert load_data("bundled").augment == Augment(crop_pad=0.125, hflip=True)
+    # an asymmetric picture: left half bright. Unflipped crops keep more light on the left, always.
+    for c in ("left", "right"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            arr = np.zeros((8, 8), dtype=np.uint8)
+            arr[:, :4] = 255 if c == "left" else 0
+            arr[:, 4:] = 0 if c == "left" else 255
+            Image.fromarray(arr).save(tmp_path / c / f"{i}.png")
+    folder = load_data("imagefolder", tmp_path)
+    assert folder.augment.hflip is False and folder.augment.pad_pixels(folder.size) == 1
+
+    def left_heavy(bundle):
+        out = []
+        for x, y in iterate_batches(bundle, "train", 2, train=True, seed=1, epoch=0):
+            left, right = x[..., :3].mean(dim=(1, 2, 3)), x[..., 5:].mean(dim=(1, 2, 3))
+            out += [bool(a > b) == (int(c) == 0) for a, b, c in zip(left, right, y, strict=True)]
+        return out
+
+    assert all(left_heavy(folder))  # never mirrored
+    flipped = load_data("imagefolder", tmp_path, augment=Augment(hflip=True))
+    assert flipped.augment == Augment(crop_pad=0.125, hflip=True) and not all(left_heavy(flipped))
+
+
+def test_a_large_train_test_gap_is_reported_once():
+    from prunekit.train.trainer import _gap_warning
+
+    logs, warned = [], [False]
+    _gap_warning({"train_top1": 40.0, "test_top1": 7.8}, 2, warned, logs.append)  # too early to say
+    _gap_warning({"train_top1": 60.0, "test_top1": 45.0}, 3, warned, logs.append)  # within 30 points
+    assert logs == []
+    _gap_warning({"train_top1": 80.0, "test_top1": 12.0}, 3, warned, logs.append)
+    _gap_warning({"train_top1": 90.0, "test_top1": 11.0}, 4, warned, logs.append)
+    assert len(logs) == 1 and "data.augment" in logs[0] and "12.0%" in logs[0]

@@ -124,7 +124,7 @@ def test_notebook_runs_and_shows_every_step(executed):
     assert float(re.search(r"max abs diff ([\d.e+-]+)", reload).group(1)) < 1e-5
 
     # export verified, int8 written
-    export = _text(_cell(nb, "quantize_onnx("))
+    export = _text(_cell(nb, "prunekit.quantize("))
     assert float(re.search(r"max abs diff vs PyTorch ([\d.e+-]+)", export).group(1)) < 1e-4
     assert (out / "model.onnx").is_file() and (out / "model.int8.onnx").is_file()
     assert (out / "pruned" / "model.json").is_file() and (out / "finetuned" / "model.safetensors").is_file()

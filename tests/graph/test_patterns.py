@@ -3,7 +3,7 @@
 For each toy net: the groups are exactly what they should be (sizes, producing layers, members, which are
 locked and why), random channels are pruned, ``shrink`` verifies (max abs diff <= 1e-4), the parameter count
 drops by the amount computed by hand from the kept channel counts, and the shrunk model survives
-``prunekit.api.save`` / ``load`` with bit-identical outputs. Unsupported patterns lock exactly the affected
+``prunekit.saved.save`` / ``load`` with bit-identical outputs. Unsupported patterns lock exactly the affected
 groups with a reason naming the node, and the rest of the model stays prunable and exact.
 """
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit import api
+from prunekit import saved
 from prunekit.errors import PrunekitError
 from prunekit.graph import DependencyGraph, masked
 from prunekit.models import InputSpec, ModelSpec, list_models, register_model
@@ -139,8 +139,8 @@ def run_case(case: Case, seed: int, tmp_path) -> float:
     spec = ModelSpec(f"test_patterns_{case.name}", {}, InputSpec(size=list(case.input_shape[1:]),
                                                                 channels=case.input_shape[0]))
     out = tmp_path / "model"
-    api.save(res.model, out, spec)
-    loaded = api.load(out).model.eval()
+    saved.save(res.model, out, spec)
+    loaded = saved.load(out).model.eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), y_small)
     assert count_params(loaded) == expected

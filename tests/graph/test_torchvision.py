@@ -4,7 +4,7 @@ Each model gets random BN statistics/affine parameters (so pruned channels carry
 masks matter), random per-group sparsities over ``select("all")``, and then: surgery verifies against the
 masked model, the parameter count equals the count derived from the kept channels of every layer, the
 shrunk model exports to ONNX and runs in onnxruntime with the same outputs, and it reloads from disk via
-``prunekit.api.save`` / ``load`` with identical outputs.
+``prunekit.saved.save`` / ``load`` with identical outputs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import api
+from prunekit import saved
 from prunekit.graph import DependencyGraph
 from prunekit.models import InputSpec, ModelSpec, create_model
 from prunekit.surgery import example_inputs, shrink
@@ -178,8 +178,8 @@ def run_model(arch: str, kwargs: dict, size: int, seed: int, tmp_path) -> None:
 
     # save / load from disk
     spec = ModelSpec(arch, dict(kwargs), InputSpec(size=[size, size], channels=3))
-    api.save(small, tmp_path / "saved", spec)
-    loaded = api.load(tmp_path / "saved").model
+    saved.save(small, tmp_path / "saved", spec)
+    loaded = saved.load(tmp_path / "saved").model
     with torch.no_grad():
         assert torch.equal(loaded(x), y)
 

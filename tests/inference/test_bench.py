@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import run_cli, run_cli_subprocess
-from prunekit.api import load
-from prunekit.report.summary import profile
+from prunekit.cost import profile
+from prunekit.saved import load
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import REPO, run_cli
-from prunekit.api import imagenet_classes, imagenet_wnids, load
+from prunekit.data import imagenet_classes, imagenet_wnids
 from prunekit.data.classes import class_index_map
 from prunekit.data.imagefolder import load_image
 from prunekit.errors import PrunekitError
 from prunekit.models import MobileNetV1, create_model, importers
 from prunekit.models.importers import import_keras, import_timm
+from prunekit.saved import load
 
 TOL = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
@@ -357,7 +358,7 @@ def imported_keras_dir(keras_files, tmp_path_factory) -> Path:
 def test_import_prune_surgery_top5(imported_keras_dir, keras_src, tmp_path):
     from keras.applications.mobilenet import preprocess_input
 
-    from prunekit.pruning import PruningConfig, prune_
+    from prunekit.pruning import OneShot, PruningConfig, prune_
 
     dense = load(imported_keras_dir)
     assert dense.pruner is None and dense.spec.extra["source"]["verification"]["max_abs_diff"] <= TOL
@@ -380,7 +381,7 @@ def test_import_prune_surgery_top5(imported_keras_dir, keras_src, tmp_path):
     assert shrunk.spec.input == dense.spec.input and shrunk.spec.extra["source"] == dense.spec.extra["source"]
     # the same one-shot pruning applied in memory (masks) gives the shrunk model's logits and top-5
     masked = load(imported_keras_dir).model
-    pruner = prune_(masked, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.5}), (3, 224, 224))
+    pruner = prune_(masked, PruningConfig(schedule=OneShot(0.5)), (3, 224, 224))
     pruner.step(0)
     want, got = _predict(masked, dense.spec, paths), _predict(shrunk.model, shrunk.spec, paths)
     assert (want - got).abs().max().item() <= TOL

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from prunekit.cost import profile
 from prunekit.errors import PrunekitError
 from prunekit.models import create_model, scale_channels
-from prunekit.report import profile
 
 
 def n_params(m):

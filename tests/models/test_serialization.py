@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from prunekit import api
+from prunekit import saved
 from prunekit.errors import PrunekitError
 from prunekit.models import InputSpec, ModelSpec, create_model, load_model, save_model
 
@@ -13,15 +13,37 @@ def spec(**kw):
                      InputSpec([28, 28], 1, [0.286], [0.353]), [f"c{i}" for i in range(10)])
 
 
+def _forbid_unpickling(monkeypatch) -> None:
+    """Every way to unpickle (the pickle module, torch.load and torch's own weights-only unpickler) fails."""
+    import pickle
+
+    import torch._weights_only_unpickler as wou
+    import torch.serialization
+
+    def fail(*a, **k):
+        raise AssertionError("unpickled")
+
+    for mod, names in ((pickle, ("load", "loads", "Unpickler")), (torch, ("load",)),
+                       (torch.serialization, ("load", "_load")), (wou, ("load", "Unpickler"))):
+        for n in names:
+            monkeypatch.setattr(mod, n, fail)
+
+
+def test_the_unpickling_guard_catches_torch_load(tmp_path, monkeypatch):
+    from prunekit.io import torch_load, torch_save
+
+    torch_save(tmp_path / "c.pt", {"w": torch.zeros(1)})
+    _forbid_unpickling(monkeypatch)
+    with pytest.raises(Exception, match="unpickled"):
+        torch_load(tmp_path / "c.pt")
+
+
 def test_roundtrip_is_exact_and_never_unpickles(tmp_path, monkeypatch):
     s = spec()
     m = s.build().eval()
     save_model(m, tmp_path / "m", s)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
-    import pickle
-
-    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
-    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    _forbid_unpickling(monkeypatch)
     m2, s2 = load_model(tmp_path / "m")
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(m(x), m2(x))
@@ -36,8 +58,8 @@ def test_shrunk_layers_are_rebuilt_from_json(tmp_path):
     s = spec()
     m = s.build().eval()
     res = shrink(m, (1, 28, 28), {"blocks.3.pw.conv": list(range(10))})
-    api.save(res.model, tmp_path / "s", s)
-    loaded = api.load(tmp_path / "s")
+    saved.save(res.model, tmp_path / "s", s)
+    loaded = saved.load(tmp_path / "s")
     assert m.blocks[3].pw.conv.out_channels == 64
     assert loaded.model.blocks[3].pw.conv.out_channels == 64 - 10
     assert loaded.model.blocks[4].dw.conv.groups == 54
@@ -76,7 +98,7 @@ def test_truncated_weights_and_missing_files(tmp_path):
         load_model(tmp_path / "nope")
     with pytest.raises(PrunekitError, match="pickled checkpoints are not loaded"):
         (tmp_path / "x.pt").write_bytes(b"\x80\x04")
-        api.resolve(str(tmp_path / "x.pt"))
+        saved.resolve(str(tmp_path / "x.pt"))
 
 
 def test_torchvision_model_dir_roundtrip(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prunekit.models import create_model
-from prunekit.pruning import PruningConfig, prune_
+from prunekit.pruning import OneShot, PruningConfig, prune_
 
 pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
                                 reason="torch.compile's CPU backend needs a C++ compiler")  # ~15 s on 2 cores
@@ -16,12 +16,12 @@ pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++"))
 def test_compiled_model_follows_mask_updates():
     torch.manual_seed(0)
     m = create_model("mobilenet_v1", width=0.25, num_classes=10, in_channels=1, small_input=True)
-    p = prune_(m, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.5}), (1, 28, 28))
+    p = prune_(m, PruningConfig(schedule=OneShot(0.5)), (1, 28, 28))
     cm = torch.compile(m)
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     gid = next(g.id for g in p.groups if g.name == "blocks.3.pw.conv")
     for s in (0.0, 0.25, 0.5):
-        p.update(s)
+        p._prune_to(s)
         m.eval()
         with torch.no_grad():
             assert torch.allclose(cm(x), m(x), atol=1e-5)

@@ -5,7 +5,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.graph import DependencyGraph
-from prunekit.pruning import PruningConfig, get_criterion, prune_
+from prunekit.pruning import OneShot, PruningConfig, get_criterion, prune_
 
 
 class Net(nn.Module):
@@ -79,7 +79,7 @@ def test_taylor_scores_zero_for_a_channel_the_loss_ignores():
     net, g, _ = constructed()
     with torch.no_grad():
         net.conv2.weight[:, 2] = 0  # channel 2 never reaches the loss
-    pruner = prune_(net, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.25}, criterion="taylor",
+    pruner = prune_(net, PruningConfig(schedule=OneShot(0.25), criterion="taylor",
                                        layers="conv1"), (1, 6, 6))
     x = torch.randn(16, 1, 6, 6, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1))

@@ -26,8 +26,10 @@ from prunekit.pruning import (
     OneShot,
     PolynomialDecay,
     PruningConfig,
+    ScheduleSpec,
     from_config,
     prune_,
+    strip,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -173,13 +175,13 @@ sparsity_steps = st.lists(st.floats(0.0, 0.95, allow_nan=False), min_size=1, max
 @given(policy=policies(), steps=sparsity_steps, target=st.sampled_from(["channels", "channels", "macs", "params"]))
 def test_mask_counts_respect_policy_and_are_monotone(graph, policy, steps, target):
     model = _model()
-    cfg = PruningConfig(schedule={"kind": "constant", "target_sparsity": 0.5}, target=target, seed=1, **policy)
+    cfg = PruningConfig(schedule=ConstantSparsity(0.5), target=target, seed=1, **policy)
     pruner = prune_(model, cfg, SHAPE, graph=graph)
     groups = pruner.groups
     prev = {g.id: np.ones(g.size, dtype=bool) for g in groups}
     rt, mc = policy["round_to"], policy["min_channels"]
     for s in steps:
-        pruner.update(s)
+        pruner._prune_to(s)
         alive = pruner.alive()
         for g in groups:
             a, kept = alive[g.id], int(alive[g.id].sum())
@@ -198,7 +200,7 @@ def test_mask_counts_respect_policy_and_are_monotone(graph, policy, steps, targe
             goal = int(round(total * (1 - s)))
             assert kept_total == max(goal, floors) or (s == 0 and kept_total == total), (kept_total, goal, floors)
         prev = alive
-    pruner.remove()
+    strip(pruner.model)
 
 
 @settings(max_examples=40, **_SETTINGS)
@@ -206,8 +208,8 @@ def test_mask_counts_respect_policy_and_are_monotone(graph, policy, steps, targe
        kind=st.sampled_from(["polynomial_decay", "agp", "linear"]))
 def test_schedule_driven_pruning_is_monotone(graph, policy, final, end, freq, kind):
     model = _model()
-    cfg = PruningConfig(schedule={"kind": kind, "initial_sparsity": 0.0, "final_sparsity": final,
-                                  "begin_step": 0, "end_step": end, "frequency": freq}, seed=2, **policy)
+    cfg = PruningConfig(schedule=ScheduleSpec(kind=kind, initial_sparsity=0.0, final_sparsity=final, begin_step=0,
+                                              end_step=end, frequency=freq), seed=2, **policy)
     pruner = prune_(model, cfg, SHAPE, graph=graph)
     prev_alive = pruner.alive()
     prev_sparsity = 0.0
@@ -223,16 +225,16 @@ def test_schedule_driven_pruning_is_monotone(graph, policy, final, end, freq, ki
         for g in pruner.groups:
             want = max(1, g.size * (1 - final))
             assert abs(int(alive[g.id].sum()) - want) <= 1, (g.name, g.size, final)
-    pruner.remove()
+    strip(pruner.model)
 
 
 def test_min_channels_conflicting_with_round_to_wins(graph):
     """Documented behaviour when the two rules disagree (min_channels=5, round_to=4): the floor wins."""
-    cfg = PruningConfig(schedule={"kind": "constant", "target_sparsity": 0.5}, layers="all", round_to=4,
+    cfg = PruningConfig(schedule=ConstantSparsity(0.5), layers="all", round_to=4,
                         min_channels=5)
     pruner = prune_(_model(), cfg, SHAPE, graph=graph)
-    pruner.update(0.95)
+    pruner._prune_to(0.95)
     counts = [int(a.sum()) for a in pruner.alive().values()]
     assert min(counts) == 5 and all(c % 4 == 0 or c == 5 for c in counts)
     assert math.isclose(pruner.sparsity(), 1 - sum(counts) / sum(g.size for g in pruner.groups))
-    pruner.remove()
+    strip(pruner.model)

@@ -5,8 +5,15 @@ import torch
 from prunekit.data import synthetic
 from prunekit.errors import PrunekitError
 from prunekit.models import create_model
-from prunekit.pruning import PruningConfig, prune_, strip
-from prunekit.pruning.pruner import strip_copy
+from prunekit.pruning import (
+    ConstantSparsity,
+    OneShot,
+    Override,
+    PolynomialDecay,
+    PruningConfig,
+    prune_,
+    strip,
+)
 from prunekit.train import TrainConfig, fit
 
 SHAPE = (1, 28, 28)
@@ -18,7 +25,7 @@ def model(seed=0):
 
 
 def one_shot(s, **kw):
-    return PruningConfig(schedule={"kind": "one_shot", "target_sparsity": s}, **kw)
+    return PruningConfig(schedule=OneShot(s), **kw)
 
 
 def randomize_bn(m):
@@ -41,7 +48,7 @@ def test_masked_model_equals_surgery_result():
     assert res.max_abs_diff <= 1e-4
     assert torch.allclose(res.model.eval()(x), masked_out, atol=1e-5)
     assert res.params_after < res.params_before
-    dense_out = strip_copy(m).eval()(x)
+    dense_out = strip(m, copy=True).eval()(x)
     assert (dense_out - masked_out).abs().max() > 1e-2 * dense_out.abs().max()  # the masks did something
 
 
@@ -57,9 +64,8 @@ def test_local_sparsity_round_to_and_min_channels():
 
 def test_monotone_masks_and_exclusions():
     m = model()
-    cfg = PruningConfig(schedule={"kind": "constant", "target_sparsity": 0.5, "begin_step": 0, "end_step": 10,
-                                  "frequency": 5}, overrides=[{"layers": r"blocks\.12", "exclude": True},
-                                                              {"layers": r"blocks\.0\.", "sparsity": 0.25}])
+    cfg = PruningConfig(schedule=ConstantSparsity(0.5, begin_step=0, end_step=10, frequency=5),
+                        overrides=[Override(r"blocks\.12", exclude=True), Override(r"blocks\.0\.", sparsity=0.25)])
     p = prune_(m, cfg, SHAPE)
     p.step(0)
     first = p.alive()
@@ -89,13 +95,13 @@ def test_global_scope_keeps_total_and_differs_per_layer():
 
 @pytest.mark.parametrize("target", ["macs", "params"])
 def test_mac_and_param_targets(target):
-    from prunekit.report import profile
+    from prunekit.cost import profile
 
     m = model()
     p = prune_(m, one_shot(0.6, target=target), SHAPE)
     p.step(0)
     res = p.shrink(check=False)
-    before = profile(strip_copy(m), SHAPE)
+    before = profile(strip(m, copy=True), SHAPE)
     after = profile(res.model, SHAPE)
     attr = "macs" if target == "macs" else "params"
     removed = 1 - getattr(after, attr) / getattr(before, attr)
@@ -127,7 +133,7 @@ def test_bake_zeroes_weights_so_the_zero_rule_finds_them():
     masked = m(x)
     removed = p.removed()
     p.bake()
-    p.remove()
+    strip(m)
     assert torch.allclose(m(x), masked, atol=1e-5)  # baked weights == masks
     res = shrink(m, SHAPE, "zero", inputs=x)
     assert res.removed == removed and res.max_abs_diff <= 1e-4
@@ -135,8 +141,7 @@ def test_bake_zeroes_weights_so_the_zero_rule_finds_them():
 
 def test_gradual_pruning_resume_mid_schedule_is_identical(tmp_path):
     data = synthetic(train_size=128, test_size=32)
-    sched = {"kind": "polynomial_decay", "initial_sparsity": 0.0, "final_sparsity": 0.6, "begin_step": 2,
-             "end_step": 12, "frequency": 2}
+    sched = PolynomialDecay(0.0, 0.6, begin_step=2, end_step=12, frequency=2)
     tcfg = dict(epochs=4, batch_size=32, lr=0.05, warmup_epochs=0)
     for criterion in ("l1", "taylor"):
         cfg = dict(schedule=sched, criterion=criterion, taylor_batches=2)
@@ -172,7 +177,7 @@ def test_layer_selection_errors():
 
 
 def test_save_and_load_masked_model(tmp_path):
-    from prunekit import api
+    from prunekit import saved
     from prunekit.models import InputSpec, ModelSpec
 
     m = model().eval()
@@ -180,8 +185,8 @@ def test_save_and_load_masked_model(tmp_path):
     p.step(0)
     spec = ModelSpec("mobilenet_v1", {"width": 0.25, "num_classes": 10, "in_channels": 1, "small_input": True},
                      InputSpec([28, 28], 1, [0.5], [0.5]))
-    api.save(m, tmp_path, spec)
-    loaded = api.load(tmp_path)
+    saved.save(m, tmp_path, spec)
+    loaded = saved.load(tmp_path)
     assert loaded.pruner is not None and loaded.pruner.removed() == p.removed()
     x = torch.randn(2, *SHAPE)
     assert torch.allclose(loaded.model.eval()(x), m(x))

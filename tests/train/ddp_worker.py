@@ -10,7 +10,7 @@ import torch
 from prunekit.data import load_data
 from prunekit.io import save_tensors
 from prunekit.models import create_model
-from prunekit.pruning import PruningConfig, prune_
+from prunekit.pruning import PolynomialDecay, PruningConfig, prune_
 from prunekit.train import TrainConfig, fit, init_distributed
 
 
@@ -20,7 +20,7 @@ class Recorder:
     def __init__(self, pruner):
         self.pruner, self.digests = pruner, []
 
-    def on_step_begin(self, step):
+    def step(self, step):
         flat = self.pruner.bank.flat().detach().cpu().numpy().tobytes()
         self.digests.append([step, hashlib.sha1(flat).hexdigest()[:12], round(self.pruner.sparsity(), 4)])
 
@@ -40,8 +40,7 @@ def main(out: str, criterion: str, steps: int, end_step: int) -> None:
     # float64, so that comparing 1 and 2 processes tests DDP rather than rounding. Training is chaotic: even in
     # one process a 1e-12 change to one weight grows to 0.1 after 12 steps, so runs are compared over a few steps.
     model.double()
-    sched = {"kind": "polynomial_decay", "initial_sparsity": 0.1, "final_sparsity": 0.5, "begin_step": 0,
-             "end_step": end_step, "frequency": max(1, end_step // 5)}
+    sched = PolynomialDecay(0.1, 0.5, begin_step=0, end_step=end_step, frequency=max(1, end_step // 5))
     pruner = prune_(model, PruningConfig(schedule=sched, criterion=criterion, taylor_batches=2), (1, 28, 28))
     rec = Recorder(pruner)
     cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, warmup_epochs=0, max_steps=steps, sync_bn=True)

@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.metadata import check_output
+    from ..deploy.metadata import check_output
     from ..inference.bench import BenchSettings, bench, format_table
     from ..io import write_json
 

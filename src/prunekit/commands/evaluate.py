@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_args, add_device_arg, add_json_arg, model_data, positive_int, print_json
+from .common import (
+    add_config_args,
+    add_data_args,
+    add_device_arg,
+    add_json_arg,
+    positive_int,
+    print_json,
+    run_config,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help="model directory, or an exported .onnx/.ts/.pt2 file")
     add_data_args(p)
+    add_config_args(p)
     p.add_argument("--split", choices=["test", "train"], default="test", help="split (default test)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=256)
     add_json_arg(p)
@@ -22,15 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import resolve
-    from ..train import evaluate, pick_device
+    from ..steps import evaluate
+    from ..train import pick_device
 
-    dev = pick_device(args.device)
-    loaded = resolve(args.model, dev)
-    data = model_data(loaded, args.data, args.data_dir)
-    res = evaluate(loaded.model, data, args.split, args.batch_size, dev)
+    cfg = run_config(args)
+    res = evaluate(args.model, cfg.data, split=args.split, batch_size=args.batch_size, device=pick_device(cfg.device),
+                   seed=cfg.seed)
     if args.json:
-        print_json({**res, "model": args.model, "data": args.data, "split": args.split})
+        print_json({**res, "model": args.model, "data": cfg.data.name, "split": args.split})
     else:
-        print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  n={res['n']}  ({args.data} {args.split})")
+        print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  n={res['n']}  ({cfg.data.name} {args.split})")
     return 0

@@ -21,7 +21,7 @@ from .common import add_json_arg, positive_int, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..export import DEFAULT_OPSET, EXPORTERS, FORMATS
+    from ..deploy import DEFAULT_OPSET, EXPORTERS, FORMATS
 
     p.add_argument("--model", required=True, help="model directory (masked models are exported shrunk)")
     p.add_argument("--format", choices=FORMATS, help="onnx, torchscript or exported-program (default: from the "
@@ -37,10 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import resolve
+    from ..deploy import SUFFIXES, format_for
+    from ..deploy.metadata import check_output
     from ..errors import PrunekitError
-    from ..export import SUFFIXES, export_model, format_for
-    from ..export.metadata import check_output
+    from ..steps import export
 
     out = Path(args.out)
     fmt = format_for(out, args.format)
@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "onnx" and not 7 <= args.opset <= 30:
         raise PrunekitError(f"--opset must be between 7 and 30, got {args.opset}")
     out = check_output(out, args.overwrite)
-    loaded = resolve(args.model)
-    res = export_model(loaded, fmt, out, opset=args.opset, exporter=args.exporter, verify=args.verify)
+    res = export(args.model, out, fmt, opset=args.opset, exporter=args.exporter, verify=args.verify)
     if args.json:
         print_json({**res, "model": args.model})
         return 0

@@ -46,9 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import save
     from ..errors import PrunekitError
     from ..models.importers import import_keras, import_timm
+    from ..saved import save
 
     out = fresh_output(args.out, overwrite=args.overwrite, marker="model.json")
     names = None

@@ -23,19 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import resolve
-    from ..graph import DependencyGraph
-    from ..pruning.pruner import strip_copy
+    from ..steps import plan as make_plan
 
-    loaded = resolve(args.model)
-    shape = loaded.input_shape if not args.image_size else (loaded.spec.input.channels, args.image_size,
-                                                            args.image_size)
-    model = strip_copy(loaded.model) if loaded.pruner else loaded.model
-    graph = DependencyGraph(model, shape, args.leaf)
-    graph.select(args.layers, args.exclude)  # raises a clear error when nothing matches
-    plan = graph.plan(args.layers, args.exclude)
+    plan = make_plan(args.model, args.layers, args.exclude, args.leaf, args.image_size)
     if args.json:
-        print_json({"model": args.model, **plan})
+        print_json(plan)
         return 0
     rows = plan["groups"]
     print(f"{args.model}: {len(rows)} channel groups, {plan['selected']} selected by --layers {args.layers}")

@@ -25,10 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import load_runtime, predict
+    from ..steps import predict
 
-    rt = load_runtime(args.model)
-    preds = predict(rt, args.images, args.topk, args.batch_size)
+    rt, preds = predict(args.model, args.images, topk=args.topk, batch_size=args.batch_size)
     if args.json:
         print_json({"model": args.model, "runtime": rt.kind, "precision": rt.precision,
                     "predictions": [p.to_dict() for p in preds]})

@@ -22,23 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import resolve
-    from ..pruning.pruner import strip_copy
-    from ..report.summary import format_table, human, profile
+    from ..report.summary import format_table, human
+    from ..steps import summary
 
-    loaded = resolve(args.model)
-    shape = loaded.input_shape if not args.image_size else (loaded.spec.input.channels, args.image_size,
-                                                            args.image_size)
-    model = strip_copy(loaded.model) if loaded.pruner else loaded.model
-    prof = profile(model, shape)
-    masked = None
-    if loaded.pruner:
-        masked = [{"group": g.name, "kept": int(a.sum()), "total": g.size}
-                  for g, a in zip(loaded.pruner.groups, loaded.pruner.alive().values(), strict=True)]
+    s = summary(args.model, args.image_size)
+    prof, masked = s["profile"], s["masked_groups"]
     if args.json:
-        print_json({**prof.to_dict(), "model": args.model, "arch": loaded.spec.arch, "masked_groups": masked})
+        print_json({**prof.to_dict(), "model": args.model, "arch": s["arch"], "masked_groups": masked})
         return 0
-    print(f"{loaded.spec.arch}  input {list(shape)}  params {human(prof.params)}  MACs {human(prof.macs)}")
+    print(f"{s['arch']}  input {s['input_shape']}  params {human(prof.params)}  MACs {human(prof.macs)}")
     print(format_table(prof))
     if masked:
         kept, total = sum(m["kept"] for m in masked), sum(m["total"] for m in masked)

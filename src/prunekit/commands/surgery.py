@@ -19,13 +19,16 @@ from .common import add_json_arg, fraction, fresh_output, positive_int, print_js
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..pruning import CRITERIA, SCOPES
+
     p.add_argument("--model", required=True, help="model directory (masked or dense) or torchvision:NAME")
     p.add_argument("--out", required=True, help="directory for the shrunk model")
     p.add_argument("--sparsity", type=fraction("--sparsity"), help="one-shot: remove this fraction of channels")
-    p.add_argument("--criterion", default="l1", choices=["l1", "l2", "l1_filters", "bn_gamma", "random"])
+    p.add_argument("--criterion", default="l1", choices=[n for n in CRITERIA if not CRITERIA[n].needs_data],
+                   help="channel importance for --sparsity (default l1)")
     p.add_argument("--layers", default="pointwise", help="pointwise (default), all, or a regex over layer names")
     p.add_argument("--exclude", help="regex of layers never to prune")
-    p.add_argument("--scope", default="local", choices=["local", "global"])
+    p.add_argument("--scope", default="local", choices=SCOPES)
     p.add_argument("--round-to", type=positive_int("--round-to"), default=1)
     p.add_argument("--seed", type=positive_int("--seed", allow_zero=True), default=0)
     p.add_argument("--verify", dest="verify", action="store_true", default=True, help="verify (default)")
@@ -36,52 +39,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import resolve, save
-    from ..errors import PrunekitError
-    from ..pruning import PruningConfig, prune_
-    from ..pruning.pruner import strip_copy
-    from ..surgery import shrink
+    from ..steps import Surgery, surgery
 
     t0 = time.perf_counter()
     out = fresh_output(args.out, overwrite=args.overwrite, marker="model.json")
-    loaded = resolve(args.model)
-    shape = loaded.input_shape if not args.image_size else (loaded.spec.input.channels, args.image_size,
-                                                            args.image_size)
-    model = loaded.model.eval()
-    if args.sparsity is not None:
-        if loaded.pruner is not None:
-            model = strip_copy(model)
-        if args.sparsity == 0:
-            raise PrunekitError("--sparsity 0 removes nothing")
-        cfg = PruningConfig(schedule={"kind": "one_shot", "target_sparsity": args.sparsity},
-                            criterion=args.criterion, scope=args.scope, layers=args.layers, exclude=args.exclude,
-                            round_to=args.round_to, seed=args.seed)
-        pruner = prune_(model, cfg, shape)
-        pruner.step(0)
-        res = pruner.shrink(check=args.verify)
-        source = f"one-shot {args.criterion} {args.sparsity}"
-    elif loaded.pruner is not None:
-        res = loaded.pruner.shrink(check=args.verify)
-        source = "saved masks"
-    else:
-        res = shrink(model, shape, "zero", check=args.verify)
-        source = "zero-weight channels"
-        if res.channels_removed == 0:
-            raise PrunekitError(f"{args.model} has no masks and no all-zero channels; pass --sparsity S to choose "
-                                "channels one-shot, or run `prunekit prune` first")
-    spec = loaded.spec
-    hist = list(spec.extra.get("history", []))
-    hist.append({"step": "surgery", "source": source, **res.to_dict()})
-    spec.extra = {k: v for k, v in spec.extra.items() if k not in ("pruning", "metrics")}
-    spec.extra["history"] = hist
-    save(res.model.cpu(), out, spec)
-    info = {**res.to_dict(), "seconds": time.perf_counter() - t0, "source": source, "out": str(out)}
+    how = Surgery(args.sparsity, args.criterion, args.layers, args.exclude, args.scope, args.round_to, args.seed)
+    res = surgery(args.model, out, how, verify=args.verify, image_size=args.image_size)
+    r = res.result
     if args.json:
-        print_json(info)
-    else:
-        diff = "skipped" if res.max_abs_diff is None else f"{res.max_abs_diff:.2e}"
-        print(f"removed {res.channels_removed} channels in {res.groups} groups ({source}); verification max abs "
-              f"diff {diff}")
-        print(f"params {res.params_before:,} -> {res.params_after:,} ({100 * (1 - res.params_after / res.params_before):.1f}% "
-              f"fewer)  MACs {res.macs_before:,} -> {res.macs_after:,}  -> {out}")
+        print_json({**r, "seconds": time.perf_counter() - t0, "source": res.source, "out": str(out)})
+        return 0
+    diff = "skipped" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"
+    print(f"removed {r['channels_removed']} channels in {r['groups']} groups ({res.source}); verification max abs "
+          f"diff {diff}")
+    print(f"params {r['params_before']:,} -> {r['params_after']:,} ({100 * (1 - r['params_after'] / r['params_before']):.1f}% "
+          f"fewer)  MACs {r['macs_before']:,} -> {r['macs_after']:,}  -> {out}")
     return 0

@@ -1,4 +1,5 @@
-"""Matching a dataset's classes to a model's: ImageNet-val-style folders holding a subset of the classes.
+"""ImageNet-1k labels, and matching a dataset's classes to a model's (ImageNet-val-style folders holding a
+subset of the classes).
 
 A model trained on ImageNet has 1000 (or, TF-slim style, 1001 with "background" first) outputs; a folder
 of a few ImageNet classes has a few subfolders. :func:`class_index_map` maps each data class to a model
@@ -16,23 +17,27 @@ Otherwise there is no mapping (None) and callers fall back to comparing class co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..errors import PrunekitError
-from .datasets import DataBundle, TensorSplit
+from .bundle import DataBundle
 
-_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+_HERE = Path(__file__).resolve().parent
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names (shipped with prunekit), in class-index order."""
+    return (_HERE / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
 
 
 def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet-1k WordNet ids, in class-index order (sorted, as in the official folders)."""
-    return (_MODELS_DIR / "imagenet_wnids.txt").read_text(encoding="utf-8").split()
-
-
-def _imagenet_names() -> list[str]:
-    return (_MODELS_DIR / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
+    return (_HERE / "imagenet_wnids.txt").read_text(encoding="utf-8").split()
 
 
 def _norm(name: str) -> str:
@@ -55,7 +60,7 @@ def class_index_map(data_names: Sequence[str], model_names: Sequence[str]) -> tu
             return mapping, "name"
     wnids = {w: i for i, w in enumerate(imagenet_wnids())}
     if all(n in wnids for n in data_names):
-        names = _imagenet_names()
+        names = imagenet_classes()
         offset = {tuple(names): 0, ("background", *names): 1}.get(tuple(model_names))
         if offset is not None:
             return [wnids[n] + offset for n in data_names], "imagenet-wnid"
@@ -67,13 +72,9 @@ def relabel(bundle: DataBundle, mapping: Sequence[int], class_names: Sequence[st
     lut = torch.tensor(list(mapping), dtype=torch.int64)
 
     def conv(s):
-        if isinstance(s, TensorSplit):
-            return TensorSplit(s.images, lut.to(s.labels.device)[s.labels])
-        from .imagefolder import FolderSplit
+        if not hasattr(s, "relabel"):
+            raise PrunekitError(f"cannot relabel a {type(s).__name__} split")
+        return s.relabel(lut)
 
-        if isinstance(s, FolderSplit):
-            return FolderSplit([(p, int(lut[c])) for p, c in s.items], s.channels, s.size, s.resize)
-        raise PrunekitError(f"cannot relabel a {type(s).__name__} split")
-
-    return DataBundle(bundle.name, conv(bundle.train), conv(bundle.test), list(class_names), bundle.channels,
-                      bundle.size, bundle.mean, bundle.std, bundle.source, dict(bundle.notes))
+    return replace(bundle, train=conv(bundle.train), test=conv(bundle.test), class_names=list(class_names),
+                   notes=dict(bundle.notes))

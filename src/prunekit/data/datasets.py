@@ -1,27 +1,19 @@
-"""Datasets as splits of uint8 images + int64 labels, with class names and normalisation attached.
-
-Sources: Fashion-MNIST IDX files, the bundled Fashion-MNIST subset, any ImageFolder directory, and a
-synthetic dataset for tests. Every source ends up as a :class:`DataBundle` whose splits are iterated by
-:func:`iterate_batches`: per-epoch permutation and per-batch augmentation derived from ``(seed, epoch,
-batch)`` so a run resumed at any step sees exactly the batches it would have seen.
-"""
+"""Dataset sources: Fashion-MNIST IDX files, the bundled Fashion-MNIST subset, any ImageFolder directory
+(:mod:`prunekit.data.imagefolder`), and a synthetic dataset for tests; :func:`load_data` picks one by name."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import PrunekitError, unknown
+from .bundle import NO_FLIP, Augment, DataBundle, TensorSplit, adapt
 from .idx import read_idx
-from .transforms import batch_generator, normalize
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -33,122 +25,7 @@ FASHION_MNIST_FILES = {
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 DATASETS = ("bundled", "fashion-mnist", "imagefolder", "synthetic")
-
-
-class Split(Protocol):
-    """A split: ``len`` and ``fetch`` of uint8 ``(N, C, H, W)`` images with labels, in the requested order."""
-
-    labels: torch.Tensor
-
-    def __len__(self) -> int: ...
-
-    def fetch(self, batches: Sequence[torch.Tensor], num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-
-@dataclass
-class TensorSplit:
-    """An in-memory split."""
-
-    images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,)
-
-    def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError("images must be uint8 (N, C, H, W)")
-        if len(self.images) != len(self.labels):
-            raise PrunekitError(f"{len(self.images)} images but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def fetch(self, batches, num_workers=0):
-        for idx in batches:
-            yield self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)]
-
-    def to(self, device) -> TensorSplit:
-        return TensorSplit(self.images.to(device), self.labels.to(device))
-
-
-@dataclass
-class DataBundle:
-    """Train and test splits plus what a model needs to know about them."""
-
-    name: str
-    train: Split
-    test: Split
-    class_names: list[str]
-    channels: int
-    size: list[int]  # [H, W]
-    mean: list[float]
-    std: list[float]
-    source: str = ""
-    notes: dict = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def to(self, device) -> DataBundle:
-        """Move in-memory splits to ``device`` (a GPU-resident loader for datasets that fit)."""
-        mv = lambda s: s.to(device) if isinstance(s, TensorSplit) else s  # noqa: E731
-        return DataBundle(self.name, mv(self.train), mv(self.test), self.class_names, self.channels, self.size,
-                          self.mean, self.std, self.source, self.notes)
-
-
-# --- iteration -----------------------------------------------------------------------------------
-
-
-def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
-    return n // batch_size if drop_last else math.ceil(n / batch_size)
-
-
-def iterate_batches(bundle: DataBundle, split: str, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
-                    start_batch: int = 0, device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
-                    augment: bool = True, num_workers: int = 0, pad: int | None = None
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalised float batches.
-
-    ``train=True`` shuffles (per-epoch permutation), drops the last partial batch and augments (random crop
-    with padding + horizontal flip). ``batch_size`` is the *global* batch: with ``world > 1`` each rank gets
-    its strided share of every global batch, so N processes see exactly what one process would.
-    """
-    s: Split = getattr(bundle, split)
-    n = len(s)
-    if train:
-        g = torch.Generator().manual_seed(seed * 7919 + epoch)
-        order = torch.randperm(n, generator=g)
-    else:
-        order = torch.arange(n)
-    nb = num_batches(n, batch_size, drop_last=train)
-    global_idx = [order[b * batch_size:(b + 1) * batch_size] for b in range(start_batch, nb)]
-    local_idx = [gi[rank::world] for gi in global_idx]
-    device = torch.device(device)
-    mean = torch.tensor(bundle.mean, device=device)
-    std = torch.tensor(bundle.std, device=device)
-    pad = pad if pad is not None else max(1, round(min(bundle.size) / 7))  # 4 px at 28x28
-    for k, (x, y) in enumerate(s.fetch(local_idx, num_workers=num_workers)):
-        b = start_batch + k
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if train and augment:
-            x = _augment_share(x, len(global_idx[k]), rank, world, pad, batch_generator(seed, epoch, b))
-        yield normalize(x, mean, std), y
-
-
-def _augment_share(x: torch.Tensor, n_global: int, rank: int, world: int, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Draw crop offsets/flips for the whole global batch, apply this rank's share (DDP == 1 process)."""
-    dy = torch.randint(0, 2 * pad + 1, (n_global,), generator=gen)[rank::world]
-    dx = torch.randint(0, 2 * pad + 1, (n_global,), generator=gen)[rank::world]
-    flip = (torch.rand(n_global, generator=gen) < 0.5)[rank::world]
-    n, c, h, w = x.shape
-    dev = x.device
-    dy, dx, flip = dy.to(dev), dx.to(dev), flip.to(dev)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    rows = dy[:, None] + torch.arange(h, device=dev)[None, :]
-    cols = dx[:, None] + torch.arange(w, device=dev)[None, :]
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    xp = torch.gather(xp, 2, rows[:, None, :, None].expand(n, c, h, xp.shape[3]))
-    return torch.gather(xp, 3, cols[:, None, None, :].expand(n, c, h, w))
+FASHION_MNIST_AUGMENT = Augment(crop_pad=0.125, hflip=True)  # clothes are mirror-symmetric: flips help
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -192,7 +69,7 @@ def fashion_mnist(data_dir: str | os.PathLike | None = None, bundled: bool = Fal
     directory = BUNDLED_DIR if bundled else find_fashion_mnist(data_dir)
     return DataBundle("bundled" if bundled else "fashion-mnist", load_idx_pair(directory, "train"),
                       load_idx_pair(directory, "test"), list(FASHION_MNIST_CLASSES), 1, [28, 28],
-                      [FASHION_MNIST_MEAN], [FASHION_MNIST_STD], source=str(directory))
+                      [FASHION_MNIST_MEAN], [FASHION_MNIST_STD], source=str(directory), augment=FASHION_MNIST_AUGMENT)
 
 
 def synthetic(num_classes: int = 10, train_size: int = 512, test_size: int = 256, channels: int = 1,
@@ -217,43 +94,22 @@ def synthetic(num_classes: int = 10, train_size: int = 512, test_size: int = 256
         return TensorSplit(img.contiguous(), labels.long())
 
     return DataBundle("synthetic", make(train_size), make(test_size), [f"class_{i}" for i in range(num_classes)],
-                      channels, [h, w], [0.5] * channels, [0.25] * channels, source="synthetic")
-
-
-def adapt(bundle: DataBundle, channels: int | None = None, size: Sequence[int] | None = None) -> DataBundle:
-    """Convert in-memory splits to the model's input channels (1<->3) and size (bilinear, antialiased)."""
-    channels = channels or bundle.channels
-    size = list(size) if size else bundle.size
-    if channels == bundle.channels and size == bundle.size:
-        return bundle
-    if channels not in (1, 3, bundle.channels):
-        raise PrunekitError(f"cannot convert {bundle.channels}-channel images to {channels} channels")
-
-    def conv(s):
-        if not isinstance(s, TensorSplit):  # streaming splits are sized/converted at decode time
-            return s
-        x = s.images
-        if channels != x.shape[1]:
-            x = x.expand(-1, 3, -1, -1) if channels == 3 else x.float().mean(1, keepdim=True).round().to(torch.uint8)
-        if list(x.shape[2:]) != size:
-            out = []
-            for chunk in x.split(2048):
-                y = F.interpolate(chunk.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-                out.append(y.round().clamp(0, 255).to(torch.uint8))
-            x = torch.cat(out)
-        return TensorSplit(x.contiguous(), s.labels)
-
-    mean, std = bundle.mean, bundle.std
-    if channels != bundle.channels:
-        mean = [sum(mean) / len(mean)] * channels
-        std = [sum(std) / len(std)] * channels
-    return DataBundle(bundle.name, conv(bundle.train), conv(bundle.test), bundle.class_names, channels, size, mean,
-                      std, bundle.source, bundle.notes)
+                      channels, [h, w], [0.5] * channels, [0.25] * channels, source="synthetic", augment=NO_FLIP)
 
 
 def load_data(name: str, data_dir: str | os.PathLike | None = None, *, channels: int | None = None,
-              size: Sequence[int] | None = None, **kwargs) -> DataBundle:
-    """Load a dataset by name: ``bundled``, ``fashion-mnist``, ``imagefolder`` or ``synthetic``."""
+              size: Sequence[int] | None = None, augment: Augment | None = None, **kwargs) -> DataBundle:
+    """Load a dataset by name: ``bundled``, ``fashion-mnist``, ``imagefolder`` or ``synthetic``.
+
+    ``channels``/``size`` convert the images to a model's input; ``augment`` overrides the dataset's own
+    training augmentation (fields left ``None`` keep the dataset default)."""
+    bundle = _load(name, data_dir, channels, size, **kwargs)
+    if augment is not None:
+        bundle.augment = augment.over(bundle.augment)
+    return bundle
+
+
+def _load(name: str, data_dir, channels, size, **kwargs) -> DataBundle:
     if name == "bundled":
         bundle = fashion_mnist(bundled=True)
     elif name == "fashion-mnist":

@@ -16,13 +16,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import PrunekitError
-from .datasets import DataBundle, TensorSplit
+from .bundle import NO_FLIP, DataBundle, TensorSplit
+from .classes import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 PRELOAD_BYTES = 2 * 1024**3
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def load_image(path: str | Path, channels: int, size: Sequence[int], resize: int | None = None) -> np.ndarray:
@@ -96,6 +95,10 @@ class FolderSplit(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def relabel(self, lut: torch.Tensor) -> FolderSplit:
+        """Label ``c`` becomes ``lut[c]``."""
+        return FolderSplit([(p, int(lut[c])) for p, c in self.items], self.channels, self.size, self.resize)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[i]
@@ -216,4 +219,5 @@ def image_folder(root: str | os.PathLike, channels: int | None = None, size: Seq
     if mean is None:
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ([0.5], [0.25])
     return DataBundle("imagefolder", train, test, classes, channels, size, list(mean), list(std or []),
-                      source=str(root), notes={"ignored_files": ignored, "preloaded": preload, "resize": resize})
+                      source=str(root), notes={"ignored_files": ignored, "preloaded": preload, "resize": resize},
+                      augment=NO_FLIP)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from .handlers import ConvHandler, Flow, LinearHandler, handler_for
+
 # --- union-find ----------------------------------------------------------------------------------
 
 
@@ -181,17 +183,6 @@ _CAT = {"cat", "concat", "concatenate"}
 _SPLIT = {"chunk", "split", "tensor_split", "unbind"}
 _SHAPE_ATTRS = {"size", "dim", "numel", "shape", "dtype", "device", "ndim", "is_cuda"}
 
-_ZP_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish,
-               nn.Tanh, nn.Hardtanh, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-               nn.FeatureAlphaDropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
-               nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-               nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool2d, nn.Upsample,
-               nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d,
-               nn.ReplicationPad2d, nn.PReLU)
-_NZP_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid, nn.Softsign)
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-
 
 def op_name(node: fx.Node) -> str:
     t = node.target
@@ -321,87 +312,21 @@ class Analyzer:
             return self.visit_module(node, self.modules[node.target])
         return self.visit_function(node, op_name(node))
 
-    # -- modules --
+    # -- modules: the handler table says what each module type does with channels --
     def visit_module(self, node: fx.Node, m: nn.Module) -> Any:
-        name = node.target
+        h = handler_for(m)
         x = self.arg(node.args[0]) if node.args else None
         if not isinstance(x, TV) or x.labels is None:
-            if isinstance(m, (_CONVS, nn.Linear)) or any(isinstance(v, TV) for v in _iter_values(self.arg(node.args))):
+            if isinstance(h, (ConvHandler, LinearHandler)) or any(
+                    isinstance(v, TV) for v in _iter_values(self.arg(node.args))):
                 return self.opaque(node, "input without channel structure")
             return self.opaque(node, "module without tensor input")
-        if isinstance(m, _CONVS):
-            return self.conv(node, name, m, x)
-        if isinstance(m, nn.Linear):
-            if x.cdim != len(x.shape) - 1 or len(x.labels) != m.in_features:
-                return self.opaque(node, "Linear over a non-channel dimension")
-            self.slot(name, "in", 1, x.labels, node)
-            out = self.s.new(name, m.out_features)
-            self.slot(name, "out", 0, out, node)
-            v = self.out_tv(node, out, x.cdim)
-            self.rec(node, "producer", v, name)
-            return v
-        if isinstance(m, _BNS):
-            if x.cdim != 1 or len(x.labels) != m.num_features:
-                return self.opaque(node, "normalisation over a non-channel dimension")
-            if m.affine or m.track_running_stats:
-                self.slot(name, "channel", 0, x.labels, node)
-            v = self.out_tv(node, x.labels, 1)
-            self.rec(node, "nzp", v, name)
-            return v
-        if isinstance(m, nn.GroupNorm):
-            if m.num_groups == m.num_channels and x.cdim == 1:
-                if m.affine:
-                    self.slot(name, "channel", 0, x.labels, node)
-                v = self.out_tv(node, x.labels, 1)
-                self.rec(node, "nzp", v, name)
-                return v
-            return self.opaque(node, f"GroupNorm normalises across channels (groups={m.num_groups})")
-        if isinstance(m, nn.LayerNorm):
-            return self.layer_norm(node, x, len(m.normalized_shape), name)
-        if isinstance(m, nn.PReLU) and m.num_parameters > 1:
-            if x.cdim != 1:
-                return self.opaque(node, "PReLU over a non-channel dimension")
-            self.slot(name, "channel", 0, x.labels, node)
-        if isinstance(m, (nn.Flatten, nn.Unflatten)):
-            return self.reshape(node, x)
-        if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
-            d = m.dim if m.dim is not None else 1
-            if _norm_dim(d, len(x.shape)) == x.cdim:
-                return self.opaque(node, "softmax over channels")
-            v = self.out_tv(node, x.labels, x.cdim)
-            self.rec(node, "nzp", v, name)
-            return v
-        if isinstance(m, (nn.ConstantPad2d, nn.ZeroPad2d)):
-            if len(x.shape) - x.cdim <= len(m.padding) // 2:
-                return self.opaque(node, "padding of the channel dimension")
-            v = self.out_tv(node, x.labels, x.cdim)
-            self.rec(node, "zp" if isinstance(m, nn.ZeroPad2d) or m.value == 0 else "nzp", v, name)
-            return v
-        if isinstance(m, _ZP_MODULES + _NZP_MODULES):
-            v = self.out_tv(node, x.labels, x.cdim)
-            self.rec(node, "zp" if isinstance(m, _ZP_MODULES) else "nzp", v, name)
-            return v
-        return self.opaque(node, f"unsupported module type {type(m).__name__}")
+        if h is None:
+            return self.opaque(node, f"unsupported module type {type(m).__name__}")
+        return h.flow(Flow(self, node, node.target, m, x))
 
     def slot(self, module: str, kind: str, dim: int, labels: np.ndarray, node: fx.Node) -> None:
         self.s.add_slot(Slot(module, kind, dim, labels, node.name, self.mode))
-
-    def conv(self, node: fx.Node, name: str, m: nn.Module, x: TV) -> Any:
-        if x.cdim != 1 or len(x.labels) != m.in_channels:
-            return self.opaque(node, "convolution input does not match in_channels")
-        out = self.s.new(name, m.out_channels)
-        self.slot(name, "out", 0, out, node)
-        if m.groups == 1:
-            self.slot(name, "in", 1, x.labels, node)
-        else:
-            ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
-            for k in range(m.groups):  # a group's inputs and outputs live and die together
-                members = np.concatenate([x.labels[k * ipg:(k + 1) * ipg], out[k * opg:(k + 1) * opg]])
-                self.s.uf.union_arrays(members[:-1], members[1:])
-            self.slot(name, "in_grouped", 1, x.labels, node)
-        v = self.out_tv(node, out, 1)
-        self.rec(node, "producer", v, name)
-        return v
 
     def layer_norm(self, node: fx.Node, x: TV, n_norm: int, module: str | None) -> Any:
         if x.cdim >= len(x.shape) - n_norm:

@@ -159,7 +159,6 @@ class DependencyGraph:
         self.groups = groups
         self.by_name = {g.name: g for g in groups}
         self._gid_of_root, self._local_of_root = gid_of_root, local_of_root
-        self.group_of_root = _RootIndex(gid_of_root, local_of_root)
         self._modules = dict(model.named_modules())
         for g in groups:
             g.meta["pointwise"] = any(_is_pointwise(self._modules.get(p)) for p in g.producers)
@@ -219,9 +218,6 @@ class DependencyGraph:
         """Boolean keep-flag for every element id."""
         return ~np.isin(self.comp_of, self.removed_roots(removed))
 
-    def slot_keep(self, slot: Slot, keep_elem: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(keep_elem[slot.labels])
-
     def slot_components(self, slot: Slot) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """For each group touching ``slot``: (group id, positions in the slot, component index in the group)."""
         roots = self.comp_of[slot.labels]
@@ -256,19 +252,6 @@ class DependencyGraph:
                          "producers": g.producers, "members": g.members})
         return {"input_shape": list(self.input_shape), "modes": self.modes, "layers": layers,
                 "selected": len(chosen), "groups": rows}
-
-
-class _RootIndex:
-    """``index[root] -> (group id, component index)``, backed by two arrays."""
-
-    def __init__(self, gid: np.ndarray, local: np.ndarray):
-        self.gid, self.local = gid, local
-
-    def __getitem__(self, root: int) -> tuple[int, int]:
-        return int(self.gid[root]), int(self.local[root])
-
-    def get(self, root: int, default=None):
-        return self[root] if 0 <= root < len(self.gid) and self.gid[root] >= 0 else default
 
 
 def _source_label(key: str) -> str:

@@ -9,6 +9,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import PrunekitError
+from .handlers import is_leaf
 
 
 class _Tracer(fx.Tracer):
@@ -22,7 +23,7 @@ class _Tracer(fx.Tracer):
         self.failed: tuple[str, str] | None = None  # innermost module whose forward raised
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
+        if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)) or is_leaf(m):
             return True
         return super().is_leaf_module(m, qualname)
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import PrunekitError
 
 RUNTIMES = ("pytorch_fp32", "ort_fp32", "ort_int8")
@@ -122,7 +122,7 @@ def _cache_dir(directory: Path, s: BenchSettings) -> tuple[Path, bool]:
 def _calibration(meta, samples: int):
     """(batches, description): bundled Fashion-MNIST when the input matches, else synthetic images."""
     from ..data import FASHION_MNIST_CLASSES, load_data
-    from ..export import calibration_batches
+    from ..deploy import calibration_batches
 
     c, h, w = meta.input_shape
     if (c, h, w) == (1, 28, 28) and meta.class_names == FASHION_MNIST_CLASSES:
@@ -136,9 +136,9 @@ def _calibration(meta, samples: int):
 
 def prepare(directory: str | os.PathLike, s: BenchSettings, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Load a model directory, export fp32 ONNX and quantize int8 (cached). Returns paths, sizes, profile."""
-    from ..api import load
-    from ..export import DeployMeta, deployable, export_onnx, quantize_onnx, read_sidecar
-    from ..report.summary import profile
+    from ..cost import profile
+    from ..deploy import DeployMeta, deployable, export_onnx, quantize_onnx, read_sidecar
+    from ..saved import load
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -266,7 +266,7 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _rows(result: dict[str, Any]) -> list[tuple[str, str, Callable[[float], str]]]:
-    from ..report.summary import human
+    from ..cost import human
 
     st = result["settings"]
     bl, bt = st["latency_batch"], st["throughput_batch"]

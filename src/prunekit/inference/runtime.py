@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..deploy.metadata import DeployMeta
 from ..errors import PrunekitError
-from ..export.metadata import DeployMeta
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
@@ -50,7 +50,7 @@ class Runtime:
         if names is not None and len(names) == num_classes:
             return list(names)
         if names is None and num_classes == 1000:
-            from ..api import imagenet_classes
+            from ..data.classes import imagenet_classes
 
             return imagenet_classes()
         return [f"class_{i}" for i in range(num_classes)]
@@ -109,7 +109,7 @@ def _check_onnx_input(path: Path, session, meta: DeployMeta) -> None:
 
 
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxRuntime:
-    from ..export.onnx import load_onnx_proto, onnx_meta, ort_session
+    from ..deploy.onnx import load_onnx_proto, onnx_meta, ort_session
 
     path = Path(path)
     proto = load_onnx_proto(path)  # clear errors for missing/truncated files before ORT's
@@ -123,13 +123,13 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxRuntim
 
 def load_runtime(ref: str | os.PathLike, threads: int | None = None) -> Runtime:
     """Load any model form behind one interface (see the module docstring)."""
-    from ..export.metadata import read_sidecar
+    from ..deploy.metadata import read_sidecar
 
     p = Path(ref)
     if not p.exists():
         raise PrunekitError(f"model not found: {p}")
     if p.is_dir():
-        from ..api import load
+        from ..saved import load
 
         loaded = load(p)
         meta = DeployMeta.from_spec(loaded.spec, "pytorch")
@@ -142,7 +142,7 @@ def load_runtime(ref: str | os.PathLike, threads: int | None = None) -> Runtime:
     if suffix == ".onnx":
         return load_onnx(p, threads)
     if suffix in TORCHSCRIPT_SUFFIXES or suffix == ".pt2":
-        from ..export.torchscript import load_exported_program, load_torchscript
+        from ..deploy.torchscript import load_exported_program, load_torchscript
 
         kind = "exported-program" if suffix == ".pt2" else "torchscript"
         module, text = load_exported_program(p) if kind == "exported-program" else load_torchscript(p)

@@ -10,23 +10,10 @@ from ._registry import (
     torchvision_classification_models,
 )
 from .mobilenet_v1 import MobileNetV1, scale_channels
-from .serialization import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    InputSpec,
-    ModelSpec,
-    apply_layer_shapes,
-    layer_shape,
-    layer_shapes,
-    load_model,
-    read_spec,
-    save_model,
-    set_submodule,
-)
+from .serialization import InputSpec, ModelSpec, apply_layer_shapes, load_model, read_spec, save_model
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "MobileNetV1", "ModelSpec", "TORCHVISION_PREFIX",
-    "apply_layer_shapes", "create_model", "default_input", "layer_shape", "layer_shapes", "list_models",
-    "load_model", "read_spec", "register_model", "save_model", "scale_channels", "set_submodule",
+    "InputSpec", "MobileNetV1", "ModelSpec", "TORCHVISION_PREFIX", "apply_layer_shapes", "create_model",
+    "default_input", "list_models", "load_model", "read_spec", "register_model", "save_model", "scale_channels",
     "torchvision_classification_models",
 ]

@@ -42,9 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.classes import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import PrunekitError, VerificationError
 from .mobilenet_v1 import BLOCKS, MobileNetV1, scale_channels
-from .serialization import IMAGENET_MEAN, IMAGENET_STD, InputSpec, ModelSpec
+from .serialization import InputSpec, ModelSpec
 
 SOURCES = ("keras", "timm")
 ARCHS = ("mobilenet_v1",)
@@ -77,7 +78,7 @@ def import_weights(source: str, path: str | os.PathLike, **kwargs: Any) -> tuple
 
 def imagenet_class_names(num_classes: int) -> list[str] | None:
     """ImageNet-1k names for 1000 classes, ``["background", ...]`` for 1001 (TF-slim style), else None."""
-    from ..api import imagenet_classes
+    from ..data.classes import imagenet_classes
 
     if num_classes == 1000:
         return imagenet_classes()

@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
+from ..data.classes import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import PrunekitError
+from ..graph.handlers import layer_shape, layer_shapes, resized, set_submodule
 from ..io import load_tensors, read_json, save_tensors, write_json
 from ._registry import TORCHVISION_PREFIX, create_model, list_models, torchvision_classification_models
 
@@ -25,9 +27,6 @@ FORMAT = "prunekit-model"
 SCHEMA_VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 @dataclass
@@ -94,66 +93,9 @@ def _check_keys(where: str, d: Any, allowed: set[str]) -> None:
         raise PrunekitError(f"{where}: unknown field '{bad[0]}'; valid: {', '.join(sorted(allowed))}")
 
 
-# --- layer shapes --------------------------------------------------------------------------------
+# --- layer shapes (the layer handlers of prunekit.graph know each type's resizable sizes) ----------------
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_INS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-
-
-def layer_shape(m: nn.Module) -> dict[str, Any] | None:
-    """The resizable shape of a layer (what surgery may change), or None for other modules."""
-    t = type(m).__name__
-    if isinstance(m, _CONVS):
-        return {"type": t, "in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
-    if isinstance(m, nn.Linear):
-        return {"type": t, "in_features": m.in_features, "out_features": m.out_features}
-    if isinstance(m, _BNS + _INS):
-        return {"type": t, "num_features": m.num_features}
-    if isinstance(m, nn.LayerNorm):
-        return {"type": t, "normalized_shape": list(m.normalized_shape)}
-    if isinstance(m, nn.GroupNorm):
-        return {"type": t, "num_groups": m.num_groups, "num_channels": m.num_channels}
-    if isinstance(m, nn.PReLU):
-        return {"type": t, "num_parameters": m.num_parameters}
-    return None
-
-
-def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """``{qualified_name: shape}`` for every resizable layer."""
-    return {n: s for n, m in model.named_modules() if (s := layer_shape(m)) is not None}
-
-
-def resized_like(m: nn.Module, shape: dict[str, Any]) -> nn.Module:
-    """A new, uninitialised module of ``m``'s type and hyper-parameters but with ``shape``'s sizes."""
-    dev = {"device": "meta"}
-    if isinstance(m, _CONVS):
-        new = type(m)(shape["in_channels"], shape["out_channels"], m.kernel_size, m.stride, m.padding,
-                      m.dilation, shape["groups"], m.bias is not None, m.padding_mode, **dev)
-    elif isinstance(m, nn.Linear):
-        new = nn.Linear(shape["in_features"], shape["out_features"], m.bias is not None, **dev)
-    elif isinstance(m, _BNS + _INS):
-        new = type(m)(shape["num_features"], m.eps, m.momentum, m.affine, m.track_running_stats, **dev)
-    elif isinstance(m, nn.LayerNorm):
-        new = nn.LayerNorm(shape["normalized_shape"], m.eps, m.elementwise_affine, m.bias is not None, **dev)
-    elif isinstance(m, nn.GroupNorm):
-        new = nn.GroupNorm(shape["num_groups"], shape["num_channels"], m.eps, m.affine, **dev)
-    elif isinstance(m, nn.PReLU):
-        new = nn.PReLU(shape["num_parameters"], **dev)
-    else:
-        raise PrunekitError(f"cannot resize module of type {type(m).__name__}")
-    new = new.to_empty(device="cpu")
-    new.train(m.training)
-    if hasattr(new, "reset_parameters"):
-        new.reset_parameters()
-    return new
-
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at dotted ``name``."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
 
 
 def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> None:
@@ -176,7 +118,7 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> N
             if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in vals):
                 raise PrunekitError(f"model.json: layer '{name}': {k} must be positive integer(s), got {v!r}")
         if shape != current:
-            set_submodule(model, name, resized_like(m, shape))
+            set_submodule(model, name, resized(m, shape))
 
 
 # --- save / load ---------------------------------------------------------------------------------

@@ -67,8 +67,22 @@ def attach_bank(model: nn.Module, groups: Sequence[Group]) -> MaskBank:
     return bank
 
 
-def strip(model: nn.Module) -> nn.Module:
-    """Remove every prunekit hook and the mask buffers from ``model`` (in place); returns the model."""
+def strip(model: nn.Module, *, copy: bool = False) -> nn.Module:
+    """Remove every prunekit hook and the mask buffers from ``model`` (in place), or from a deep copy of it with
+    ``copy=True`` (the model keeps its masks); returns the stripped model. The weights are left as they are:
+    to delete the pruned channels, use :func:`prunekit.shrink`."""
+    if copy:
+        import copy as copy_module
+
+        bank = getattr(model, MASK_MODULE, None)
+        if bank is not None:  # the masks are not copied
+            delattr(model, MASK_MODULE)
+        try:
+            clone = copy_module.deepcopy(model)
+        finally:
+            if bank is not None:
+                model.add_module(MASK_MODULE, bank)
+        model = clone
     for m in model.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             for k in [k for k, fn in hooks.items() if getattr(fn, "_prunekit", False)]:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import PrunekitError, closest
+from ..errors import PrunekitError
 from ..graph import DependencyGraph, Group
+from ..schema import F, build, to_dict, validate
 from .criteria import CRITERIA
-from .schedules import Schedule, from_config
+from .schedules import Schedule, ScheduleSpec, from_config
 
 SCOPES = ("local", "global")
 TARGETS = ("channels", "macs", "params")
@@ -27,23 +27,37 @@ class Override:
     ``exclude`` leaves them alone.
     """
 
-    layers: str
-    sparsity: float | None = None
-    exclude: bool = False
+    layers: str = F("", "regex over producing layer names")
+    sparsity: float | None = F(None, "final sparsity of the matching groups", lo=0, hi=1, hi_open=True)
+    exclude: bool = F(False, "never prune the matching groups")
+
+    def check(self, path: str = "prune.overrides") -> None:
+        if not self.layers:
+            raise PrunekitError(f"{path} entries need a 'layers' regex")
+        _compile(self.layers, "override regex")
+
+
+def _compile(pattern: str, what: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise PrunekitError(f"invalid {what} '{pattern}': {e}") from None
 
 
 @dataclass
 class PruningConfig:
-    """Everything that defines a pruning run (``prune_(model, PruningConfig(...))``).
+    """Everything that defines a pruning run (``prune_(model, PruningConfig(...), input_shape)``).
 
     Args:
-        schedule: a :class:`Schedule` or its config (``{"kind": "polynomial_decay", ...}``).
-        criterion: ``l1``, ``l2`` (group norms), ``l1_filters``, ``bn_gamma``, ``taylor`` or ``random``.
+        schedule: a :class:`Schedule` (``PolynomialDecay(0.0, 0.5, begin_step=0, end_step=1000)``) or a
+            :class:`ScheduleSpec` (steps or epochs, resolved against the training run).
+        criterion: ``l1``, ``l2`` (group norms), ``l1_filters``, ``bn_gamma``, ``taylor``, ``random`` or a
+            registered criterion.
         scope: ``local`` (each group to the target) or ``global`` (ranked across groups, normalised by
             each group's mean score).
         layers: ``pointwise`` (non-grouped 1x1 convs), ``all``, or regex(es) over producing layer names.
         exclude: regex of producing layers never to prune.
-        overrides: list of :class:`Override` (or dicts).
+        overrides: per-layer :class:`Override` entries.
         round_to: keep channel counts multiples of this (8 suits int8 kernels and tensor cores).
         min_channels: never keep fewer channels in a group.
         target: what ``sparsity`` measures: fraction of ``channels``, of ``macs`` or of ``params`` removed.
@@ -52,92 +66,56 @@ class PruningConfig:
         leaf_modules: module names not traced into by torch.fx (left unpruned).
     """
 
-    schedule: Any = field(default_factory=lambda: {"kind": "polynomial_decay", "initial_sparsity": 0.0,
-                                                   "final_sparsity": 0.5, "begin_step": 0, "end_step": 1000,
-                                                   "frequency": 100})
-    criterion: str = "l1"
-    scope: str = "local"
-    layers: str | list[str] = "pointwise"
-    exclude: str | None = None
-    overrides: list[Any] = field(default_factory=list)
-    round_to: int = 1
-    min_channels: int = 1
-    target: str = "channels"
-    taylor_batches: int = 16
-    seed: int = 0
-    leaf_modules: list[str] = field(default_factory=list)
+    schedule: ScheduleSpec | Schedule = F(factory=ScheduleSpec, doc="when and how much to prune")
+    criterion: str = F("l1", "channel importance (l1/l2: norm over the whole channel group; l1_filters: producing "
+                       "filters only)", choices=lambda: list(CRITERIA))
+    scope: str = F("local", "local: each layer to the target; global: ranked across layers", choices=SCOPES)
+    layers: str | list[str] = F("pointwise", "pointwise | all | regex (or list) over producing layer names")
+    exclude: str | None = F(None, "regex of layers never to prune")
+    overrides: list[Override] = F([], "[{layers: REGEX, sparsity: S} | {layers: REGEX, exclude: true}]")
+    round_to: int = F(1, "keep channel counts multiples of this", lo=1, hi=1024)
+    min_channels: int = F(1, "minimum channels kept per group", lo=1)
+    target: str = F("channels", "what sparsity measures", choices=TARGETS)
+    taylor_batches: int = F(16, "batches of gradient statistics per Taylor update", lo=1, hi=100_000)
+    seed: int = F(0, "seed of the random criterion", lo=0, user=False)
+    leaf_modules: list[str] = F([], "module names torch.fx does not trace into (their channels are left unpruned)")
 
-    def build_schedule(self, steps_per_epoch: int | None = None) -> Schedule:
-        if isinstance(self.schedule, Schedule):
-            return self.schedule
-        try:
-            return from_config(self.schedule, steps_per_epoch)
-        except ValueError as e:
-            raise PrunekitError(f"prune.schedule: {e}") from None
+    def check(self, path: str = "prune") -> None:
+        layers = [self.layers] if isinstance(self.layers, str) else self.layers
+        if not layers:
+            raise PrunekitError(f"{path}.layers must be 'pointwise', 'all' or regex(es), got {self.layers!r}")
+        for pat in [p for p in layers if p not in ("pointwise", "all")] + ([self.exclude] if self.exclude else []):
+            _compile(pat, "layer regex")
 
     def validate(self) -> PruningConfig:
-        if self.criterion not in CRITERIA:
-            raise PrunekitError(f"unknown criterion '{self.criterion}'{closest(self.criterion, CRITERIA)}; valid: "
-                                f"{', '.join(sorted(CRITERIA))}")
-        if self.scope not in SCOPES:
-            raise PrunekitError(f"prune.scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
-        if self.target not in TARGETS:
-            raise PrunekitError(f"prune.target must be one of {', '.join(TARGETS)}, got {self.target!r}")
-        for name in ("round_to", "min_channels", "taylor_batches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise PrunekitError(f"prune.{name} must be a positive integer, got {v!r}")
-        layers = [self.layers] if isinstance(self.layers, str) else self.layers
-        if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
-            raise PrunekitError(f"prune.layers must be 'pointwise', 'all' or regex(es), got {self.layers!r}")
-        for pat in [p for p in layers if p not in ("pointwise", "all")] + ([self.exclude] if self.exclude else []):
-            try:
-                re.compile(pat)
-            except re.error as e:
-                raise PrunekitError(f"invalid layer regex '{pat}': {e}") from None
-        self.overrides = [self._override(o) for o in self.overrides]
-        if not isinstance(self.schedule, Schedule):
-            self.build_schedule(steps_per_epoch=1)  # validates values; epoch keys checked with 1 step/epoch
-        return self
+        """Check every field (raises :class:`PrunekitError` with the key and the closest valid value)."""
+        if isinstance(self.schedule, dict):
+            raise PrunekitError("prune.schedule must be a Schedule (e.g. PolynomialDecay(...)) or a ScheduleSpec, "
+                                "not a dict")
+        return validate(self, "prune")
 
-    @staticmethod
-    def _override(o: Any) -> Override:
-        if isinstance(o, Override):
-            d = asdict(o)
-        elif isinstance(o, dict):
-            bad = set(o) - {"layers", "sparsity", "exclude"}
-            if bad:
-                raise PrunekitError(f"prune.overrides: unknown field '{sorted(bad)[0]}'; valid: layers, sparsity, "
-                                    "exclude")
-            d = dict(o)
-        else:
-            raise PrunekitError(f"prune.overrides entries must be mappings, got {o!r}")
-        if not isinstance(d.get("layers"), str):
-            raise PrunekitError("prune.overrides entries need a 'layers' regex")
-        try:
-            re.compile(d["layers"])
-        except re.error as e:
-            raise PrunekitError(f"invalid override regex '{d['layers']}': {e}") from None
-        s = d.get("sparsity")
-        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
-                              or not 0 <= s < 1):
-            raise PrunekitError(f"prune.overrides sparsity must be in [0, 1), got {s!r}")
-        return Override(d["layers"], s, bool(d.get("exclude", False)))
+    def build_schedule(self, steps_per_epoch: int | None = None, total_steps: int | None = None) -> Schedule:
+        if isinstance(self.schedule, Schedule):
+            return self.schedule
+        return self.schedule.build(steps_per_epoch, total_steps)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if isinstance(self.schedule, Schedule):
-            d["schedule"] = {"kind": self.schedule.kind, **self.schedule.get_config()}
-        d["overrides"] = [asdict(self._override(o)) for o in self.overrides]
-        return d
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruningConfig:
-        valid = list(cls.__dataclass_fields__)
-        for k in d:
-            if k not in valid:
-                raise PrunekitError(f"prune: unknown key '{k}'{closest(k, valid)}; valid: {', '.join(valid)}")
-        return cls(**d)
+        """The inverse of :meth:`to_dict` (a saved pruning plan; its schedule is a tfmot-style config)."""
+        d = dict(d)
+        sched = d.pop("schedule", None)
+        cfg = build(cls, d, "prune", internal=True)
+        if isinstance(sched, dict) and "config" in sched:
+            try:
+                cfg.schedule = from_config(sched)
+            except ValueError as e:
+                raise PrunekitError(f"prune.schedule: {e}") from None
+        elif sched is not None:
+            cfg.schedule = build(ScheduleSpec, sched, "prune.schedule")
+        return cfg
 
 
 # --- allocation ---------------------------------------------------------------------------------
@@ -160,8 +138,7 @@ class Allocator:
         self.scale: dict[int, float] = {}
         self.excluded: set[int] = set()
         for g in self.groups:
-            for o in config.overrides:
-                ov = o if isinstance(o, Override) else PruningConfig._override(o)
+            for ov in config.overrides:
                 if any(re.search(ov.layers, p) for p in g.producers):
                     if ov.exclude:
                         self.excluded.add(g.id)

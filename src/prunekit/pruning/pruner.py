@@ -2,9 +2,9 @@
 
 >>> import torch
 >>> from prunekit.models import create_model
->>> from prunekit.pruning import PruningConfig, prune_
+>>> from prunekit.pruning import OneShot, PruningConfig, prune_
 >>> model = create_model("mobilenet_v1", width=0.25, num_classes=10, in_channels=1, small_input=True)
->>> pruner = prune_(model, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.5}), (1, 28, 28))
+>>> pruner = prune_(model, PruningConfig(schedule=OneShot(0.5)), (1, 28, 28))
 >>> rec = pruner.step(0)            # call once per training step, before the forward pass
 >>> round(pruner.sparsity(), 2)
 0.5
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cost import profile
 from ..errors import PrunekitError
 from ..graph import DependencyGraph, MaskHooks, mask_points
-from ..report.summary import profile
 from .criteria import get_criterion
-from .masks import MASK_MODULE, MaskBank, attach_bank, strip
+from .masks import MaskBank, attach_bank, strip
 from .policy import Allocator, PruningConfig
 from .schedules import Schedule
 
@@ -38,12 +38,12 @@ class Pruner:
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig, input_shape: Sequence[int],
-                 steps_per_epoch: int | None = None, graph: DependencyGraph | None = None,
-                 group_names: Sequence[str] | None = None):
+                 steps_per_epoch: int | None = None, total_steps: int | None = None,
+                 graph: DependencyGraph | None = None, group_names: Sequence[str] | None = None):
         config.validate()
         self.model, self.config = model, config
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.schedule: Schedule = config.build_schedule(steps_per_epoch)
+        self.input_shape = _input_shape(input_shape)
+        self.schedule: Schedule = config.build_schedule(steps_per_epoch, total_steps)
         self.graph = graph or DependencyGraph(model, self.input_shape, config.leaf_modules)
         if group_names is None:
             groups = self.graph.select(config.layers, config.exclude)
@@ -106,24 +106,21 @@ class Pruner:
             return s.end_step if step <= s.end_step else None
         return nxt
 
-    def on_step_begin(self, step: int) -> dict[str, Any] | None:
-        """Trainer callback; same as :meth:`step`."""
-        return self.step(step)
-
     def step(self, step: int) -> dict[str, Any] | None:
-        """Update masks if the schedule prunes at ``step``; returns a log record when it did."""
+        """Advance to training step ``step`` (call before each forward pass, in any training loop): updates the
+        masks when the schedule prunes at ``step`` and returns a log record when it did."""
         self._finish_batch()
         self.last_step = step
         should, s = self.schedule(step)
         if self.schedule.end_step >= 0 and step == self.schedule.end_step:
             should, s = True, self.schedule.final_sparsity  # reach the final target even if off-frequency
-        rec = self.update(s, step) if should and s > 0 else None
+        rec = self._prune_to(s, step) if should and s > 0 else None
         if self.criterion.needs_data:
             nxt = self._next_prune_step(step + 1)
             self._set_collecting(nxt is not None and nxt - step <= self.config.taylor_batches)
         return rec
 
-    def update(self, sparsity: float, step: int = 0) -> dict[str, Any]:
+    def _prune_to(self, sparsity: float, step: int = 0) -> dict[str, Any]:
         """Prune to ``sparsity`` now (monotone: channels already pruned stay pruned)."""
         data = self._taylor_scores() if self.criterion.needs_data else None
         scores = self.criterion.scores(self.model, self.graph, self.groups, step=step, data=data)
@@ -154,6 +151,7 @@ class Pruner:
                 off += g.size
 
     def summary(self) -> dict[str, Any]:
+        """What the trainer logs with each epoch."""
         return {"sparsity": self.sparsity()}
 
     # -- Taylor importance: activation x gradient at each channel gate --
@@ -182,9 +180,7 @@ class Pruner:
     def _finish_batch(self) -> None:
         t = self._taylor
         if t["pending"]:
-            from ..train.distributed import all_reduce_sum
-
-            z = all_reduce_sum(t["z"].clone())
+            z = _all_reduce_sum(t["z"].clone())
             t["score"] = t["score"].to(z.device) + z.pow(2)
             t["count"] += 1
             t["z"].zero_()
@@ -247,13 +243,10 @@ class Pruner:
         self.hooks.invalidate()
 
     # -- leaving the masked world --
-    def remove(self) -> nn.Module:
-        """Detach hooks and mask buffers from the model (keeps the weights as they are)."""
-        self.hooks.remove()
-        return strip(self.model)
-
     def bake(self) -> None:
-        """Zero the weights of pruned channels (producers, BN affine, consumer inputs, coupled parameters)."""
+        """Zero the weights of pruned channels (producers, BN affine, consumer inputs, coupled parameters): the
+        seed's flow, where surgery then deletes the channels whose weights are all zero
+        (``prunekit.shrink(model, input_shape, "zero")``)."""
         keep_elem = self.graph.keep_elements(self.removed())
         modules = dict(self.model.named_modules())
         with torch.no_grad():
@@ -277,33 +270,40 @@ class Pruner:
                     m.weight.index_fill_(1, drop.to(m.weight.device), 0.0)
 
     def shrink(self, check: bool = True, inputs: torch.Tensor | None = None):
-        """A physically smaller copy of the model (hooks and masks stripped), verified against the masked model."""
+        """A physically smaller copy of the model (hooks and masks stripped), verified against the masked model:
+        :func:`prunekit.shrink` with this pruner's pruned channels."""
         from ..surgery import shrink
 
-        removed = self.removed()
-        clean = strip_copy(self.model)
-        return shrink(clean, self.input_shape, removed, graph=self.graph, check=check, inputs=inputs)
+        return shrink(strip(self.model, copy=True), self.input_shape, self.removed(), graph=self.graph, check=check,
+                      inputs=inputs)
 
 
-def strip_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` without prunekit hooks or masks."""
-    import copy
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` across ranks in place (no-op without a process group): Taylor statistics under DDP."""
+    import torch.distributed as dist
 
-    bank = getattr(model, MASK_MODULE, None)
-    if bank is not None:
-        delattr(model, MASK_MODULE)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _input_shape(shape: Sequence[int]) -> tuple[int, ...]:
     try:
-        clone = copy.deepcopy(model)
-    finally:
-        if bank is not None:
-            model.add_module(MASK_MODULE, bank)
-    return strip(clone)
+        out = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or min(out) < 1:
+        raise PrunekitError(f"input_shape must be (channels, height, width) of one input, got {shape!r}")
+    return out
 
 
-def prune_(model: nn.Module, config: PruningConfig | None = None, input_shape: Sequence[int] = (3, 224, 224), *,
-           steps_per_epoch: int | None = None, graph: DependencyGraph | None = None) -> Pruner:
-    """Attach channel masks to ``model`` (in place) and return the :class:`Pruner` that drives them."""
-    return Pruner(model, config or PruningConfig(), input_shape, steps_per_epoch, graph)
+def prune_(model: nn.Module, config: PruningConfig, input_shape: Sequence[int], *, steps_per_epoch: int | None = None,
+           total_steps: int | None = None, graph: DependencyGraph | None = None) -> Pruner:
+    """Attach channel masks to ``model`` (in place) and return the :class:`Pruner` that drives them.
+
+    ``input_shape`` is ``(C, H, W)`` of one input (channel groups, shapes and costs depend on it);
+    ``steps_per_epoch``/``total_steps`` resolve a :class:`ScheduleSpec` given in epochs."""
+    return Pruner(model, config, input_shape, steps_per_epoch, total_steps, graph)
 
 
 def restore(model: nn.Module, plan: dict[str, Any], masks: dict[str, torch.Tensor]) -> Pruner:
@@ -311,8 +311,7 @@ def restore(model: nn.Module, plan: dict[str, Any], masks: dict[str, torch.Tenso
     if not isinstance(plan, dict) or plan.get("version") != PLAN_VERSION:
         raise PrunekitError(f"unsupported pruning plan version {plan.get('version') if isinstance(plan, dict) else plan!r}")
     try:
-        cfg = PruningConfig.from_dict(dict(plan["config"]))
-        cfg.schedule = plan["schedule"]
+        cfg = PruningConfig.from_dict({**plan["config"], "schedule": plan["schedule"]})
         names = [g["name"] for g in plan["groups"]]
         sizes = {g["name"]: int(g["size"]) for g in plan["groups"]}
         shape = plan["input_shape"]

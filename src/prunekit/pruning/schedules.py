@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
+
+from ..errors import PrunekitError
+from ..schema import F
 
 SCHEDULES: dict[str, type[Schedule]] = {}
 
@@ -222,3 +226,83 @@ def from_config(config: dict[str, Any], steps_per_epoch: int | None = None) -> S
         return cls(**args)
     except TypeError as e:
         raise ValueError(f"schedule '{kind}': {e}") from None
+
+
+@dataclass
+class ScheduleSpec:
+    """A schedule as configuration: kind and sparsities, with its steps given in steps *or epochs*.
+
+    :meth:`build` resolves it against the training run (steps per epoch, total steps) into a :class:`Schedule`.
+    Unset ``end_step``/``end_epoch`` ends pruning at 60% of the run; unset ``frequency`` gives about ten updates.
+
+    >>> ScheduleSpec(final_sparsity=0.5, end_epoch=2).build(steps_per_epoch=100, total_steps=500)
+    PolynomialDecay(initial_sparsity=0.0, final_sparsity=0.5, power=3.0, begin_step=0, end_step=200, frequency=20)
+    """
+
+    kind: str = F("polynomial_decay", "schedule kind", choices=lambda: list(SCHEDULES))
+    initial_sparsity: float = F(0.0, "sparsity at begin", lo=0, hi=1, hi_open=True)
+    final_sparsity: float = F(0.5, "sparsity at end (target for constant/one_shot)", lo=0, hi=1, hi_open=True)
+    begin_step: int | None = F(None, "first pruning step (default: begin_epoch converted)", lo=0)
+    end_step: int | None = F(None, "last pruning step (default: end_epoch converted)", lo=-1)
+    begin_epoch: float = F(0.0, "first pruning epoch (used when begin_step is unset)", lo=0)
+    end_epoch: float | None = F(None, "last pruning epoch (default: 60% of the pruning run)", lo=0)
+    frequency: int | None = F(None, "prune every N steps (default: ~10 updates over the schedule)", lo=1)
+    power: float = F(3.0, "polynomial exponent (3 = AGP)", lo=0, lo_open=True, hi=100)
+
+    def check(self, path: str = "prune.schedule") -> None:
+        if self.begin_step is not None and self.end_step is not None and self.end_step != -1 \
+                and self.begin_step > self.end_step:
+            raise PrunekitError(f"{path}.begin_step ({self.begin_step}) must be <= end_step ({self.end_step})")
+        if self.end_epoch is not None and self.begin_epoch > self.end_epoch:
+            raise PrunekitError(f"{path}.begin_epoch ({self.begin_epoch}) must be <= end_epoch ({self.end_epoch})")
+
+    def build(self, steps_per_epoch: int | None = None, total_steps: int | None = None) -> Schedule:
+        """The step-based schedule; epoch-based and default values need ``steps_per_epoch``/``total_steps``."""
+        self.check()
+
+        def need(what: str) -> None:
+            raise PrunekitError(f"prune.schedule: {what} (pass steps_per_epoch and total_steps, or give steps)")
+
+        if self.begin_step is not None:
+            begin = self.begin_step
+        elif self.begin_epoch == 0:
+            begin = 0
+        elif steps_per_epoch is None:
+            need("begin_epoch needs the number of steps per epoch")
+        else:
+            begin = int(round(self.begin_epoch * steps_per_epoch))
+        if self.end_step is not None:
+            end = self.end_step
+        elif self.end_epoch is not None:
+            if steps_per_epoch is None:
+                need("end_epoch needs the number of steps per epoch")
+            end = int(round(self.end_epoch * steps_per_epoch))
+        elif self.kind == "one_shot":
+            end = begin
+        elif total_steps is None:
+            need("the default end (60% of the run) needs the run's length")
+        else:
+            end = max(begin, int(round(0.6 * total_steps)))
+        final = self.final_sparsity
+        if final <= 0:
+            raise PrunekitError("prune: final sparsity is 0, nothing would be pruned")
+        if self.initial_sparsity > final and self.kind not in ("constant", "one_shot"):
+            raise PrunekitError(f"prune.schedule.initial_sparsity ({self.initial_sparsity}) exceeds the final "
+                                f"sparsity ({final})")
+        if self.kind == "one_shot":
+            return OneShot(final, begin_step=begin)
+        freq = self.frequency or max(1, (end - begin) // 10 if end > begin else 1)
+        if self.kind == "constant":
+            return ConstantSparsity(final, begin_step=begin, end_step=end, frequency=freq)
+        if end <= begin and end != -1:
+            raise PrunekitError(f"prune.schedule: end step {end} must be after begin step {begin} for {self.kind} "
+                                "(increase prune.epochs or set end_epoch)")
+        cls = SCHEDULES[self.kind]
+        kwargs: dict[str, Any] = {"initial_sparsity": self.initial_sparsity, "final_sparsity": final,
+                                  "begin_step": begin, "end_step": end, "frequency": freq}
+        if self.kind == "polynomial_decay":
+            kwargs["power"] = self.power
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise PrunekitError(f"prune.schedule: {e}") from None

@@ -1,5 +1,5 @@
-"""Reports: per-layer summaries, plots, and the pipeline report."""
+"""Reports: per-layer summary tables, plots, the inspection of a pruned model and the pipeline report."""
 
-from .summary import LayerRow, Profile, count_params, format_table, human, profile
+from .summary import format_table, human
 
-__all__ = ["LayerRow", "Profile", "count_params", "format_table", "human", "profile"]
+__all__ = ["format_table", "human"]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..io import atomic_write, read_json, write_json, write_text
 from . import plots
 from .summary import human

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cost import profile
 from ..io import write_json, write_text
+from ..pruning import strip
 from . import plots
-from .summary import profile
 
 
 def pruning_table(pruner, dense_profile=None, shrunk_profile=None) -> list[dict[str, Any]]:
@@ -46,9 +47,7 @@ def write_inspection(pruner, out_dir: str | Path, scores_before: dict[int, np.nd
                      weights_before: np.ndarray | None = None, metrics: list[dict] | None = None) -> dict[str, Any]:
     """Write summary.md/summary.json and the PNG plots for a masked model into ``out_dir``."""
     out = Path(out_dir)
-    from ..pruning.pruner import strip_copy
-
-    dense = profile(strip_copy(pruner.model), pruner.input_shape)
+    dense = profile(strip(pruner.model, copy=True), pruner.input_shape)
     shrunk = profile(pruner.shrink(check=False).model, pruner.input_shape)
     rows = pruning_table(pruner, dense, shrunk)
     totals = {"params_before": dense.params, "params_after": shrunk.params, "macs_before": dense.macs,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PrunekitError
-from .metadata import DeployMeta, write_model_file
+from .metadata import write_model_file
 from .onnx import load_onnx_proto, onnx_meta, ort_session, set_metadata
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -149,8 +149,3 @@ def default_int8_path(src: str | os.PathLike) -> Path:
     src = Path(src)
     stem = src.name[:-5] if src.name.endswith(".onnx") else src.name
     return src.with_name(stem + ".int8.onnx")
-
-
-def meta_of(src: str | os.PathLike) -> DeployMeta:
-    """The metadata of an ONNX model (needed to preprocess calibration data)."""
-    return onnx_meta(src)

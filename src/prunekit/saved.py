@@ -1,4 +1,9 @@
-"""Save and load models together with their pruning state (masks + plan), without pickle."""
+"""Saved models: a model directory (``model.json`` + ``model.safetensors``) together with its pruning state
+(``masks.safetensors`` + the plan in ``model.json``), written atomically and read without pickle.
+
+>>> import prunekit                                                      # doctest: +SKIP
+>>> prunekit.save(model, "runs/m", spec); loaded = prunekit.load("runs/m")  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cost import profile
+from .data.classes import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 from .errors import PrunekitError
 from .io import load_tensors, save_tensors
-from .models import ModelSpec, load_model, save_model
+from .models import InputSpec, ModelSpec, load_model, save_model
 from .models._registry import TORCHVISION_PREFIX, create_model, default_input
-from .models.serialization import IMAGENET_MEAN, IMAGENET_STD, InputSpec
-from .pruning import MASK_MODULE, Pruner, restore
-from .report.summary import profile
+from .pruning import MASK_MODULE, Pruner, restore, strip
 
 MASKS = "masks.safetensors"
 
@@ -51,15 +56,9 @@ def save(model: nn.Module, directory: str | os.PathLike, spec: ModelSpec) -> Pat
 
 
 def _stats(model: nn.Module, spec: ModelSpec) -> dict:
-    bank = getattr(model, MASK_MODULE, None)
-    if bank is not None:
-        delattr(model, MASK_MODULE)
-    try:
-        p = profile(model, (spec.input.channels, *spec.input.size))
-        return {"params": p.params, "macs": p.macs}
-    finally:
-        if bank is not None:
-            model.add_module(MASK_MODULE, bank)
+    plain = strip(model, copy=True) if hasattr(model, MASK_MODULE) else model
+    p = profile(plain, (spec.input.channels, *spec.input.size))
+    return {"params": p.params, "macs": p.macs}
 
 
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
@@ -75,8 +74,9 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Lo
     return Loaded(model, spec, pruner)
 
 
-def resolve(ref: str, device: str | torch.device = "cpu", num_classes: int | None = None) -> Loaded:
+def resolve(ref: str | os.PathLike, device: str | torch.device = "cpu", num_classes: int | None = None) -> Loaded:
     """A model directory, or ``torchvision:NAME`` (random weights) for plans and surgery demos."""
+    ref = str(ref)
     if ref.startswith(TORCHVISION_PREFIX):
         kwargs = {"num_classes": num_classes} if num_classes else {}
         model = create_model(ref, **kwargs).eval()
@@ -90,16 +90,3 @@ def resolve(ref: str, device: str | torch.device = "cpu", num_classes: int | Non
         raise PrunekitError(f"{p}: pickled checkpoints are not loaded (they can run arbitrary code); give a model "
                             "directory with model.json + model.safetensors")
     return load(p, device)
-
-
-def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet-1k class names (shipped with prunekit)."""
-    path = Path(__file__).parent / "models" / "imagenet_classes.txt"
-    return path.read_text(encoding="utf-8").splitlines()
-
-
-def imagenet_wnids() -> list[str]:
-    """The 1000 ImageNet-1k WordNet ids (``n01440764`` ...), aligned with :func:`imagenet_classes`."""
-    from .data.classes import imagenet_wnids as _wnids
-
-    return _wnids()

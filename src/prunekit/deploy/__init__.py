@@ -1,7 +1,7 @@
 """Deployment: frozen export (ONNX, TorchScript, ExportedProgram) verified against PyTorch, and int8 ONNX.
 
->>> from prunekit.api import load                                     # doctest: +SKIP
->>> from prunekit.export import export_model                          # doctest: +SKIP
+>>> from prunekit import load                                         # doctest: +SKIP
+>>> from prunekit.deploy import export_model                          # doctest: +SKIP
 >>> export_model(load("runs/shrunk"), "onnx", "model.onnx")["max_abs_diff"] < 1e-4   # doctest: +SKIP
 True
 """
@@ -19,22 +19,24 @@ from .onnx import DEFAULT_OPSET, EXPORTERS, export_onnx, load_onnx_proto, onnx_m
 from .quantize import METHODS, calibration_batches, default_int8_path, quantize_onnx
 from .torchscript import export_exported_program, export_torchscript, load_exported_program, load_torchscript
 
+quantize = quantize_onnx  # the public verb (prunekit.quantize)
+
 __all__ = [
     "DEFAULT_OPSET", "EXPORTERS", "FORMATS", "METHODS", "SUFFIXES", "DeployMeta", "calibration_batches",
-    "default_int8_path", "deployable", "export_exported_program", "export_model", "export_onnx",
+    "default_int8_path", "deployable", "export", "export_exported_program", "export_model", "export_onnx",
     "export_torchscript", "format_for", "load_exported_program", "load_onnx_proto", "load_torchscript",
-    "onnx_meta", "ort_session", "quantize_onnx", "read_sidecar", "sha256_file", "sidecar_path",
+    "onnx_meta", "ort_session", "quantize", "quantize_onnx", "read_sidecar", "sha256_file", "sidecar_path",
 ]
 
 
 def deployable(loaded) -> tuple[nn.Module, str | None]:
-    """The plain ``nn.Module`` to deploy for a :class:`prunekit.api.Loaded`, and a note on what was done.
+    """The plain ``nn.Module`` to deploy for a :class:`prunekit.saved.Loaded`, and a note on what was done.
 
     A model saved with pruning masks computes ``masked(weights)``; exporting its stripped copy would silently
     change the function (pruned channels would come back). We export its *shrunk* form instead: the pruned
     channels physically removed, which is the same function (surgery verifies it to 1e-4) and is smaller.
     """
-    from ..pruning import strip_copy
+    from ..pruning import strip
 
     if loaded.pruner is not None:
         res = loaded.pruner.shrink(check=True)
@@ -42,7 +44,7 @@ def deployable(loaded) -> tuple[nn.Module, str | None]:
                 f"channels removed, params {res.params_before:,} -> {res.params_after:,}; surgery check max abs "
                 f"diff {res.max_abs_diff:.2e}); save it with `prunekit surgery` to keep that model")
         return res.model.eval().cpu(), note
-    return strip_copy(loaded.model).eval().cpu(), None
+    return strip(loaded.model, copy=True).eval().cpu(), None
 
 
 def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -58,6 +60,29 @@ def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
     return "onnx"
 
 
+def export(model, out: str | os.PathLike, format: str | None = None, *, spec=None, opset: int = DEFAULT_OPSET,
+           exporter: str = "auto", verify: bool = True) -> dict:
+    """Export to ``out`` (ONNX, TorchScript ``.ts`` or ExportedProgram ``.pt2``; ``format`` defaults to the
+    suffix), verified against PyTorch, with the metadata inference needs embedded and in ``out + ".json"``.
+
+    ``model``: a model directory, a loaded model (:func:`prunekit.load`), or an ``nn.Module`` with its
+    ``spec`` (:class:`prunekit.models.ModelSpec`: input size, normalisation, class names). Masked models are
+    exported shrunk."""
+    if isinstance(model, nn.Module):
+        if spec is None:
+            from ..errors import PrunekitError
+
+            raise PrunekitError("export(module, out): pass spec=ModelSpec(...) (input size, mean/std, classes)")
+        from types import SimpleNamespace
+
+        model = SimpleNamespace(model=model, spec=spec, pruner=None)
+    elif isinstance(model, (str, os.PathLike)):
+        from ..saved import resolve
+
+        model = resolve(model)
+    return export_model(model, format_for(out, format), out, opset=opset, exporter=exporter, verify=verify)
+
+
 def export_model(loaded, fmt: str, out: str | os.PathLike, *, opset: int = DEFAULT_OPSET, exporter: str = "auto",
                  verify: bool = True) -> dict:
     """Export a loaded model directory (masks -> shrunk) to ``out``; verified, atomic, metadata embedded."""
@@ -71,7 +96,7 @@ def export_model(loaded, fmt: str, out: str | os.PathLike, *, opset: int = DEFAU
         with torch.no_grad():
             n = model(torch.zeros(1, *meta.input_shape)).shape[-1]
         if n == 1000:
-            from ..api import imagenet_classes
+            from ..data.classes import imagenet_classes
 
             meta.class_names = imagenet_classes()
     if note:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import run_cli, run_cli_subprocess
-from prunekit.api import load
 from prunekit.data import iterate_batches
 from prunekit.errors import VerificationError
+from prunekit.saved import load
 
 
 def _real_batch(bundle, n=24):
@@ -105,7 +105,7 @@ def test_verification_failure_exits_2_and_keeps_existing_output(shrunk_model_dir
 
     The corruption changes the outputs whatever the weights are (corrupting a weight does not: on some machines
     the briefly trained fixture has dead channels whose weights do not reach the output)."""
-    import prunekit.export.onnx as ox
+    import prunekit.deploy.onnx as ox
 
     real_clean = ox._clean
 
@@ -129,7 +129,7 @@ def test_verification_failure_exits_2_and_keeps_existing_output(shrunk_model_dir
     assert not list(tmp_path.glob(".m.onnx.*"))  # no temporary leftovers
 
     # the library raises the dedicated error type
-    from prunekit.export import DeployMeta, export_onnx
+    from prunekit.deploy import DeployMeta, export_onnx
 
     loaded = load(shrunk_model_dir)
     with pytest.raises(VerificationError):

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from prunekit.api import load
 from prunekit.data import iterate_batches
+from prunekit.saved import load
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def exported(shrunk_model_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
 def test_export_verified_with_metadata(exported, fmt, shrunk_model_dir, bundled):
-    from prunekit.export import load_exported_program, load_torchscript
+    from prunekit.deploy import load_exported_program, load_torchscript
 
     path, res = exported[fmt]
     assert res["format"] == fmt and res["max_abs_diff"] is not None and res["max_abs_diff"] <= 1e-4
@@ -49,7 +49,7 @@ def test_export_verified_with_metadata(exported, fmt, shrunk_model_dir, bundled)
 
 
 def test_masked_model_torchscript_reproduces_masked_function(pruned_model_dir, tmp_path, bundled):
-    from prunekit.export import load_torchscript
+    from prunekit.deploy import load_torchscript
 
     out = tmp_path / "pruned.ts"
     rc, so, se = run_cli("export", "--model", pruned_model_dir, "--out", out)

@@ -131,6 +131,9 @@ def check_pt2_safe(path: str | os.PathLike) -> None:
     import json
     import zipfile
 
+    from ..io import require_safe_torch
+
+    require_safe_torch("ExportedProgram", path)
     try:
         with zipfile.ZipFile(path) as z:
             for name in z.namelist():

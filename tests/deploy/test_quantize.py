@@ -79,9 +79,9 @@ def test_int8_file_at_most_30_percent_of_fp32(tmp_path, bundled):
     checked on the trained model above."""
     import torch
 
-    from prunekit.api import save
     from prunekit.data import FASHION_MNIST_CLASSES
     from prunekit.models import InputSpec, ModelSpec, create_model
+    from prunekit.saved import save
 
     torch.manual_seed(0)
     kwargs = {"width": 0.5, "num_classes": 10, "in_channels": 1, "small_input": True}

@@ -169,7 +169,7 @@ def export_onnx_bytes(model: nn.Module, input_shape, meta: DeployMeta, opset: in
     meta.opset = opset
     meta.info = {**meta.info, "exporter": used, **({"dynamo_error": fallback} if fallback else {})}
     proto.producer_name = "prunekit"
-    from .. import __version__
+    from .._version import __version__
 
     proto.producer_version = __version__
     diffs = {}

@@ -1,0 +1,417 @@
+"""The steps of the pruning guide, each written once: train, prune, surgery, finetune, export, quantize,
+evaluate, predict (plus plan and summary).
+
+Each step is a function from typed inputs (a :class:`~prunekit.config.RunConfig` and paths) to a typed result
+with ``to_dict()``. The CLI commands and the pipeline stages both call them: a command turns its flags into a
+``RunConfig``, runs the step and prints the result; a pipeline stage fingerprints its inputs, runs the step
+and records the result. The same settings therefore give the same model by either path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import DataCfg, ModelCfg, QuantizeCfg, RunConfig, StageTrainCfg, dump_config
+from .data import DataBundle, adapt, load_data, num_batches
+from .errors import PrunekitError
+from .io import write_json, write_text
+from .models import InputSpec, ModelSpec, create_model
+from .saved import Loaded, load, resolve, save
+from .train import DistContext, TrainConfig, fit
+
+Log = Callable[[str], None]
+
+
+# --- shared pieces --------------------------------------------------------------------------------------
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(False)
+
+
+def load_dataset(d: DataCfg, channels: int | None = None, size: Sequence[int] | None = None, seed: int = 0,
+                 resize: int | None = None) -> DataBundle:
+    """The configured dataset, converted to a model's input (channels, size) when those are given."""
+    channels = channels or d.channels
+    size = list(size) if size else ([d.image_size, d.image_size] if d.image_size else None)
+    kwargs: dict[str, Any] = {}
+    if d.name == "imagefolder":
+        kwargs = {"resize": resize if resize is not None else d.resize, "val_fraction": d.val_fraction, "seed": seed}
+    bundle = load_data(d.name, d.root, channels=channels, size=size, augment=d.augment, **kwargs)
+    return adapt(bundle, channels, size)
+
+
+def model_data(spec: ModelSpec, d: DataCfg, seed: int = 0, data: DataBundle | None = None) -> DataBundle:
+    """The dataset as a saved model sees it: its channels, size, resize and normalisation; folders named after
+    (a subset of) the model's classes, or ImageNet wnids, are mapped onto the model's class indices.
+    ``data``: the dataset already loaded (it is converted, not read again)."""
+    inp = spec.input
+    if data is None:
+        bundle = load_dataset(d, inp.channels, inp.size, seed, resize=inp.resize)
+    else:
+        bundle = adapt(data, inp.channels, inp.size)
+    bundle = dataclasses.replace(bundle, mean=list(inp.mean), std=list(inp.std))  # normalise as in training
+    names = spec.class_names
+    if names is not None and list(names) != list(bundle.class_names):
+        from .data.classes import class_index_map, relabel
+
+        match = class_index_map(bundle.class_names, names)
+        if match is not None:
+            mapping, how = match
+            bundle = relabel(bundle, mapping, names)
+            bundle.notes["class_map"] = how
+        elif len(names) != bundle.num_classes:
+            raise PrunekitError(f"the model has {len(names)} classes but the {d.name} data has {bundle.num_classes}, "
+                                "and its class names are neither a subset of the model's nor ImageNet wnids")
+    return bundle
+
+
+def input_spec(data: DataBundle, resize: int | None = None) -> InputSpec:
+    return InputSpec(list(data.size), data.channels, list(data.mean), list(data.std), resize).validate()
+
+
+def build_model(m: ModelCfg, data: DataBundle, resize: int | None = None) -> tuple[nn.Module, ModelSpec]:
+    """A fresh model sized for ``data`` (classes, channels, small-input stem) and its spec."""
+    kwargs = dict(m.kwargs)
+    if m.arch == "mobilenet_v1":
+        small = m.small_input if m.small_input is not None else min(data.size) < 64
+        kwargs = {"width": m.width, "num_classes": data.num_classes, "in_channels": data.channels,
+                  "small_input": small, "dropout": m.dropout, **kwargs}
+    else:
+        kwargs = {"num_classes": data.num_classes, **({"in_channels": data.channels} if data.channels != 3 else {}),
+                  **kwargs}
+    model = create_model(m.arch, **kwargs)
+    return model, ModelSpec(m.arch, kwargs, input_spec(data, resize), list(data.class_names))
+
+
+def steps_per_epoch(data: DataBundle, batch_size: int) -> int:
+    n = num_batches(len(data.train), batch_size, drop_last=True)
+    if n == 0:
+        raise PrunekitError(f"batch size {batch_size} is larger than the training set ({len(data.train)} images)")
+    return n
+
+
+def _dense(ref: str | Path, hint: str, loader: Callable[..., Loaded] = resolve) -> Loaded:
+    loaded = loader(ref)
+    if loaded.pruner is not None:
+        raise PrunekitError(f"{ref} carries pruning masks; {hint}")
+    return loaded
+
+
+def _training(cfg: RunConfig, stage: StageTrainCfg | None, seed: int) -> TrainConfig:
+    if stage is not None:
+        return stage.training(cfg.train, seed, cfg.data.num_workers)
+    t = copy.copy(cfg.train)
+    t.seed, t.num_workers = seed, cfg.data.num_workers
+    return t.validate()
+
+
+# --- train / finetune ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """A trained (or fine-tuned) model saved to ``model_dir``."""
+
+    model_dir: Path
+    test: dict[str, Any]
+    steps: int
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_dir": str(self.model_dir), "test": self.test, "steps": self.steps,
+                **({"source": self.source} if self.source else {})}
+
+
+def train(cfg: RunConfig, out: str | Path, *, init: str | Path | None = None, stage: StageTrainCfg | None = None,
+          seed: int | None = None, teacher: nn.Module | None = None, data: DataBundle | None = None,
+          resume: bool = True, ctx: DistContext | None = None, log: Log = print, desc: str = "train") -> TrainResult:
+    """Train a new model (``cfg.model`` on ``cfg.data`` with ``cfg.train``), or continue training a saved one
+    (``init``, default ``cfg.model.init``; zero epochs use it as it is). ``stage`` (``cfg.finetune``) takes
+    that stage's epochs and learning rate instead. Writes ``OUT/model``, ``OUT/metrics.jsonl`` and the
+    checkpoint; a killed run resumes exactly."""
+    out = Path(out)
+    ctx = ctx or DistContext()
+    seed = cfg.seed if seed is None else seed
+    set_seed(seed)
+    init = init if init is not None else cfg.model.init
+    if init:
+        loaded = _dense(init, "fine-tune it with `prunekit prune` or run `prunekit surgery` first", load)
+        model, spec = loaded.model, loaded.spec
+        bundle = model_data(spec, cfg.data, seed, data)
+        spec.extra = {k: v for k, v in spec.extra.items() if k != "metrics"}
+    else:
+        bundle = data if data is not None else load_dataset(cfg.data, seed=seed)
+        model, spec = build_model(cfg.model, bundle, cfg.data.resize)
+    tcfg = _training(cfg, stage, seed)
+    result = fit(model, bundle, tcfg, out, resume=resume, ctx=ctx, desc=desc, log=log, teacher=teacher)
+    if ctx.is_main:
+        spec.extra["metrics"] = {"test": result["test"], "steps": result["steps"]}
+        save(model.cpu(), out / "model", spec)
+    return TrainResult(out / "model", result["test"], result["steps"], str(init) if init else None)
+
+
+def finetune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, teacher: nn.Module | None = None,
+             data: DataBundle | None = None, resume: bool = True, ctx: DistContext | None = None,
+             log: Log = print) -> TrainResult:
+    """Retrain a shrunk model (the seed's "retrain" step) with ``cfg.finetune``'s epochs and learning rate."""
+    return train(cfg, out, init=model_dir, stage=cfg.finetune, seed=cfg.seed + 1, teacher=teacher, data=data,
+                 resume=resume, ctx=ctx, log=log, desc="finetune")
+
+
+# --- prune -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PruneResult:
+    """A masked model saved to ``model_dir`` (with its masks), and what was pruned."""
+
+    model_dir: Path
+    test: dict[str, Any]
+    sparsity: float
+    config: dict[str, Any]
+    totals: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_dir": str(self.model_dir), "test": self.test, "sparsity": self.sparsity,
+                "config": self.config, "totals": self.totals}
+
+
+def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataBundle | None = None,
+          resume: bool = True, ctx: DistContext | None = None, log: Log = print) -> PruneResult:
+    """Prune the dense model in ``model_dir`` while training (``cfg.prune``: schedule, criterion, layers, and the
+    stage's epochs/LR on top of ``cfg.train``). Writes ``OUT/model`` (masked), ``OUT/metrics.jsonl``,
+    ``OUT/prune_config.json``, ``OUT/summary.md|json`` and the plots."""
+    from .pruning import prune_
+    from .report.inspect import pruned_weight_magnitudes, write_inspection
+    from .train import CHECKPOINT, read_metrics
+
+    out = Path(out)
+    ctx = ctx or DistContext()
+    set_seed(cfg.seed)
+    loaded = _dense(model_dir, "run `prunekit surgery` on it, or prune the dense model")
+    bundle = model_data(loaded.spec, cfg.data, cfg.seed, data)
+    tcfg = cfg.prune.training(cfg.train, cfg.seed, cfg.data.num_workers)
+    spe = steps_per_epoch(bundle, tcfg.batch_size)
+    pcfg = cfg.prune.pruning(cfg.seed)
+    model = loaded.model
+    teacher = copy.deepcopy(model).eval() if tcfg.distill > 0 else None  # the dense model
+    pruner = prune_(model, pcfg, loaded.input_shape, steps_per_epoch=spe, total_steps=max(1, round(tcfg.epochs * spe)))
+    scores_before = pruner.criterion.scores(model, pruner.graph, pruner.groups)
+    weights_before = pruned_weight_magnitudes(pruner, only_alive=False)
+    resuming = resume and (out / CHECKPOINT).exists()
+    if pcfg.criterion == "taylor" and pruner.schedule.begin_step == 0 and not resuming:
+        from .data import iterate_batches
+
+        batches = iterate_batches(bundle, "train", tcfg.batch_size, train=True, seed=cfg.seed + 1, device=ctx.device)
+        model.to(ctx.device)
+        pruner.calibrate(b for _, b in zip(range(pcfg.taylor_batches), batches, strict=False))
+    doc = {"pruning": pcfg.to_dict(), "schedule": pruner.schedule.to_config(), "train": dataclasses.asdict(tcfg),
+           "source_model": str(model_dir), "steps_per_epoch": spe}
+    if ctx.is_main and not resuming:  # a refused resume leaves prune_config.json as it was
+        write_json(out / "prune_config.json", doc)
+    result = fit(model, bundle, tcfg, out, callbacks=[pruner], resume=resume, ctx=ctx, desc="prune", log=log,
+                 teacher=teacher)
+    totals: dict[str, Any] = {}
+    if ctx.is_main:
+        if resuming:
+            write_json(out / "prune_config.json", doc)
+        model.cpu()
+        spec = loaded.spec
+        spec.extra = {**spec.extra, "metrics": {"test": result["test"], "sparsity": pruner.sparsity()}}
+        save(model, out / "model", spec)
+        totals = write_inspection(pruner, out, scores_before, weights_before, read_metrics(out / "metrics.jsonl"))[
+            "totals"]
+    return PruneResult(out / "model", result["test"], pruner.sparsity(), pcfg.to_dict(), totals)
+
+
+# --- surgery ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Surgery:
+    """One-shot channel selection for models without masks (``prunekit surgery --sparsity``)."""
+
+    sparsity: float | None = None
+    criterion: str = "l1"
+    layers: str | list[str] = "pointwise"
+    exclude: str | None = None
+    scope: str = "local"
+    round_to: int = 1
+    seed: int = 0
+
+
+@dataclass
+class SurgeryStepResult:
+    model_dir: Path
+    source: str
+    result: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_dir": str(self.model_dir), "source": self.source, **self.result}
+
+
+def surgery(model_ref: str | Path, out: str | Path, how: Surgery | None = None, *, verify: bool = True,
+            image_size: int | None = None, require_change: bool = True) -> SurgeryStepResult:
+    """Physically delete channels and save the smaller model to ``out`` (verified against the masked model).
+
+    Channels come from ``how.sparsity`` (one-shot by ``how.criterion``), else the model's saved masks, else the
+    seed's rule (output channels whose weights are all zero). With nothing to remove: an error, or with
+    ``require_change=False`` the model is saved unchanged."""
+    from .pruning import OneShot, PruningConfig, prune_, strip
+    from .surgery import shrink
+
+    how = how or Surgery()
+    loaded = resolve(model_ref)
+    shape = loaded.input_shape if not image_size else (loaded.spec.input.channels, image_size, image_size)
+    model = loaded.model.eval()
+    if how.sparsity is not None:
+        if how.sparsity == 0:
+            raise PrunekitError("--sparsity 0 removes nothing")
+        if loaded.pruner is not None:
+            model = strip(model, copy=True)
+        cfg = PruningConfig(schedule=OneShot(how.sparsity), criterion=how.criterion, scope=how.scope,
+                            layers=how.layers, exclude=how.exclude, round_to=how.round_to, seed=how.seed)
+        pruner = prune_(model, cfg, shape)
+        pruner.step(0)
+        res, source = pruner.shrink(check=verify), f"one-shot {how.criterion} {how.sparsity}"
+    elif loaded.pruner is not None:
+        res, source = loaded.pruner.shrink(check=verify), "saved masks"
+    else:
+        res, source = shrink(model, shape, "zero", check=verify), "zero-weight channels"
+        if res.channels_removed == 0 and require_change:
+            raise PrunekitError(f"{model_ref} has no masks and no all-zero channels; pass --sparsity S to choose "
+                                "channels one-shot, or run `prunekit prune` first")
+    spec = loaded.spec
+    history = [*spec.extra.get("history", []), {"step": "surgery", "source": source, **res.to_dict()}]
+    spec.extra = {k: v for k, v in spec.extra.items() if k not in ("pruning", "metrics")}
+    spec.extra["history"] = history
+    out = Path(out)
+    save(res.model.cpu(), out, spec)
+    return SurgeryStepResult(out, source, res.to_dict())
+
+
+# --- export / quantize -----------------------------------------------------------------------------------
+
+EXPORT_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts", "exported-program": "model.pt2"}
+EXPORTED_SUFFIXES = (".onnx", ".ts", ".torchscript", ".jit", ".pt2")
+
+
+def export(model_ref: str | Path, out: str | Path, fmt: str = "onnx", *, opset: int = 18, exporter: str = "auto",
+           verify: bool = True) -> dict[str, Any]:
+    """Export a model directory (masked models in their shrunk form) to ``out``, verified against PyTorch."""
+    from .deploy import export_model
+
+    loaded = resolve(model_ref)
+    res = export_model(loaded, fmt, out, opset=opset, exporter=exporter, verify=verify)
+    return {**res, "size_bytes": Path(out).stat().st_size}
+
+
+def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *, batch_size: int = 64,
+             evaluate: bool = False, seed: int = 0) -> dict[str, Any]:
+    """int8 static quantization of an fp32 ONNX model, calibrated on ``q.calib_samples`` training images
+    preprocessed as the model says; with ``evaluate``, fp32 vs int8 top-1 on the test split."""
+    from .deploy import calibration_batches, load_onnx_proto, onnx_meta, quantize_onnx
+    from .inference.runtime import evaluate_runtime, load_onnx
+
+    src = Path(src)
+    proto = load_onnx_proto(src)
+    meta = onnx_meta(src, {p.key: p.value for p in proto.metadata_props})
+    del proto
+    bundle = model_data(meta.spec(), data, seed)
+    res = quantize_onnx(src, out, calibration_batches(bundle, q.calib_samples, batch_size), method=q.method,
+                        per_channel=q.per_channel, calib_source=f"{data.name} train")
+    res["fp32_size_bytes"], res["size_bytes"] = src.stat().st_size, Path(out).stat().st_size
+    if q.calib_samples > len(bundle.train):
+        res["note"] = f"calib_samples {q.calib_samples} > {len(bundle.train)} training images: used all of them"
+    if evaluate:
+        preds = {}
+        for name, path in (("fp32", src), ("int8", Path(out))):
+            ev = evaluate_runtime(load_onnx(path), bundle, "test", max(batch_size, 256))
+            res[name] = {"top1": ev["top1"], "top5": ev["top5"], "n": ev["n"]}
+            preds[name] = ev["predictions"]
+        res["agreement"] = 100.0 * float((preds["fp32"] == preds["int8"]).mean())
+        res["top1_drop"] = res["fp32"]["top1"] - res["int8"]["top1"]
+    return res
+
+
+# --- evaluate / predict / inspect --------------------------------------------------------------------------
+
+
+def evaluate(model_ref: str | Path, data: DataCfg, *, split: str = "test", batch_size: int = 256,
+             device: str | torch.device = "cpu", seed: int = 0, bundle: DataBundle | None = None) -> dict[str, Any]:
+    """Top-1/top-5 of a model directory (PyTorch, masked models with their masks) or an exported file (its
+    runtime) on a split of the configured dataset."""
+    from .inference.runtime import evaluate_runtime, load_runtime
+    from .train import evaluate as torch_evaluate
+
+    p = Path(str(model_ref))
+    if p.suffix.lower() not in EXPORTED_SUFFIXES:  # a model directory (or torchvision:NAME)
+        loaded = resolve(model_ref, device)
+        return torch_evaluate(loaded.model, model_data(loaded.spec, data, seed, bundle), split, batch_size, device)
+    rt = load_runtime(p)
+    ev = evaluate_runtime(rt, model_data(rt.meta.spec(), data, seed, bundle), split, batch_size)
+    return {k: v for k, v in ev.items() if k != "predictions"}
+
+
+def predict(model_ref: str | Path, images: Sequence[str | Path], *, topk: int = 5, batch_size: int = 64,
+            threads: int | None = None) -> tuple[Any, list[Any]]:
+    """(runtime, top-k predictions) for image files with any model form."""
+    from .inference import load_runtime
+    from .inference import predict as run_predict
+
+    rt = load_runtime(model_ref, threads)
+    return rt, run_predict(rt, list(images), topk, batch_size)
+
+
+def plan(model_ref: str | Path, layers: str | list[str] = "pointwise", exclude: str | None = None,
+         leaf: Sequence[str] = (), image_size: int | None = None) -> dict[str, Any]:
+    """Every channel group, which ones ``layers`` selects, and why the others are left alone."""
+    from .graph import DependencyGraph
+    from .pruning import strip
+
+    loaded = resolve(model_ref)
+    shape = loaded.input_shape if not image_size else (loaded.spec.input.channels, image_size, image_size)
+    model = strip(loaded.model, copy=True) if loaded.pruner else loaded.model
+    graph = DependencyGraph(model, shape, list(leaf))
+    graph.select(layers, exclude)  # raises a clear error when nothing matches
+    return {"model": str(model_ref), **graph.plan(layers, exclude)}
+
+
+def summary(model_ref: str | Path, image_size: int | None = None) -> dict[str, Any]:
+    """Per-layer parameters and MACs, and for a masked model the kept/total channels of each group."""
+    from .cost import profile
+    from .pruning import strip
+
+    loaded = resolve(model_ref)
+    shape = loaded.input_shape if not image_size else (loaded.spec.input.channels, image_size, image_size)
+    model = strip(loaded.model, copy=True) if loaded.pruner else loaded.model
+    prof = profile(model, shape)
+    masked = None
+    if loaded.pruner:
+        masked = [{"group": g.name, "kept": int(a.sum()), "total": g.size}
+                  for g, a in zip(loaded.pruner.groups, loaded.pruner.alive().values(), strict=True)]
+    return {"model": str(model_ref), "arch": loaded.spec.arch, "profile": prof, "masked_groups": masked,
+            "input_shape": list(shape)}
+
+
+def latency_ms(rt: Any, repeats: int, batch: int = 1) -> float:
+    """Median wall time of one ``predict_logits`` call at ``batch`` (after 5 warm-up calls)."""
+    from .inference.bench import stats, time_runs
+
+    x = np.random.default_rng(0).standard_normal((batch, *rt.input_shape)).astype(np.float32)
+    return stats(time_runs(lambda: rt.predict_logits(x), warmup=5, repeats=repeats, max_seconds=20), batch)["p50_ms"]
+
+
+def write_resolved_config(out: Path, cfg: RunConfig) -> None:
+    write_text(out / "config.yaml", dump_config(cfg))
