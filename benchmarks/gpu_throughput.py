@@ -216,7 +216,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.quick:
-        width, batch, sizes, steps, warmup, repeats, threads = 0.5, 32, [28], 8, 3, 15, 1
+        width, batch, sizes, steps, warmup, repeats, threads = 0.5, 32, [28], 8, 3, 30, 1
     else:
         width, batch, sizes, steps, warmup, repeats, threads = 1.0, 256, [28, 224], 20, 5, 7, None
     width = args.width or width
