@@ -47,6 +47,7 @@ def test_masked_model_compiled_after_a_dense_one_of_the_same_class():
                 q.add_(torch.randn_like(q) * 0.1)
         return m.eval()
 
+    torch._dynamo.reset()  # nothing compiled by an earlier test may be reused
     dense, masked = make(), make()
     prune_(masked, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.5}), (1, 28, 28)).step(0)
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
