@@ -29,11 +29,12 @@ class MaskBank(nn.Module):
         for i, g in enumerate(groups):
             self.register_buffer(f"g{i}", torch.ones(g.size))
         self._flat: tuple[int, torch.Tensor] | None = None
+        self._keys = [f"g{i}" for i in range(len(groups))]
 
     def masks(self) -> list[torch.Tensor]:
         """The mask buffers in group order (read on every forward pass: no ``nn.Module.__getattr__``)."""
         b = self._buffers
-        return [b[f"g{i}"] for i in range(len(self.group_names))]
+        return [b[k] for k in self._keys]
 
     def version(self) -> int:
         """Changes whenever a mask buffer is modified in place (optimizer-free, DDP broadcast, load) or replaced
