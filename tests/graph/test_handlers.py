@@ -15,7 +15,7 @@ from prunekit.graph import (
     handler_for,
     register_handler,
 )
-from prunekit.graph.handlers import HANDLERS, ConvHandler, _sel, _with_tensors
+from prunekit.graph.handlers import HANDLERS, ConvHandler, _with_tensors
 from prunekit.surgery import shrink
 
 SHAPE = (3, 16, 16)

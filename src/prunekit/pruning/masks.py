@@ -1,9 +1,10 @@
-"""Mask state: per-group binary buffers on the model, and hooks that apply them in the forward pass.
+"""Mask state: per-group binary buffers on the model, applied in the forward pass by ``graph.MaskHooks``.
 
 Masks are buffers of a ``prunekit_masks`` submodule, so they travel in every ``state_dict`` (checkpoints,
-DDP buffer broadcast). The hooks multiply the output of the last non-zero-preserving op of each group
-(typically the BatchNorm after a conv) by its mask, which makes the masked model compute exactly what
-surgery will produce. ``strip`` removes all of it.
+DDP buffer broadcast). Where a group's mask point is a BatchNorm (or other channel-affine norm) output, the
+mask is folded into that module's weight and bias for each call (an O(C) multiply, reading the buffer live);
+elsewhere a hook multiplies the activation. Either way the masked model computes exactly what surgery will
+produce and the parameters themselves are never modified. ``strip`` removes all of it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from ..graph import Group
+from ..graph.masking import unfold
 
 MASK_MODULE = "prunekit_masks"
 
@@ -27,9 +29,12 @@ class MaskBank(nn.Module):
         for i, g in enumerate(groups):
             self.register_buffer(f"g{i}", torch.ones(g.size))
         self._flat: tuple[int, torch.Tensor] | None = None
+        self._keys = [f"g{i}" for i in range(len(groups))]
 
     def masks(self) -> list[torch.Tensor]:
-        return [getattr(self, f"g{i}") for i in range(len(self.group_names))]
+        """The mask buffers in group order (read on every forward pass: no ``nn.Module.__getattr__``)."""
+        b = self._buffers
+        return [b[k] for k in self._keys]
 
     def version(self) -> int:
         """Changes whenever a mask buffer is modified in place (optimizer-free, DDP broadcast, load) or replaced
@@ -68,9 +73,9 @@ def attach_bank(model: nn.Module, groups: Sequence[Group]) -> MaskBank:
 
 
 def strip(model: nn.Module, *, copy: bool = False) -> nn.Module:
-    """Remove every prunekit hook and the mask buffers from ``model`` (in place), or from a deep copy of it with
-    ``copy=True`` (the model keeps its masks); returns the stripped model. The weights are left as they are:
-    to delete the pruned channels, use :func:`prunekit.shrink`."""
+    """Remove every prunekit hook, folded mask and the mask buffers from ``model`` (in place), or from a deep copy
+    of it with ``copy=True`` (the model keeps its masks); returns the stripped model. The weights are left as they
+    are: to delete the pruned channels, use :func:`prunekit.shrink`."""
     if copy:
         import copy as copy_module
 
@@ -87,6 +92,7 @@ def strip(model: nn.Module, *, copy: bool = False) -> nn.Module:
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             for k in [k for k, fn in hooks.items() if getattr(fn, "_prunekit", False)]:
                 del hooks[k]
+        unfold(m)
     if hasattr(model, MASK_MODULE):
         delattr(model, MASK_MODULE)
     return model

@@ -60,7 +60,8 @@ class Pruner:
         self.allocator = Allocator(self.graph, groups, config, self.schedule.final_sparsity, costs)
         self.bank: MaskBank = attach_bank(model, groups)
         self.bank.meta = self._plan()
-        self.hooks = MaskHooks(model, mask_points(self.graph, groups), self.bank.flat, self.bank.version)
+        self.hooks = MaskHooks(model, mask_points(self.graph, groups), self.bank.flat, self.bank.version,
+                               parts=self.bank.masks)
         self.history: list[dict[str, Any]] = []
         self.last_step = -1
         total = sum(g.size for g in groups)
