@@ -266,6 +266,8 @@ CASES = [
          "exceeds the final sparsity"),
     Case("config/end-epoch-after-epochs", _prune("--end-epoch", "3"), "is after the last epoch"),
     Case("config/frequency-zero", _prune("--frequency", "0"), "--frequency must be >= 1"),
+    Case("config/budget-unknown-kind", _prune("--budget", "flops=0.5x"), "unknown kind 'flops'"),
+    Case("config/budget-relative-too-large", _prune("--budget", "macs=1.5x"), "and < 1x"),
     Case("config/layers-match-nothing", lambda w: ["plan", "--model", w["model"], "--layers", "no_such_layer"],
          "matches no prunable layer"),
     Case("config/layers-bad-regex", _prune("--layers", "blocks.(1"), "invalid layer regex"),

@@ -15,7 +15,9 @@ COMMANDS = [
     ("train", "train", "train a model (MobileNet V1 by default) and save it"),
     ("eval", "evaluate", "top-1/top-5 accuracy of a saved model"),
     ("summary", "summary", "per-layer table: channels, kernel, groups, params, MACs"),
-    ("plan", "plan", "dry run: list channel groups, what would be pruned and why others are left alone"),
+    ("plan", "plan", "dry run: list channel groups, what would be pruned and why others are left alone; with "
+     "--budget, each layer's channels for a MACs/params/latency budget"),
+    ("sensitivity", "sensitivity", "accuracy of the model with each channel group pruned alone (adaptive BN)"),
     ("prune", "prune", "gradual (or one-shot) channel pruning during training; writes a masked model + plots"),
     ("surgery", "surgery", "physically remove pruned channels; verified against the masked model"),
     ("export", "export", "export to ONNX / TorchScript / ExportedProgram, verified against PyTorch"),

@@ -20,6 +20,7 @@ from .data import DATASETS, Augment
 from .deploy import FORMATS, METHODS
 from .errors import PrunekitError, closest
 from .pruning import PruningConfig, ScheduleSpec
+from .pruning.budget import BUDGET_RUNTIMES, Budget
 from .schema import F, build, to_dict
 from .schema import describe as _describe
 from .train import TrainConfig
@@ -94,6 +95,18 @@ class PruneCfg(PruningConfig, StageTrainCfg):
 
     enabled: bool = F(True, "run the prune stage")
     final_sparsity: float | None = F(None, "shortcut for schedule.final_sparsity", lo=0, hi=1, hi_open=True)
+    budget: str | None = F(None, "prune to a budget instead of a sparsity: macs=0.25x, params=1.2M, latency_ms=0.5x "
+                           "(x: relative to the dense model); a search chooses each layer's sparsity")
+    budget_runtime: str = F("onnxruntime-fp32", "runtime whose latency a latency_ms budget measures",
+                            choices=BUDGET_RUNTIMES)
+    budget_batch: int = F(1, "batch size of a latency budget", lo=1, hi=4096)
+    budget_threads: int = F(0, "threads of a latency budget (0: all cores)", lo=0, hi=512)
+    search_candidates: int = F(100, "allocations the budget search scores by adaptive-BN accuracy (0: greedy only)",
+                               lo=0, hi=100_000)
+    sensitivity_images: int = F(1000, "held-out training images that score sensitivity and search candidates",
+                                lo=32, hi=1_000_000)
+    calib_images: int = F(512, "training images that re-estimate BatchNorm statistics (adaptive BN)", lo=16,
+                          hi=1_000_000)
 
     def pruning(self, seed: int = 0) -> PruningConfig:
         """The library's :class:`PruningConfig` of this stage (``final_sparsity`` folded into the schedule)."""
@@ -105,6 +118,10 @@ class PruneCfg(PruningConfig, StageTrainCfg):
 
     def check(self, path: str = "prune") -> None:
         PruningConfig.check(self, path)
+        if self.budget is not None:
+            Budget.parse(self.budget)
+            if self.target != "channels":
+                raise PrunekitError(f"{path}.budget replaces {path}.target ({self.target}); give one of them")
         s = self.schedule
         if not isinstance(s, ScheduleSpec):
             return

@@ -108,6 +108,17 @@ def _dense(ref: str | Path, hint: str, loader: Callable[..., Loaded] = resolve) 
     return loaded
 
 
+def _broadcast_allocation(allocation: dict[str, float] | None) -> dict[str, float] | None:
+    """Under DDP rank 0 searches; every rank prunes to its allocation."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [allocation]
+        dist.broadcast_object_list(box, src=0)
+        allocation = box[0]
+    return allocation
+
+
 def _training(cfg: RunConfig, stage: StageTrainCfg | None, seed: int) -> TrainConfig:
     if stage is not None:
         return stage.training(cfg.train, seed, cfg.data.num_workers)
@@ -169,6 +180,198 @@ def finetune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, teacher:
                  resume=resume, ctx=ctx, log=log, desc="finetune")
 
 
+# --- budgets: sensitivity, cost model, allocation search --------------------------------------------------
+
+
+def _train_slices(bundle: DataBundle, calib: int, evaluation: int, batch: int, seed: int,
+                  device: torch.device) -> tuple[list, list]:
+    """Two disjoint random slices of the *training* split (no augmentation): BatchNorm calibration and the
+    held-out images that score sensitivity and allocations."""
+    from .data import iterate_batches
+
+    n = len(bundle.train)
+    if n < calib + evaluation:  # a small dataset: a third for calibration, the rest for scoring
+        calib, evaluation = max(1, n // 3), n - max(1, n // 3)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+
+    def batches(idx: torch.Tensor) -> list:
+        sub = dataclasses.replace(bundle, train=bundle.train.subset(idx))
+        return list(iterate_batches(sub, "train", batch, train=False, device=device))
+
+    return batches(perm[:calib]), batches(perm[calib:calib + evaluation])
+
+
+def _fingerprint(*parts: Any) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, nn.Module):
+            for k, t in p.state_dict().items():
+                h.update(k.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+@dataclass
+class BudgetPlan:
+    """What a budget search chose: each group's channels, its predicted cost, and what it was chosen from."""
+
+    budget: str
+    runtime: str | None
+    dense_cost: float
+    target: float
+    allocation: Any  # prunekit.pruning.search.Allocation
+    uniform: Any
+    sensitivity: Any  # prunekit.pruning.sensitivity.Sensitivity
+    candidates: list[dict[str, Any]]
+    seconds: float
+    cost_model: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "runtime": self.runtime, "dense_cost": self.dense_cost, "target": self.target,
+                "predicted": self.allocation.cost, "allocation": self.allocation.to_dict(),
+                "uniform": self.uniform.to_dict(), "candidates": self.candidates, "seconds": self.seconds}
+
+
+def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: torch.device):
+    """A masked copy of the dense model, its adaptive-BN evaluator and the search limits."""
+    from .pruning import OneShot, prune_, strip
+    from .pruning.search import Limits
+    from .pruning.sensitivity import AdaptiveBNEvaluator
+
+    pcfg = dataclasses.replace(cfg.prune.pruning(cfg.seed), schedule=OneShot(0.5), allocation=None)
+    model = strip(loaded.model, copy=True).eval().to(device)
+    pruner = prune_(model, pcfg, loaded.input_shape)
+    batch = min(256, cfg.train.batch_size)
+    calib, held_out = _train_slices(bundle, cfg.prune.calib_images, cfg.prune.sensitivity_images, batch, cfg.seed,
+                                    device)
+    limits = Limits(pcfg.round_to, pcfg.min_channels, pcfg.max_sparsity)
+    return pruner, AdaptiveBNEvaluator(pruner, calib, held_out), limits
+
+
+def sensitivity(cfg: RunConfig, model_ref: str | Path, out: str | Path | None = None, *, data: DataBundle | None = None,
+                device: str | torch.device = "cpu", log: Log = print, setup: Any = None):
+    """Top-1 and loss with each selected group alone pruned to 10%..90% (adaptive BN), cached on disk by the
+    model's weights and the settings; written to ``OUT/sensitivity.json`` and ``OUT/sensitivity.png``."""
+    from .io import read_json
+    from .pruning.sensitivity import SPARSITIES, Sensitivity, measure_sensitivity
+
+    device = torch.device(device)
+    loaded = resolve(model_ref) if not isinstance(model_ref, Loaded) else model_ref
+    if loaded.pruner is not None:
+        raise PrunekitError(f"{model_ref} carries pruning masks; measure the sensitivity of the dense model")
+    bundle = model_data(loaded.spec, cfg.data, cfg.seed, data)
+    pruner, evaluator, limits = setup or _budget_setup(cfg, loaded, bundle, device)
+    p = cfg.prune
+    key = _fingerprint(loaded.model, cfg.data.name, cfg.data.root, p.criterion, p.layers, p.exclude, p.round_to,
+                       p.min_channels, p.calib_images, p.sensitivity_images, cfg.seed, list(SPARSITIES))
+    from .inference.latency import cache_dir
+
+    cached = cache_dir() / "sensitivity" / f"{key}.json"
+    if cached.is_file():
+        sens = Sensitivity.from_dict(read_json(cached))
+        log(f"sensitivity: cached ({cached})")
+    else:
+        sens = measure_sensitivity(evaluator, SPARSITIES, limits.round_to, limits.min_channels, progress=log)
+        sens.meta["key"] = key
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            write_json(cached, sens.to_dict())
+    if out is not None:
+        from .report import plots
+
+        out = Path(out)
+        write_json(out / "sensitivity.json", sens.to_dict())
+        plots.sensitivity_curves(sens.to_dict(), out / "sensitivity.png")
+    return sens
+
+
+def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path | None = None, *,
+                data: DataBundle | None = None, device: str | torch.device = "cpu", log: Log = print) -> BudgetPlan:
+    """Choose every group's channels for ``cfg.prune.budget``: sensitivity, the budget's cost model (MACs,
+    parameters, or a latency table measured on ``cfg.prune.budget_runtime`` here), the greedy allocation and
+    ``search_candidates`` more scored by adaptive-BN accuracy. Nothing is trained."""
+    import time
+
+    from .pruning import strip
+    from .pruning.budget import Budget, ChannelFractions, ProfileCost
+    from .pruning.search import greedy, search, uniform
+
+    t0 = time.perf_counter()
+    p = cfg.prune
+    if not p.budget:
+        raise PrunekitError("no budget: set prune.budget (or --budget), e.g. macs=0.25x or latency_ms=0.5x")
+    budget = Budget.parse(p.budget)
+    device = torch.device(device)
+    loaded = resolve(model_ref) if not isinstance(model_ref, Loaded) else model_ref
+    bundle = model_data(loaded.spec, cfg.data, cfg.seed, data)
+    setup = _budget_setup(cfg, loaded, bundle, device)
+    pruner, evaluator, limits = setup
+    sens = sensitivity(cfg, loaded, out, data=bundle, device=device, log=log, setup=setup)
+    names, sizes = [g.name for g in pruner.groups], [g.size for g in pruner.groups]
+    shape = loaded.input_shape
+    runtime = None
+    if budget.kind == "latency_ms":
+        from .inference.latency import ALIGN, LatencyCost, LatencyTable, Timer, default_threads
+
+        # channel counts the runtime's kernels are fast at (see inference/latency.py): the search only chooses
+        # among those, and the latency table is measured on them
+        limits = dataclasses.replace(limits, round_to=max(limits.round_to, ALIGN))
+        runtime = p.budget_runtime
+        table = LatencyTable(Timer(runtime, p.budget_batch, default_threads(p.budget_threads)))
+        cost = LatencyCost(strip(pruner.model, copy=True).cpu(), shape, ChannelFractions(pruner.graph, pruner.groups),
+                           table, round_to=limits.round_to, progress=log)
+        log(f"latency model on {runtime} (batch {p.budget_batch}): dense {cost.dense:.3f} ms measured, "
+            f"{table.measured} layer timings made ({len(table.entries)} in the cache)")
+    else:
+        cost = ProfileCost(strip(pruner.model, copy=True), pruner.graph, pruner.groups, shape, budget.kind)
+    target = budget.target(cost.dense)
+    # aim a little under a measured budget: the final model is checked as measured (5% allowance)
+    aim = target * (0.97 if budget.kind == "latency_ms" else 1.0)
+    if p.search_candidates > 0:
+        alloc, records = search(evaluator, sens, names, sizes, cost, aim, limits, p.search_candidates, cfg.seed,
+                                progress=log)
+    else:
+        alloc, records = greedy(sens, names, sizes, cost, aim, limits), []
+        alloc.score = evaluator(alloc.keep)
+    base = uniform(names, sizes, cost, aim, limits)
+    base.score = next((dict(top1=r["top1"], loss=r["loss"]) for r in records if r["method"] == "uniform"), None) \
+        or evaluator(base.keep)
+    plan = BudgetPlan(str(budget), runtime, cost.dense, target, alloc, base, sens, records,
+                      time.perf_counter() - t0, cost)
+    if out is not None:
+        from .report import plots
+
+        write_json(Path(out) / "budget_plan.json", plan.to_dict())
+        plots.allocation([{"group": n, "total": t, "searched": k, "uniform": u} for n, t, k, u in
+                          zip(names, sizes, alloc.keep, base.keep, strict=True)], Path(out) / "allocation.png")
+    log(f"budget {budget}: target {target:.4g} of dense {cost.dense:.4g}; {alloc.method}: predicted "
+        f"{alloc.cost:.4g}, adaptive-BN top-1 {alloc.score['top1']:.2f}% (uniform {base.score['top1']:.2f}%)")
+    return plan
+
+
+def measure_cost(plan_or_budget: Any, model: nn.Module, input_shape: Sequence[int], cfg: RunConfig) -> float:
+    """A plain model's cost in the budget's unit, as measured (MACs/params counted; latency timed here)."""
+    from .cost import profile
+    from .pruning.budget import Budget
+
+    budget = Budget.parse(plan_or_budget.budget if hasattr(plan_or_budget, "budget") else plan_or_budget)
+    if budget.kind == "latency_ms":
+        from .inference.latency import Timer, default_threads, measure_model
+
+        p = cfg.prune
+        return measure_model(model, input_shape, Timer(p.budget_runtime, p.budget_batch,
+                                                        default_threads(p.budget_threads), max_seconds=2.0,
+                                                        repeats=50))
+    prof = profile(model, input_shape)
+    return float(prof.macs if budget.kind == "macs" else prof.params)
+
+
 # --- prune -----------------------------------------------------------------------------------------------
 
 
@@ -181,17 +384,21 @@ class PruneResult:
     sparsity: float
     config: dict[str, Any]
     totals: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_dir": str(self.model_dir), "test": self.test, "sparsity": self.sparsity,
-                "config": self.config, "totals": self.totals}
+                "config": self.config, "totals": self.totals, "budget": self.budget}
 
 
 def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataBundle | None = None,
-          resume: bool = True, ctx: DistContext | None = None, log: Log = print) -> PruneResult:
+          resume: bool = True, ctx: DistContext | None = None, log: Log = print,
+          plan: BudgetPlan | None = None) -> PruneResult:
     """Prune the dense model in ``model_dir`` while training (``cfg.prune``: schedule, criterion, layers, and the
     stage's epochs/LR on top of ``cfg.train``). Writes ``OUT/model`` (masked), ``OUT/metrics.jsonl``,
-    ``OUT/prune_config.json``, ``OUT/summary.md|json`` and the plots."""
+    ``OUT/prune_config.json``, ``OUT/summary.md|json`` and the plots. With ``cfg.prune.budget`` every group
+    prunes to its share of an allocation searched first (or the given ``plan``'s), and the pruned model is
+    checked against the budget as measured (``OUT/budget.json``)."""
     from .pruning import prune_
     from .report.inspect import pruned_weight_magnitudes, write_inspection
     from .train import CHECKPOINT, read_metrics
@@ -204,6 +411,10 @@ def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataB
     tcfg = cfg.prune.training(cfg.train, cfg.seed, cfg.data.num_workers)
     spe = steps_per_epoch(bundle, tcfg.batch_size)
     pcfg = cfg.prune.pruning(cfg.seed)
+    if cfg.prune.budget or plan is not None:  # every group's final sparsity; the schedule ramps each to it
+        if plan is None and ctx.is_main:
+            plan = plan_budget(cfg, loaded, out, data=bundle, device=ctx.device, log=log)
+        pcfg.allocation = _broadcast_allocation(plan.allocation.sparsity() if plan else None)
     model = loaded.model
     teacher = copy.deepcopy(model).eval() if tcfg.distill > 0 else None  # the dense model
     pruner = prune_(model, pcfg, loaded.input_shape, steps_per_epoch=spe, total_steps=max(1, round(tcfg.epochs * spe)))
@@ -232,7 +443,17 @@ def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataB
         save(model, out / "model", spec)
         totals = write_inspection(pruner, out, scores_before, weights_before, read_metrics(out / "metrics.jsonl"))[
             "totals"]
-    return PruneResult(out / "model", result["test"], pruner.sparsity(), pcfg.to_dict(), totals)
+    budget = None
+    if plan is not None:  # the final model must meet the budget as measured
+        small = pruner.shrink(check=False).model.eval()
+        measured = measure_cost(plan, small, loaded.input_shape, cfg)
+        allowance = 1.05 if plan.runtime else 1.0 + 1e-9
+        budget = {**plan.to_dict(), "measured": measured, "met": measured <= plan.target * allowance,
+                  "allowance": allowance}
+        write_json(out / "budget.json", budget)
+        log(f"budget {plan.budget}: predicted {plan.allocation.cost:.4g}, measured {measured:.4g}, target "
+            f"{plan.target:.4g}: {'met' if budget['met'] else 'NOT met'}")
+    return PruneResult(out / "model", result["test"], pruner.sparsity(), pcfg.to_dict(), totals, budget)
 
 
 # --- surgery ---------------------------------------------------------------------------------------------

@@ -89,6 +89,16 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="any config key, e.g. train.lr=0.1 (repeatable)")
 
 
+def add_budget_args(p: argparse.ArgumentParser | Any) -> None:
+    """--budget and how it is measured and searched (prune, plan, sensitivity)."""
+    config_flag(p, "--budget", "prune.budget", help="e.g. macs=0.25x, params=1.2M, latency_ms=0.5x (x: relative to "
+                "the dense model); replaces --final-sparsity: a search chooses each layer's sparsity")
+    config_flag(p, "--budget-runtime", "prune.budget_runtime")
+    config_flag(p, "--budget-batch", "prune.budget_batch")
+    config_flag(p, "--budget-threads", "prune.budget_threads")
+    config_flag(p, "--search-candidates", "prune.search_candidates")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     config_flag(p, "--data", "data.name", help="dataset (default: bundled)")
     config_flag(p, "--data-dir", "data.root", help="dataset directory: Fashion-MNIST IDX files (also found via "

@@ -8,8 +8,14 @@ Writes OUT/model (masked model + masks), OUT/metrics.jsonl (accuracy per epoch, 
 OUT/summary.md|json (kept/total channels, params, MACs per layer) and plots: importance_hist.png,
 weight_hist.png, kept_channels.png, sparsity.png. Then run `prunekit surgery --model OUT/model --out DIR`.
 
+With --budget (macs=0.25x, params=1.2M, latency_ms=0.5x) a search chooses each layer's sparsity first (see
+`prunekit plan --budget`), every layer ramps to its own target with the schedule, and the pruned model is
+checked against the budget as measured at the end (OUT/budget.json: predicted, measured, met).
+
 example:
   prunekit prune --model runs/mnv1/model --data bundled --final-sparsity 0.75 --epochs 4 --out runs/pruned
+  prunekit prune --model runs/mnv1/model --budget macs=0.25x --epochs 4 --out runs/quarter
+  prunekit prune --model runs/mnv1/model --budget latency_ms=0.5x --budget-batch 32 --out runs/fast
   prunekit prune --model runs/mnv1/model --schedule one_shot --final-sparsity 0.5 --criterion taylor \\
       --epochs 3 --out runs/oneshot
 """
@@ -18,7 +24,15 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, add_data_args, add_device_arg, config_flag, fresh_output, run_config
+from .common import (
+    add_budget_args,
+    add_config_args,
+    add_data_args,
+    add_device_arg,
+    config_flag,
+    fresh_output,
+    run_config,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     config_flag(c, "--round-to", "prune.round_to", help="keep multiples of N channels")
     config_flag(c, "--min-channels", "prune.min_channels")
     config_flag(c, "--target", "prune.target", help="what --final-sparsity measures (default channels)")
+    add_budget_args(c)
     t = p.add_argument_group("training while pruning")
     config_flag(t, "--epochs", "prune.epochs", help="epochs (default 5)")
     config_flag(t, "--lr", "prune.lr", help="peak learning rate (default: train.lr / 2 = 0.025)")
@@ -79,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
               f"{t['top1']:.2f}%  top-5 {t['top5']:.2f}%")
         print(f"after surgery: params {tot['params_before']:,} -> {tot['params_after']:,}  MACs {tot['macs_before']:,}"
               f" -> {tot['macs_after']:,}")
+        if res.budget:
+            b = res.budget
+            print(f"budget {b['budget']}: target {b['target']:.4g}, predicted {b['predicted']:.4g}, measured "
+                  f"{b['measured']:.4g} after surgery: {'met' if b['met'] else 'NOT met'}")
         print(f"masked model -> {res.model_dir}; summary, plots -> {out}; next: prunekit surgery --model "
               f"{res.model_dir} --out <dir>")
     return 0

@@ -55,6 +55,8 @@ class Split(Protocol):
 
     def relabel(self, lut: torch.Tensor) -> Split: ...
 
+    def subset(self, idx: torch.Tensor) -> Split: ...
+
     def fetch(self, batches: Sequence[torch.Tensor], num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
@@ -84,6 +86,9 @@ class TensorSplit:
     def relabel(self, lut: torch.Tensor) -> TensorSplit:
         """Label ``c`` becomes ``lut[c]``."""
         return TensorSplit(self.images, lut.to(self.labels.device)[self.labels])
+
+    def subset(self, idx: torch.Tensor) -> TensorSplit:
+        return TensorSplit(self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)])
 
 
 @dataclass

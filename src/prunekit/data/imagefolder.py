@@ -100,6 +100,9 @@ class FolderSplit(torch.utils.data.Dataset):
         """Label ``c`` becomes ``lut[c]``."""
         return FolderSplit([(p, int(lut[c])) for p, c in self.items], self.channels, self.size, self.resize)
 
+    def subset(self, idx: torch.Tensor) -> FolderSplit:
+        return FolderSplit([self.items[int(i)] for i in idx], self.channels, self.size, self.resize)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[i]
         return torch.from_numpy(load_image(path, self.channels, self.size, self.resize)), label

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import numpy as np
 from ..errors import PrunekitError
 from ..graph import DependencyGraph, Group
 from ..schema import F, build, to_dict, validate
+from .budget import round_keep
 from .criteria import CRITERIA
 from .schedules import Schedule, ScheduleSpec, from_config
 
@@ -77,10 +79,18 @@ class PruningConfig:
     min_channels: int = F(1, "minimum channels kept per group", lo=1)
     target: str = F("channels", "what sparsity measures", choices=TARGETS)
     taylor_batches: int = F(16, "batches of gradient statistics per Taylor update", lo=1, hi=100_000)
+    max_sparsity: float = F(0.95, "no group loses more than this fraction of its channels (global scope, budgets)",
+                            lo=0, hi=1, lo_open=True, hi_open=True)
+    allocation: dict[str, float] | None = F(None, "final sparsity per group (group name -> sparsity): what a budget "
+                                            "search chose; each group ramps to its own target with the schedule",
+                                            user=False)
     seed: int = F(0, "seed of the random criterion", lo=0, user=False)
     leaf_modules: list[str] = F([], "module names torch.fx does not trace into (their channels are left unpruned)")
 
     def check(self, path: str = "prune") -> None:
+        for name, v in (self.allocation or {}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise PrunekitError(f"{path}.allocation['{name}'] must be a sparsity in [0, 1), got {v!r}")
         layers = [self.layers] if isinstance(self.layers, str) else self.layers
         if not layers:
             raise PrunekitError(f"{path}.layers must be 'pointwise', 'all' or regex(es), got {self.layers!r}")
@@ -121,30 +131,31 @@ class PruningConfig:
 # --- allocation ---------------------------------------------------------------------------------
 
 
-def _round_keep(keep: float, n: int, round_to: int, min_channels: int) -> int:
-    k = int(round(keep))
-    if round_to > 1 and k < n:
-        k = max(round_to, int(round(k / round_to)) * round_to)
-    return int(min(n, max(min(min_channels, n), k)))
-
-
 class Allocator:
-    """Turns scores and a target sparsity into keep-flags per group (monotone: pruned stays pruned)."""
+    """Turns scores and a target sparsity into keep-flags per group (monotone: pruned stays pruned).
+
+    ``cost``: a :class:`~prunekit.pruning.budget.CostModel` (per-group keep counts -> MACs or parameters) for
+    ``target: macs|params``. With ``config.allocation`` (a budget search's result) every group ramps to its own
+    final sparsity: at schedule sparsity ``s`` it is at ``allocation[g] * s / final``."""
 
     def __init__(self, graph: DependencyGraph, groups: Sequence[Group], config: PruningConfig,
-                 final_sparsity: float, costs: dict[str, dict[str, float]] | None = None):
+                 final_sparsity: float, cost: Any = None):
         self.graph, self.groups, self.cfg = graph, list(groups), config
         self.final = final_sparsity
         self.scale: dict[int, float] = {}
         self.excluded: set[int] = set()
+        ratio = (lambda v: v / final_sparsity) if final_sparsity > 0 else (lambda v: 0.0)
         for g in self.groups:
+            if config.allocation is not None:
+                self.scale[g.id] = ratio(config.allocation.get(g.name, 0.0))
+                continue
             for ov in config.overrides:
                 if any(re.search(ov.layers, p) for p in g.producers):
                     if ov.exclude:
                         self.excluded.add(g.id)
                     elif ov.sparsity is not None:
-                        self.scale[g.id] = (ov.sparsity / final_sparsity) if final_sparsity > 0 else 0.0
-        self.costs = costs or {}
+                        self.scale[g.id] = ratio(ov.sparsity)
+        self.cost_model = cost
 
     # -- channel-fraction allocation --
     def local(self, scores: dict[int, np.ndarray], alive: dict[int, np.ndarray], s: float) -> dict[int, np.ndarray]:
@@ -154,8 +165,8 @@ class Allocator:
             if g.id in self.excluded:
                 out[g.id] = a.copy()
                 continue
-            sg = min(0.999, s * self.scale.get(g.id, 1.0))
-            k = _round_keep(g.size * (1 - sg), g.size, self.cfg.round_to, self.cfg.min_channels)
+            sg = min(self.cfg.max_sparsity, s * self.scale.get(g.id, 1.0))
+            k = round_keep(g.size * (1 - sg), g.size, self.cfg.round_to, self.cfg.min_channels)
             out[g.id] = _top(scores[g.id], a, min(k, int(a.sum())))
         return out
 
@@ -176,7 +187,8 @@ class Allocator:
         cand.sort(key=lambda t: (t[0], t[1], t[2]))
         keep_n = {g.id: int(alive[g.id].sum()) for g in free}
         n_alive = sum(keep_n.values())
-        floor = {g.id: min(self.cfg.min_channels, g.size) for g in free}
+        floor = {g.id: max(min(self.cfg.min_channels, g.size),
+                           math.ceil(g.size * (1 - self.cfg.max_sparsity))) for g in free}
         for _, gid, _ in cand:
             if n_alive <= target_keep:
                 break
@@ -184,7 +196,7 @@ class Allocator:
                 keep_n[gid] -= 1
                 n_alive -= 1
         for g in free:
-            k = _round_keep(keep_n[g.id], g.size, self.cfg.round_to, self.cfg.min_channels)
+            k = round_keep(keep_n[g.id], g.size, self.cfg.round_to, self.cfg.min_channels)
             out[g.id] = _top(scores[g.id], alive[g.id], min(k, int(alive[g.id].sum())))
         return out
 
@@ -207,23 +219,9 @@ class Allocator:
                 hi, best = mid, trial
         return best if self.cost(best) <= goal * 1.0001 else fn(scores, alive, hi)
 
-    # -- cost model: MACs/params of the layers touching the selected groups --
     def cost(self, keep: dict[int, np.ndarray]) -> float:
-        g = self.graph
-        root_keep = {}
-        for grp in self.groups:
-            for j, r in enumerate(grp.comps.tolist()):
-                root_keep[r] = bool(keep[grp.id][j])
-        keep_elem = np.fromiter((root_keep.get(int(r), True) for r in g.comp_of), dtype=bool, count=len(g.comp_of))
-        total = 0.0
-        for module, c in self.costs.items():
-            frac, seen = 1.0, set()
-            for s in g.slots_of(module):  # one factor per kind (a module called twice has twice the slots)
-                if s.kind in ("out", "in", "channel") and s.kind not in seen and len(s.labels):
-                    seen.add(s.kind)
-                    frac *= float(keep_elem[s.labels].mean())
-            total += c * frac
-        return total
+        """MACs or parameters with these keep-flags."""
+        return self.cost_model(np.array([int(keep[g.id].sum()) for g in self.groups]))
 
 
 def _top(scores: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cost import profile
 from ..errors import PrunekitError
 from ..graph import DependencyGraph, MaskHooks, mask_points
+from .budget import ProfileCost
 from .criteria import get_criterion
 from .masks import MaskBank, attach_bank, strip
 from .policy import Allocator, PruningConfig
@@ -55,9 +55,9 @@ class Pruner:
         self.groups = groups
         self.criterion = get_criterion(config.criterion, **({"seed": config.seed} if config.criterion == "random"
                                                             else {}))
-        prof = profile(model, self.input_shape) if config.target != "channels" else None
-        costs = {r.name: float(r.macs if config.target == "macs" else r.params) for r in prof.rows} if prof else None
-        self.allocator = Allocator(self.graph, groups, config, self.schedule.final_sparsity, costs)
+        cost = ProfileCost(model, self.graph, groups, self.input_shape, config.target) \
+            if config.target != "channels" else None
+        self.allocator = Allocator(self.graph, groups, config, self.schedule.final_sparsity, cost)
         self.bank: MaskBank = attach_bank(model, groups)
         self.bank.meta = self._plan()
         self.hooks = MaskHooks(model, mask_points(self.graph, groups), self.bank.flat, self.bank.version,

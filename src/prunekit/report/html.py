@@ -50,6 +50,7 @@ def collect(p) -> dict[str, Any]:
                   "groups": (_read(p.stage_dir("prune") / "summary.json") or {}).get("groups", [])},
         "predict": {"image": pred.get("image"), "label": pred.get("label"), "top5": pred.get("top5"),
                     "pytorch": pred.get("pytorch"), "onnx": pred.get("onnx"), "int8": pred.get("int8")},
+        "budget": _budget_summary((r.get("prune") or {}).get("budget")),
         "export": r.get("export"),
         "quantize": {k: v for k, v in (r.get("quantize") or {}).items() if not isinstance(v, (dict, list))},
         "seconds": {k: v.get("seconds") for k, v in r.items() if isinstance(v, dict) and "seconds" in v},
@@ -63,6 +64,15 @@ def collect(p) -> dict[str, Any]:
     return doc
 
 
+def _budget_summary(b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the report says of a budgeted prune stage (the candidate list stays in stages/prune/budget.json)."""
+    if not b:
+        return None
+    keys = ("budget", "runtime", "dense_cost", "target", "predicted", "measured", "met", "allowance", "seconds")
+    return {**{k: b.get(k) for k in keys}, "allocation": b.get("allocation"), "uniform": b.get("uniform"),
+            "candidates": len(b.get("candidates") or [])}
+
+
 def _plots(p, doc: dict[str, Any], assets: Path) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     prune_dir = p.stage_dir("prune")
@@ -72,7 +82,7 @@ def _plots(p, doc: dict[str, Any], assets: Path) -> dict[str, bytes]:
     groups = doc["prune"]["groups"]
     if groups:
         out["kept_channels"] = plots.kept_channels(groups, assets / "kept_channels.png")
-    for name in ("weight_hist", "importance_hist"):
+    for name in ("weight_hist", "importance_hist", "sensitivity", "allocation"):
         f = prune_dir / f"{name}.png"
         if f.is_file():
             out[name] = f.read_bytes()
@@ -121,6 +131,13 @@ def _headline(doc: dict[str, Any]) -> list[str]:
     lat = _latency_line(st)
     if lat:
         lines.append(lat)
+    b = doc.get("budget")
+    if b:
+        a, u = b["allocation"]["score"] or {}, b["uniform"]["score"] or {}
+        lines.append(f"Budget {b['budget']}: target {b['target']:.4g}, predicted {b['predicted']:.4g}, measured "
+                     f"{b['measured']:.4g} after pruning: {'met' if b['met'] else 'NOT met'}. The searched allocation "
+                     f"scored {a.get('top1', float('nan')):.2f}% top-1 before training (adaptive BN, held-out training "
+                     f"images) where uniform pruning to the same budget scored {u.get('top1', float('nan')):.2f}%.")
     if doc["surgery"].get("max_abs_diff") is not None:
         lines.append(f"Surgery verified: the shrunk model reproduces the masked model to "
                      f"{doc['surgery']['max_abs_diff']:.1e} (max abs diff, fp32).")
@@ -152,7 +169,9 @@ def write_report(p, out: Path) -> dict[str, Path]:
     captions = {"sparsity": "Sparsity and test accuracy during pruning", "kept_channels": "Kept / total channels "
                 "per pruned layer", "weight_hist": "Weight magnitudes before vs after pruning", "importance_hist":
                 "Channel importance per layer (grey: all channels before pruning, blue: kept)",
-                "accuracy_vs_macs": "Top-1 vs MACs across stages"}
+                "accuracy_vs_macs": "Top-1 vs MACs across stages",
+                "sensitivity": "Sensitivity: top-1 with each group pruned alone (adaptive BN)",
+                "allocation": "Kept channels per layer at the budget: uniform vs searched"}
     pred = doc["predict"]
     md = ["# prunekit report", "", *_headline(doc), "", _md_table(rows), ""]
     if pred.get("top5"):
@@ -190,7 +209,7 @@ image-rendering:pixelated;border:1px solid #ccc}.pred img.photo{max-width:240px;
 .pred figcaption{text-align:center}pre{white-space:pre-wrap;font-size:12px}"""
 
 _RUNTIMES = {"pytorch": "PyTorch fp32", "onnx": "ONNX Runtime fp32", "int8": "ONNX Runtime int8"}
-_PRUNING_PLOTS = ("sparsity", "kept_channels", "importance_hist", "weight_hist")
+_PRUNING_PLOTS = ("sparsity", "kept_channels", "allocation", "sensitivity", "importance_hist", "weight_hist")
 
 
 def _table(header: list[str], rows: list[list[str]], left: set[int], total: list[str] | None = None) -> str:

@@ -148,3 +148,40 @@ def accuracy_vs_macs(points: Sequence[dict[str, Any]], path: str | Path | None =
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def sensitivity_curves(sens: dict[str, Any], path: str | Path | None = None, max_lines: int = 20) -> bytes:
+    """Top-1 of the model with one group pruned to each sparsity (adaptive BN), one line per group."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    groups = list(sens["groups"].items())[:max_lines]
+    cmap = plt.get_cmap("viridis")
+    for i, (name, rows) in enumerate(groups):
+        xs = [0.0] + [100 * r["sparsity"] for r in rows]
+        ys = [sens["dense"]["top1"]] + [r["top1"] for r in rows]
+        ax.plot(xs, ys, "-o", ms=2.5, lw=1.2, color=cmap(i / max(1, len(groups) - 1)), label=name)
+    ax.set_xlabel("sparsity of this group alone (%)")
+    ax.set_ylabel("top-1 after adaptive BN (%)")
+    ax.set_title("Sensitivity of each channel group", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2, frameon=False, loc="lower left")
+    return _save(fig, path)
+
+
+def allocation(rows: Sequence[dict[str, Any]], path: str | Path | None = None) -> bytes:
+    """Kept channels per group: the searched allocation against uniform pruning at the same budget.
+
+    ``rows``: dicts with ``group``, ``total``, ``searched`` and ``uniform`` kept counts."""
+    plt = _plt()
+    rows = list(rows)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * len(rows) + 2), 3.6))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["total"] for r in rows], 0.4, color="#e3e3e3", label="dense")
+    ax.bar(x - 0.2, [r["uniform"] for r in rows], 0.4, color="#9ecae1", label="uniform")
+    ax.bar(x + 0.2, [r["total"] for r in rows], 0.4, color="#e3e3e3")
+    ax.bar(x + 0.2, [r["searched"] for r in rows], 0.4, color="#2b7bba", label="searched")
+    ax.set_xticks(x, [r["group"] for r in rows], rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("channels kept")
+    ax.set_title("Kept channels per layer at the same budget: uniform vs searched", fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    return _save(fig, path)

@@ -1,0 +1,306 @@
+"""A measured latency model: per-layer latency tables on the target runtime of *this* machine, summed.
+
+For every convolution and linear layer of a model, the layer alone (with the ReLU that ONNX Runtime fuses into
+it) is timed on the target runtime (``onnxruntime-fp32``, ``onnxruntime-int8`` or ``pytorch``), at the batch
+size and thread count of the budget, on a grid of input x output channel counts (one axis for depthwise
+convolutions, whose input and output channels are tied). A model's predicted latency is the sum of its layers'
+interpolated latencies plus a constant measured once on the dense model (everything the layers do not cover:
+session overhead, pooling, elementwise ops). Measurements are cached on disk, keyed by CPU model, runtime and
+version, threads, batch and layer shape (``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``), so a second search on
+the same machine measures nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import PrunekitError
+from .bench import available_cores, cpu_model, stats, time_runs
+
+RUNTIMES = ("onnxruntime-fp32", "onnxruntime-int8", "pytorch")
+CACHE_VERSION = 1
+# Latency budgets keep channel counts multiples of ALIGN: CPU convolution kernels (ONNX Runtime's blocked NCHWc
+# layout, oneDNN) run other counts on slow paths, so latency is a saw-tooth in the channel count that no
+# interpolation captures (benchmarks/channel_counts.py measures it).
+ALIGN = 8
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE") or Path.home() / ".cache" / "prunekit")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A convolution or linear layer as the latency table sees it (its input size is fixed by the model)."""
+
+    name: str
+    kind: str  # conv | linear
+    in_ch: int
+    out_ch: int
+    groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    bias: bool
+    in_hw: tuple[int, ...]  # spatial input size (empty for linear)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups == self.in_ch == self.out_ch and self.groups > 1
+
+    def sized(self, cin: int, cout: int) -> dict[str, Any]:
+        """The layer with ``cin`` inputs and ``cout`` outputs (depthwise stays depthwise; grouped convolutions keep
+        their channels per group)."""
+        groups = cin if self.depthwise else (max(1, round(cin / (self.in_ch // self.groups))) if self.groups > 1 else 1)
+        d = {k: v for k, v in asdict(self).items() if k != "name"}
+        return {**d, "in_ch": cin, "out_ch": cout, "groups": groups}
+
+    def module(self, cin: int, cout: int) -> nn.Module:
+        s = self.sized(cin, cout)
+        if self.kind == "linear":
+            return nn.Sequential(nn.Linear(cin, cout, bias=self.bias)).eval()
+        conv = nn.Conv2d(cin, cout, self.kernel, self.stride, self.padding, self.dilation, s["groups"], self.bias)
+        return nn.Sequential(conv, nn.ReLU()).eval()
+
+    def example(self, batch: int, cin: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(batch, cin, *self.in_hw, generator=g) if self.kind == "conv" else \
+            torch.randn(batch, cin, generator=g)
+
+
+def layer_specs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]:
+    """Every Conv2d and Linear layer called in one forward pass, with its input's spatial size."""
+    specs: dict[str, LayerSpec] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if type(m) in (nn.Conv2d, nn.Linear):
+            def pre(mod, args, name=name):
+                x = args[0]
+                if name in specs or not isinstance(x, torch.Tensor):
+                    return
+                if isinstance(mod, nn.Conv2d):
+                    if isinstance(mod.padding, str):
+                        return
+                    specs[name] = LayerSpec(name, "conv", mod.in_channels, mod.out_channels, mod.groups,
+                                            tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.padding),
+                                            tuple(mod.dilation), mod.bias is not None, tuple(x.shape[2:]))
+                elif x.dim() == 2:
+                    specs[name] = LayerSpec(name, "linear", mod.in_features, mod.out_features, 1, (), (), (), (),
+                                            mod.bias is not None, ())
+            hooks.append(m.register_forward_pre_hook(pre))
+    was = model.training
+    try:
+        model.eval()
+        p = next(model.parameters(), None)
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu"))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return sorted(specs.values(), key=lambda s: order[s.name])
+
+
+# --- measuring ---------------------------------------------------------------------------------------------
+
+
+def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=18, do_constant_folding=True,
+                          input_names=["input"], output_names=["output"])
+    return buf.getvalue()
+
+
+def _quantized(onnx_bytes: bytes, example: torch.Tensor) -> bytes:
+    from onnxruntime import quantization as q
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.items = [{"input": example.numpy()}]
+
+        def get_next(self):
+            return self.items.pop() if self.items else None
+
+    with tempfile.TemporaryDirectory(prefix="prunekit-lat-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+        src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        src.write_bytes(onnx_bytes)
+        q.quantize_static(str(src), str(dst), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+        return dst.read_bytes()
+
+
+class Timer:
+    """Times callables on one runtime, batch size and thread count (median of short runs)."""
+
+    def __init__(self, runtime: str, batch: int, threads: int, max_seconds: float = 0.25, repeats: int = 15):
+        if runtime not in RUNTIMES:
+            from ..errors import unknown
+
+            raise unknown("budget runtime", runtime, RUNTIMES)
+        self.runtime, self.batch, self.threads = runtime, batch, threads
+        self.max_seconds, self.repeats = max_seconds, repeats
+
+    def version(self) -> str:
+        if self.runtime == "pytorch":
+            return torch.__version__
+        import onnxruntime as ort
+
+        return ort.__version__
+
+    def model_ms(self, module: nn.Module, example: torch.Tensor) -> float:
+        """Median milliseconds of one call of ``module`` on ``example`` on this runtime."""
+        module = module.eval().cpu()
+        if self.runtime == "pytorch":
+            old = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                with torch.inference_mode():
+                    times = time_runs(lambda: module(example), 2, self.repeats, self.max_seconds)
+            finally:
+                torch.set_num_threads(old)
+        else:
+            from ..deploy.onnx import ort_session
+
+            data = _onnx_bytes(module, example)
+            if self.runtime == "onnxruntime-int8":
+                data = _quantized(data, example)
+            sess = ort_session(data, threads=self.threads, what="latency probe")
+            feed = {sess.get_inputs()[0].name: example.numpy()}
+            times = time_runs(lambda: sess.run(None, feed), 2, self.repeats, self.max_seconds)
+        return stats(times, self.batch)["p50_ms"]
+
+
+class LatencyTable:
+    """Per-layer latencies on this machine, cached on disk (one JSON file per CPU/runtime/threads/batch)."""
+
+    def __init__(self, timer: Timer, cache: Path | None = None):
+        self.timer = timer
+        machine = {"cpu": cpu_model(), "runtime": timer.runtime, "version": timer.version(),
+                   "threads": timer.threads, "batch": timer.batch, "cache_version": CACHE_VERSION}
+        self.machine = machine
+        key = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = (cache or cache_dir()) / "latency" / f"{key}.json"
+        self.entries: dict[str, float] = {}
+        if self.path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                doc = json.loads(self.path.read_text())
+                if doc.get("machine") == machine:
+                    self.entries = {k: float(v) for k, v in doc.get("entries", {}).items()}
+        self.measured = 0  # measurements made by this instance (0 on a fully cached second search)
+
+    def __call__(self, spec: LayerSpec, cin: int, cout: int) -> float:
+        key = json.dumps(spec.sized(cin, cout), sort_keys=True)
+        if key not in self.entries:
+            self.entries[key] = self.timer.model_ms(spec.module(cin, cout), spec.example(self.timer.batch, cin))
+            self.measured += 1
+        return self.entries[key]
+
+    def save(self) -> None:
+        from ..io import write_json
+
+        with contextlib.suppress(OSError):  # a read-only home: the table is only kept for this run
+            write_json(self.path, {"machine": self.machine, "entries": self.entries})
+
+
+# --- the model ---------------------------------------------------------------------------------------------
+
+
+def _grid(n: int, points: int, round_to: int) -> list[int]:
+    vals = {n}
+    for i in range(1, points):
+        v = int(round(n * i / points))
+        if round_to > 1:
+            v = max(round_to, int(round(v / round_to)) * round_to)
+        vals.add(min(n, max(1, v)))
+    return sorted(vals)
+
+
+def _interp(xs: list[int], ys: np.ndarray, x: float) -> float:
+    return float(np.interp(x, xs, ys))
+
+
+class LatencyCost:
+    """Predicted latency (ms) for per-group keep counts: interpolated per-layer tables + a measured constant.
+
+    ``fractions``: a :class:`prunekit.pruning.budget.ChannelFractions` of the pruned groups; layers whose
+    channels no pruned group touches are measured at their own size only."""
+
+    kind = "latency_ms"
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], fractions: Any, table: LatencyTable,
+                 grid: int = 6, round_to: int = 1, progress: Callable[[str], None] | None = None):
+        self.fractions, self.table = fractions, table
+        self.specs = layer_specs(model, input_shape)
+        self.input_shape = tuple(input_shape)
+        self.grids: list[tuple[list[int], list[int], np.ndarray]] = []
+        for i, s in enumerate(self.specs):
+            pin = fractions.touched(s.name, "in") or fractions.touched(s.name, "in_grouped")
+            pout = fractions.touched(s.name, "out")
+            cins = _grid(s.in_ch, grid, round_to) if pin else [s.in_ch]
+            couts = _grid(s.out_ch, grid, round_to) if pout else [s.out_ch]
+            if s.depthwise:
+                values = np.array([[table(s, c, c) for c in cins]])
+                couts = [0]
+            else:
+                values = np.array([[table(s, ci, co) for ci in cins] for co in couts])
+            self.grids.append((cins, couts, values))
+            if progress and (i + 1) % 5 == 0:
+                progress(f"latency table {i + 1}/{len(self.specs)} layers ({table.measured} measured)")
+        table.save()
+        self.layers_dense = self._layers(np.asarray(fractions.sizes))
+        self.dense_measured = measure_model(model, input_shape, table.timer)
+        self.constant = self.dense_measured - self.layers_dense
+        self.dense = self.dense_measured
+
+    def _layer(self, i: int, cin: float, cout: float) -> float:
+        cins, couts, values = self.grids[i]
+        if self.specs[i].depthwise:
+            return _interp(cins, values[0], cin)
+        row = np.array([_interp(cins, values[j], cin) for j in range(len(couts))])
+        return _interp(couts, row, cout)
+
+    def _layers(self, keep: np.ndarray) -> float:
+        fr = self.fractions(keep)
+        total = 0.0
+        for i, s in enumerate(self.specs):
+            f_in = self.fractions.of(fr, s.name, "in_grouped" if s.groups > 1 else "in")
+            f_out = self.fractions.of(fr, s.name, "out")
+            total += self._layer(i, f_in * s.in_ch, f_out * s.out_ch)
+        return total
+
+    def __call__(self, keep: np.ndarray) -> float:
+        return self._layers(np.asarray(keep)) + self.constant
+
+
+def measure_model(model: nn.Module, input_shape: Sequence[int], timer: Timer) -> float:
+    """Latency (ms) of a whole model (a plain module, no masks) on the timer's runtime."""
+    example = torch.randn(timer.batch, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        return timer.model_ms(model, example)
+    except PrunekitError:
+        raise
+    except Exception as e:  # an exporter/runtime failure is the user's model, reported in one line
+        raise PrunekitError(f"could not measure the model's latency on {timer.runtime}: {type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+
+
+def default_threads(threads: int | None) -> int:
+    return int(threads) if threads else available_cores()

@@ -1,0 +1,159 @@
+"""Allocation search: how many channels each group keeps so that the model meets a budget.
+
+1. :func:`uniform` — the same sparsity everywhere (a width multiplier), scaled until the budget is met: the
+   baseline every search must beat.
+2. :func:`greedy` — start dense; repeatedly take one step off the group whose step costs the least loss per unit
+   of budget saved (loss from the measured sensitivity curves, cost from the budget's cost model: MACs,
+   parameters or measured latency) until the budget is met.
+3. :func:`search` — EagleEye-style: a few hundred candidate allocations that all meet the budget (the greedy
+   and uniform ones, perturbations of the greedy one, random directions), each scored by adaptive-BN accuracy
+   on a held-out training slice; the best is kept.
+
+Every allocation respects ``round_to``, ``min_channels`` and ``max_sparsity``; groups that are not searched
+(exclusions, overrides) stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import PrunekitError
+from .budget import CostModel, round_keep
+from .sensitivity import Sensitivity
+
+LEVELS = 32  # sparsity levels per group the greedy search steps through
+
+
+@dataclass
+class Allocation:
+    """Channels kept per group (``keep[i]`` of ``sizes[i]`` for group ``names[i]``) and its predicted cost."""
+
+    names: list[str]
+    sizes: list[int]
+    keep: list[int]
+    cost: float
+    method: str
+    score: dict[str, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def sparsity(self) -> dict[str, float]:
+        return {n: 1 - k / s for n, k, s in zip(self.names, self.keep, self.sizes, strict=True)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "cost": self.cost, "score": self.score,
+                "groups": [{"group": n, "kept": k, "total": s} for n, k, s in zip(self.names, self.keep, self.sizes,
+                                                                                   strict=True)], **self.extra}
+
+
+@dataclass
+class Limits:
+    round_to: int = 1
+    min_channels: int = 1
+    max_sparsity: float = 0.95
+
+    def levels(self, size: int) -> list[int]:
+        """Allowed keep counts of a group, from ``size`` down (descending, unique)."""
+        ks = {round_keep(size * (1 - s), size, self.round_to, self.min_channels)
+              for s in np.linspace(0, self.max_sparsity, LEVELS + 1)}
+        return sorted(ks, reverse=True)
+
+    def keep(self, size: int, sparsity: float) -> int:
+        s = min(max(sparsity, 0.0), self.max_sparsity)
+        return round_keep(size * (1 - s), size, self.round_to, self.min_channels)
+
+
+def _scaled(sizes: Sequence[int], direction: np.ndarray, cost: CostModel, target: float, limits: Limits,
+            method: str, names: list[str]) -> Allocation | None:
+    """Sparsities ``t * direction`` (clipped) with the smallest ``t`` whose cost meets ``target`` (bisection)."""
+    def at(t: float) -> list[int]:
+        return [limits.keep(n, t * d) for n, d in zip(sizes, direction, strict=True)]
+
+    hi = limits.max_sparsity / max(float(direction.max()), 1e-9)
+    if cost(np.array(at(hi))) > target:
+        return None
+    lo = 0.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost(np.array(at(mid))) > target:
+            lo = mid
+        else:
+            hi = mid
+    keep = at(hi)
+    return Allocation(names, list(sizes), keep, cost(np.array(keep)), method)
+
+
+def uniform(names: list[str], sizes: Sequence[int], cost: CostModel, target: float, limits: Limits) -> Allocation:
+    """The same sparsity in every group, as small as meets the budget."""
+    a = _scaled(sizes, np.ones(len(sizes)), cost, target, limits, "uniform", names)
+    if a is None:
+        raise PrunekitError(f"the budget ({target:.4g} {cost.kind}) cannot be met even at max_sparsity "
+                            f"{limits.max_sparsity} in every selected group; select more layers or relax the budget")
+    return a
+
+
+def greedy(sens: Sensitivity, names: list[str], sizes: Sequence[int], cost: CostModel, target: float,
+           limits: Limits) -> Allocation:
+    """Take steps off the groups with the least loss per unit of cost saved until the budget is met."""
+    levels = [limits.levels(s) for s in sizes]
+    pos = [0] * len(sizes)
+    keep = np.array([lv[0] for lv in levels])
+    current = cost(keep)
+    while current > target:
+        best, best_ratio = None, np.inf
+        for i, lv in enumerate(levels):
+            if pos[i] + 1 >= len(lv):
+                continue
+            trial = keep.copy()
+            trial[i] = lv[pos[i] + 1]
+            saved = current - cost(trial)
+            if saved <= 0:
+                continue
+            s_now, s_next = 1 - keep[i] / sizes[i], 1 - trial[i] / sizes[i]
+            dloss = sens.loss_increase(names[i], s_next) - sens.loss_increase(names[i], s_now)
+            ratio = max(dloss, 1e-6) / saved
+            if ratio < best_ratio:
+                best, best_ratio = i, ratio
+        if best is None:
+            raise PrunekitError(f"the budget ({target:.4g} {cost.kind}) cannot be met within max_sparsity "
+                                f"{limits.max_sparsity}; select more layers or relax the budget")
+        pos[best] += 1
+        keep[best] = levels[best][pos[best]]
+        current = cost(keep)
+    return Allocation(names, list(sizes), keep.tolist(), float(current), "greedy")
+
+
+def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitivity, names: list[str],
+           sizes: Sequence[int], cost: CostModel, target: float, limits: Limits, candidates: int = 100,
+           seed: int = 0, progress: Callable[[str], None] | None = None) -> tuple[Allocation, list[dict[str, Any]]]:
+    """Score the uniform and greedy allocations and ``candidates`` more that meet the budget; keep the best by
+    adaptive-BN top-1 (then loss). Returns the best and every candidate's record."""
+    rng = np.random.default_rng(seed)
+    start = greedy(sens, names, sizes, cost, target, limits)
+    pool = [uniform(names, sizes, cost, target, limits), start]
+    s0 = np.array([1 - k / n for k, n in zip(start.keep, sizes, strict=True)])
+    tries = 0
+    while len(pool) < candidates + 2 and tries < 20 * (candidates + 2):
+        tries += 1
+        if len(pool) % 2:  # around the greedy allocation
+            direction = np.clip(s0, 0.02, None) * np.exp(rng.normal(0.0, 0.35, len(sizes)))
+        else:  # anywhere (EagleEye's random layer-wise ratios)
+            direction = rng.uniform(0.05, 1.0, len(sizes))
+        a = _scaled(sizes, direction, cost, target, limits, "random", names)
+        if a is not None:
+            pool.append(a)
+    records = []
+    best = None
+    for i, a in enumerate(pool):
+        a.score = evaluate(a.keep)
+        records.append({"method": a.method, "cost": a.cost, **a.score})
+        if best is None or (a.score["top1"], -a.score["loss"]) > (best.score["top1"], -best.score["loss"]):
+            best = a
+        if progress and (i + 1) % 10 == 0:
+            progress(f"search: {i + 1}/{len(pool)} candidates, best top-1 {best.score['top1']:.2f}% ({best.method})")
+    chosen = Allocation(best.names, best.sizes, best.keep, best.cost, "search (best of "
+                        f"{len(pool)}: {best.method})", best.score)
+    return chosen, records

@@ -1,0 +1,139 @@
+"""Sensitivity: what each channel group can give up, measured one group at a time.
+
+For every pruned group and sparsity ``s``, the group alone keeps its ``(1 - s)`` best channels (by the
+pruner's criterion), BatchNorm statistics are re-estimated on a few training batches (adaptive BN: without it a
+pruned network's stale statistics dominate the measurement, EagleEye, Li et al. 2020), and top-1 and loss are
+measured on a held-out slice. The same adaptive-BN evaluation scores whole allocations during the search.
+
+Data: both slices come from the *training* split (calibration and evaluation images are disjoint); the test
+split is never used to choose an allocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from .budget import round_keep
+
+SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Sensitivity:
+    """Top-1 and loss of the model with one group pruned to each sparsity (all others dense)."""
+
+    sparsities: list[float]
+    dense: dict[str, float]
+    groups: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # name -> [{sparsity, top1, loss}]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def loss_increase(self, name: str, sparsity: float) -> float:
+        """Loss increase of pruning group ``name`` to ``sparsity`` alone (linear between measured points,
+        monotone: more pruning never looks better; extrapolated linearly beyond the last point)."""
+        rows = self.groups[name]
+        xs = [0.0] + [r["sparsity"] for r in rows]
+        ys = list(np.maximum.accumulate([0.0] + [max(0.0, r["loss"] - self.dense["loss"]) for r in rows]))
+        if sparsity <= xs[-1]:
+            return float(np.interp(sparsity, xs, ys))
+        slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-9)
+        return float(ys[-1] + slope * (sparsity - xs[-1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sparsities": self.sparsities, "dense": self.dense, "groups": self.groups, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sensitivity:
+        return cls(list(d["sparsities"]), dict(d["dense"]), {k: list(v) for k, v in d["groups"].items()},
+                   dict(d.get("meta", {})))
+
+
+class AdaptiveBNEvaluator:
+    """Scores channel selections of a pruner's model: re-estimate BatchNorm statistics on ``calib`` batches,
+    then top-1 and mean loss on ``evaluation`` batches; the model's statistics are restored afterwards."""
+
+    def __init__(self, pruner: Any, calib: Batches, evaluation: Batches):
+        self.pruner, self.calib, self.evaluation = pruner, list(calib), list(evaluation)
+        self.model: nn.Module = pruner.model
+        self.bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                    and m.track_running_stats]
+        self.scores = pruner.criterion.scores(self.model, pruner.graph, pruner.groups)
+        self.count = 0
+
+    def alive_for(self, keep: Sequence[int]) -> dict[int, np.ndarray]:
+        """The ``keep[i]`` best channels of every group ``i``."""
+        out = {}
+        for g, k in zip(self.pruner.groups, keep, strict=True):
+            order = np.lexsort((np.arange(g.size), -self.scores[g.id]))
+            a = np.zeros(g.size, dtype=bool)
+            a[order[:int(k)]] = True
+            out[g.id] = a
+        return out
+
+    @torch.no_grad()
+    def __call__(self, keep: Sequence[int]) -> dict[str, float]:
+        self.count += 1
+        before = self.pruner.alive()
+        saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
+                 for m in self.bns]
+        was = self.model.training
+        try:
+            self.pruner.set_alive(self.alive_for(keep))
+            self.model.eval()
+            for m in self.bns:  # cumulative average over the calibration batches
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            for x, _ in self.calib:
+                self.model(x)
+            self.model.eval()
+            correct = total = 0
+            loss = 0.0
+            for x, y in self.evaluation:
+                logits = self.model(x).float()
+                loss += float(nnf.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                total += len(y)
+            return {"top1": 100.0 * correct / max(1, total), "loss": loss / max(1, total)}
+        finally:
+            for m, (mean, var, n, mom) in zip(self.bns, saved, strict=True):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(n)
+                m.momentum = mom
+            self.pruner.set_alive(before)
+            self.model.train(was)
+
+
+def measure_sensitivity(evaluator: AdaptiveBNEvaluator, sparsities: Iterable[float] = SPARSITIES,
+                        round_to: int = 1, min_channels: int = 1,
+                        progress: Callable[[str], None] | None = None) -> Sensitivity:
+    """One adaptive-BN evaluation per (group, sparsity), all other groups dense."""
+    groups = evaluator.pruner.groups
+    sizes = [g.size for g in groups]
+    sparsities = sorted(float(s) for s in sparsities)
+    dense = evaluator(sizes)
+    result = Sensitivity(sparsities, dense)
+    for i, g in enumerate(groups):
+        rows = []
+        for s in sparsities:
+            k = round_keep(g.size * (1 - s), g.size, round_to, min_channels)
+            keep = list(sizes)
+            keep[i] = k
+            r = evaluator(keep)
+            rows.append({"sparsity": s, "kept": k, "top1": r["top1"], "loss": r["loss"]})
+        result.groups[g.name] = rows
+        if progress:
+            worst = rows[-1]
+            progress(f"sensitivity {i + 1}/{len(groups)} {g.name}: top-1 {dense['top1']:.1f}% -> "
+                     f"{worst['top1']:.1f}% at {worst['sparsity']:.0%}")
+    result.meta = {"evaluations": evaluator.count, "calib_images": sum(len(y) for _, y in evaluator.calib),
+                   "eval_images": sum(len(y) for _, y in evaluator.evaluation)}
+    return result

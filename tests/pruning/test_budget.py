@@ -1,0 +1,260 @@
+"""Budget-driven pruning: budgets, cost models, sensitivity, the allocation search, the latency table cache,
+and `plan/prune --budget` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from prunekit.errors import PrunekitError
+from prunekit.models import create_model
+from prunekit.pruning import OneShot, PolynomialDecay, PruningConfig, prune_, strip
+from prunekit.pruning.budget import Budget, ChannelFractions, ProfileCost
+from prunekit.pruning.search import Limits, greedy, search, uniform
+from prunekit.pruning.sensitivity import AdaptiveBNEvaluator, Sensitivity, measure_sensitivity
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SHAPE = (1, 28, 28)
+
+
+def mobilenet(seed=0):
+    torch.manual_seed(seed)
+    return create_model("mobilenet_v1", width=0.25, num_classes=10, in_channels=1, small_input=True).eval()
+
+
+@pytest.mark.parametrize("text,want", [
+    ("macs=0.25x", Budget("macs", 0.25, True)), ("params=1.2M", Budget("params", 1.2e6, False)),
+    ("macs=350k", Budget("macs", 350e3, False)), ("latency_ms=0.5x", Budget("latency_ms", 0.5, True)),
+    ("latency_ms=0.8", Budget("latency_ms", 0.8, False)), (" macs = 2G ", Budget("macs", 2e9, False)),
+])
+def test_budget_forms(text, want):
+    assert Budget.parse(text) == want
+    assert Budget.parse(str(want)) == want  # round-trips through its text
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("flops=0.5x", "unknown kind 'flops'"), ("macs=1.5x", "< 1x"), ("macs=0", "must be > 0"),
+    ("latency_ms=2M", "milliseconds or a ratio"), ("0.25x", "expected KIND=VALUE"), ("macs=abc", "KIND=VALUE"),
+])
+def test_bad_budgets_are_named(text, msg):
+    with pytest.raises(PrunekitError, match=msg):
+        Budget.parse(text)
+
+
+def test_budget_in_the_config_replaces_the_target():
+    from prunekit.config import parse_config
+
+    assert parse_config({"prune": {"budget": "macs=0.3x"}}).prune.budget == "macs=0.3x"
+    with pytest.raises(PrunekitError, match="budget replaces prune.target"):
+        parse_config({"prune": {"budget": "macs=0.3x", "target": "macs"}})
+    with pytest.raises(PrunekitError, match="unknown kind"):
+        parse_config({"prune": {"budget": "speed=2"}})
+    with pytest.raises(PrunekitError, match="budget_runtime must be one of"):
+        parse_config({"prune": {"budget_runtime": "tensorrt"}})
+
+
+def test_cli_budget_errors_are_one_line(tmp_path):
+    rc, _, err = run_cli("prune", "--model", "torchvision:resnet18", "--budget", "flops=0.5x", "--out", tmp_path / "o")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "unknown kind 'flops'" in err
+    assert not (tmp_path / "o").exists()
+
+
+# --- cost models -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,shape,layers", [("mobilenet_v1", SHAPE, "pointwise"),
+                                               ("torchvision:resnet18", (3, 64, 64), "all"),
+                                               ("torchvision:mobilenet_v2", (3, 64, 64), "all")])
+def test_profile_cost_predicts_the_shrunk_model_exactly(arch, shape, layers):
+    """MACs and parameters predicted from keep counts equal the profile of the model surgery produces
+    (residual groups, depthwise convolutions, flatten -> linear)."""
+    from prunekit.cost import profile
+
+    torch.manual_seed(0)
+    kw = dict(width=0.25, num_classes=10, in_channels=1, small_input=True) if arch == "mobilenet_v1" else {}
+    model = create_model(arch, **kw).eval()
+    p = prune_(model, PruningConfig(schedule=OneShot(0.5), layers=layers), shape)
+    rng = np.random.default_rng(0)
+    for kind in ("macs", "params"):
+        cost = ProfileCost(strip(model, copy=True), p.graph, p.groups, shape, kind)
+        for _ in range(3):
+            keep = [int(rng.integers(1, g.size + 1)) for g in p.groups]
+            alive = {g.id: np.arange(g.size) < k for g, k in zip(p.groups, keep, strict=True)}
+            p.set_alive(alive)
+            small = p.shrink(check=False).model
+            prof = profile(small, shape)
+            assert cost(np.array(keep)) == pytest.approx(prof.macs if kind == "macs" else prof.params, rel=1e-9)
+        assert cost.dense == (profile(strip(model, copy=True), shape).macs if kind == "macs" else
+                              sum(q.numel() for q in strip(model, copy=True).parameters()))
+
+
+# --- the search ------------------------------------------------------------------------------------------------
+
+
+def _toy(sizes=(16, 32, 32, 64)):
+    """A cost model where every group costs its channel count, and sensitivities where group 0 is fragile."""
+    class Cost:
+        kind = "macs"
+
+        def __call__(self, keep):
+            return float(np.sum(keep))
+
+    names = [f"g{i}" for i in range(len(sizes))]
+    rows = {n: [{"sparsity": s, "top1": 0.0, "loss": 1.0 + s * (20.0 if i == 0 else 1.0)}
+                for s in (0.2, 0.4, 0.6, 0.8)] for i, n in enumerate(names)}
+    sens = Sensitivity([0.2, 0.4, 0.6, 0.8], {"top1": 90.0, "loss": 1.0}, rows)
+    return names, list(sizes), Cost(), sens
+
+
+@pytest.mark.parametrize("round_to,min_channels,max_sparsity", [(1, 1, 0.95), (8, 1, 0.9), (4, 6, 0.5)])
+def test_allocations_meet_the_budget_and_respect_the_limits(round_to, min_channels, max_sparsity):
+    names, sizes, cost, sens = _toy()
+    limits = Limits(round_to, min_channels, max_sparsity)
+    target = 0.6 * sum(sizes)
+    evaluate = lambda keep: {"top1": float(-np.std(np.array(keep) / np.array(sizes))), "loss": 0.0}  # noqa: E731
+    best, records = search(evaluate, sens, names, sizes, cost, target, limits, candidates=20, seed=1)
+    allocs = [uniform(names, sizes, cost, target, limits), greedy(sens, names, sizes, cost, target, limits), best]
+    assert len(records) == 22
+    for a in allocs:
+        assert a.cost <= target and a.cost == cost(np.array(a.keep))
+        for k, n in zip(a.keep, sizes, strict=True):
+            assert k == n or k % round_to == 0 or k == min(min_channels, n) or k == min_channels, (k, n, a.method)
+            assert k >= min(min_channels, n)
+            assert 1 - k / n <= max_sparsity + 1e-9
+    # the fragile group keeps the most under the greedy allocation; uniform prunes everyone alike
+    g, u = allocs[1], allocs[0]
+    assert g.keep[0] / sizes[0] >= max(k / n for k, n in zip(g.keep[1:], sizes[1:], strict=True))
+    fu = [k / n for k, n in zip(u.keep, sizes, strict=True)]
+    assert g.keep[0] > u.keep[0] and max(fu) - min(fu) <= round_to / min(sizes) + 1e-9  # only rounding differs
+    assert best.score["top1"] == max(r["top1"] for r in records)
+
+
+def test_an_impossible_budget_is_refused():
+    names, sizes, cost, sens = _toy()
+    with pytest.raises(PrunekitError, match="cannot be met"):
+        greedy(sens, names, sizes, cost, 0.01 * sum(sizes), Limits(max_sparsity=0.5))
+    with pytest.raises(PrunekitError, match="cannot be met"):
+        uniform(names, sizes, cost, 0.01 * sum(sizes), Limits(max_sparsity=0.5))
+
+
+def test_each_group_ramps_to_its_own_allocated_sparsity():
+    m = mobilenet()
+    alloc = {"blocks.0.pw.conv": 0.25, "blocks.5.pw.conv": 0.75, "blocks.12.pw.conv": 0.5}
+    cfg = PruningConfig(schedule=PolynomialDecay(0.0, 0.5, begin_step=0, end_step=10, frequency=2), allocation=alloc)
+    p = prune_(m, cfg, SHAPE)
+    halfway = None
+    for step in range(11):
+        p.step(step)
+        if step == 4:
+            halfway = {g.name: 1 - a.mean() for g, a in zip(p.groups, p.alive().values(), strict=True)}
+    final = {g.name: 1 - a.mean() for g, a in zip(p.groups, p.alive().values(), strict=True)}
+    for name, s in alloc.items():
+        assert final[name] == pytest.approx(s, abs=1 / 16)
+        assert 0 < halfway[name] < final[name]
+    assert final["blocks.3.pw.conv"] == 0.0  # not in the allocation: left dense
+
+
+# --- sensitivity -----------------------------------------------------------------------------------------------
+
+
+def test_sensitivity_measures_each_group_and_leaves_the_model_as_it_was():
+    from prunekit.data import iterate_batches, synthetic
+
+    data = synthetic(train_size=128, test_size=8)
+    batches = list(iterate_batches(data, "train", 32, train=False))
+    m = mobilenet()
+    p = prune_(m, PruningConfig(schedule=OneShot(0.5), layers=r"blocks\.(0|5)\.pw"), SHAPE)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    ev = AdaptiveBNEvaluator(p, batches[:2], batches[2:])
+    sens = measure_sensitivity(ev, (0.25, 0.5, 0.75))
+    assert set(sens.groups) == {"blocks.0.pw.conv", "blocks.5.pw.conv"}
+    assert [r["kept"] for r in sens.groups["blocks.0.pw.conv"]] == [12, 8, 4]
+    assert sens.meta["evaluations"] == 1 + 2 * 3 and sens.meta["eval_images"] == 64
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics and masks restored
+    assert sens.loss_increase("blocks.0.pw.conv", 0.0) == 0.0
+    xs = [sens.loss_increase("blocks.5.pw.conv", s) for s in np.linspace(0, 0.95, 20)]
+    assert all(b >= a for a, b in zip(xs, xs[1:], strict=False))  # monotone
+    assert Sensitivity.from_dict(json.loads(json.dumps(sens.to_dict()))).to_dict() == sens.to_dict()
+
+
+# --- the latency table -------------------------------------------------------------------------------------------
+
+
+class FakeTimer:
+    """A deterministic 'runtime': milliseconds proportional to the layer's MACs."""
+
+    runtime, batch, threads = "onnxruntime-fp32", 1, 1
+
+    def __init__(self):
+        self.calls = 0
+
+    def version(self):
+        return "fake"
+
+    def model_ms(self, module, example):
+        self.calls += 1
+        from prunekit.cost import profile
+
+        return 1e-6 * profile(module, tuple(example.shape[1:])).macs + 0.01
+
+
+def test_latency_table_is_cached_and_keyed_by_machine_runtime_and_batch(tmp_path, monkeypatch):
+    from prunekit.inference import latency as L
+
+    m = mobilenet()
+    p = prune_(m, PruningConfig(schedule=OneShot(0.5)), SHAPE)
+    timer = FakeTimer()
+    table = L.LatencyTable(timer, cache=tmp_path)
+    cost = L.LatencyCost(strip(m, copy=True), SHAPE, ChannelFractions(p.graph, p.groups), table, grid=4)
+    assert table.measured > 20 and table.path.is_file()
+    dense = np.array([g.size for g in p.groups])
+    assert cost(dense) == pytest.approx(cost.dense)  # the constant makes the dense prediction the measurement
+    half = dense // 2
+    assert cost(half) < cost(dense)
+    again = L.LatencyTable(timer, cache=tmp_path)
+    L.LatencyCost(strip(m, copy=True), SHAPE, ChannelFractions(p.graph, p.groups), again, grid=4)
+    assert again.measured == 0  # the second search measures nothing
+    other = FakeTimer()
+    other.batch = 32
+    assert L.LatencyTable(other, cache=tmp_path).path != table.path and not L.LatencyTable(other, cache=tmp_path).entries
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+
+def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
+    rc, out, err = run_cli("plan", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
+                           "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--out", tmp_path / "plan")
+    assert rc == 0, err
+    assert "searched" in out and "uniform" in out and "predicted" in out and "next: prunekit prune" in out
+    assert {"sensitivity.json", "sensitivity.png", "budget_plan.json", "allocation.png"} <= {
+        f.name for f in (tmp_path / "plan").iterdir()}
+    plan = json.loads((tmp_path / "plan" / "budget_plan.json").read_text())
+    assert plan["predicted"] <= plan["target"] == pytest.approx(0.5 * plan["dense_cost"])
+    rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
+                           "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--epochs", "0.25", "--out", tmp_path / "p")
+    assert rc == 0, err
+    b = json.loads((tmp_path / "p" / "budget.json").read_text())
+    assert b["met"] and b["measured"] <= b["target"] and b["measured"] == b["predicted"]
+    rc, out, err = run_cli("surgery", "--model", tmp_path / "p" / "model", "--out", tmp_path / "s", "--json")
+    assert rc == 0 and json.loads(out)["macs_after"] == b["measured"]
+
+
+def test_sensitivity_command_writes_json_and_plot_and_is_cached(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    args = ["sensitivity", "--model", tiny_model_dir, "--layers", r"blocks\.(1|7)\.pw", "--images", "64",
+            "--calib-images", "32", "--out", tmp_path / "s"]
+    rc, out, err = run_cli(*args)
+    assert rc == 0, err
+    doc = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
+    assert set(doc["groups"]) == {"blocks.1.pw.conv", "blocks.7.pw.conv"} and len(doc["sparsities"]) == 9
+    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000 and "blocks.7.pw.conv" in out
+    rc, out, err = run_cli(*args, "--json")
+    assert rc == 0 and "cached" in err and json.loads(out)["groups"] == doc["groups"]
