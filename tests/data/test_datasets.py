@@ -134,15 +134,3 @@ def test_augmentation_scales_with_the_image_and_flips_only_where_asked(tmp_path)
     assert all(left_heavy(folder))  # never mirrored
     flipped = load_data("imagefolder", tmp_path, augment=Augment(hflip=True))
     assert flipped.augment == Augment(crop_pad=0.125, hflip=True) and not all(left_heavy(flipped))
-
-
-def test_a_large_train_test_gap_is_reported_once():
-    from prunekit.train.trainer import _gap_warning
-
-    logs, warned = [], [False]
-    _gap_warning({"train_top1": 40.0, "test_top1": 7.8}, 2, warned, logs.append)  # too early to say
-    _gap_warning({"train_top1": 60.0, "test_top1": 45.0}, 3, warned, logs.append)  # within 30 points
-    assert logs == []
-    _gap_warning({"train_top1": 80.0, "test_top1": 12.0}, 3, warned, logs.append)
-    _gap_warning({"train_top1": 90.0, "test_top1": 11.0}, 4, warned, logs.append)
-    assert len(logs) == 1 and "data.augment" in logs[0] and "12.0%" in logs[0]

@@ -105,3 +105,18 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path, data):
     assert disagreement(kd) < disagreement(plain)
     with pytest.raises(PrunekitError, match="needs a teacher"):
         fit(tiny(), data, cfg(distill=0.5), None, progress=False, log=lambda s: None)
+
+
+def test_a_large_train_test_gap_is_reported_once():
+    from prunekit.train.trainer import _gap_warning
+
+    logs, warned = [], [False]
+    _gap_warning({"train_top1": 40.0, "test_top1": 7.8}, 2, warned, logs.append)  # too early to say
+    _gap_warning({"train_top1": 60.0, "test_top1": 45.0}, 3, warned, logs.append)  # within 30 points
+    assert logs == []
+    _gap_warning({"train_top1": 80.0, "test_top1": 12.0}, 3, warned, logs.append)
+    _gap_warning({"train_top1": 90.0, "test_top1": 11.0}, 4, warned, logs.append)
+    assert len(logs) == 1 and "data.augment" in logs[0] and "BatchNorm" in logs[0] and "12.0%" in logs[0]
+    late, w2 = [], [False]
+    _gap_warning({"train_top1": 80.0, "test_top1": 12.0}, 4, w2, late.append, epochs=40)  # a quarter not reached
+    assert late == []

@@ -1,0 +1,114 @@
+"""How well the measured latency model predicts a pruned model's latency on this machine.
+
+For each model (MobileNet V1 at 28x28x1 and 224x224x3, torchvision ResNet-50 and MobileNet V2 at 224x224) and
+batch size (1 and 32): build the per-layer latency table on ONNX Runtime fp32 (all cores), then compare its
+prediction with the measured latency of the physically pruned model for the dense model, uniform pruning at
+25/50/75% and three random per-layer allocations. Goal: within 10%.
+
+    python benchmarks/latency_model.py            # every model, batch 1 and 32
+    python benchmarks/latency_model.py --quick    # coarser tables, fewer allocations (what is cut: see the file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+MODELS = {
+    "mobilenet_v1_28": ("mobilenet_v1", dict(width=1.0, num_classes=10, in_channels=1, small_input=True), (1, 28, 28),
+                        "pointwise"),
+    "mobilenet_v1_224": ("mobilenet_v1", dict(width=1.0, num_classes=1000), (3, 224, 224), "pointwise"),
+    "resnet50_224": ("torchvision:resnet50", {}, (3, 224, 224), "all"),
+    "mobilenet_v2_224": ("torchvision:mobilenet_v2", {}, (3, 224, 224), "all"),
+}
+
+
+def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dict:
+    from prunekit.inference.latency import LatencyCost, LatencyTable, Timer, measure_model
+    from prunekit.models import create_model
+    from prunekit.pruning import OneShot, PruningConfig, prune_, strip
+    from prunekit.pruning.budget import ChannelFractions
+
+    arch, kw, shape, layers = MODELS[key]
+    torch.manual_seed(0)
+    model = create_model(arch, **kw).eval()
+    pruner = prune_(model, PruningConfig(schedule=OneShot(0.5), layers=layers), shape)
+    sizes = np.array([g.size for g in pruner.groups])
+    table = LatencyTable(Timer("onnxruntime-fp32", batch, threads))
+    t0 = time.perf_counter()
+    cost = LatencyCost(strip(model, copy=True), shape, ChannelFractions(pruner.graph, pruner.groups), table,
+                       grid=grid, progress=C.log)
+    table_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    configs = {"dense": sizes.copy()}
+    for s in (0.25, 0.5, 0.75):
+        configs[f"uniform {int(s * 100)}%"] = np.maximum(1, np.round(sizes * (1 - s))).astype(int)
+    for i in range(n_random):
+        configs[f"random {i + 1}"] = np.maximum(1, np.round(sizes * (1 - rng.uniform(0, 0.8, len(sizes))))).astype(int)
+    timer = Timer("onnxruntime-fp32", batch, threads, max_seconds=3.0, repeats=30)
+    rows = []
+    for name, keep in configs.items():
+        pruner.set_alive({g.id: np.arange(g.size) < k for g, k in zip(pruner.groups, keep, strict=True)})
+        small = pruner.shrink(check=False).model.eval()
+        measured = measure_model(small, shape, timer)
+        predicted = cost(keep)
+        rows.append({"config": name, "predicted_ms": predicted, "measured_ms": measured,
+                     "error": (predicted - measured) / measured})
+        C.log(f"{key} b{batch} {name}: predicted {predicted:.3f} ms, measured {measured:.3f} ms "
+              f"({100 * rows[-1]['error']:+.1f}%)")
+    return {"model": key, "batch": batch, "layers": len(cost.specs), "grid": grid, "table_seconds": round(table_s, 1),
+            "measured_in_table": table.measured, "constant_ms": cost.constant, "rows": rows,
+            "max_abs_error": max(abs(r["error"]) for r in rows)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="grid 4 instead of 6, one random allocation instead of 3")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--threads", type=int, default=0, help="default: all available cores")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    from prunekit.inference.bench import available_cores
+
+    threads = args.threads or available_cores()
+    torch.set_num_threads(threads)
+    env = C.environment(torch.device("cpu"))
+    results = []
+    t_all = time.perf_counter()
+    with C.LoadSampler() as ls:
+        for key in args.models.split(","):
+            for b in (int(x) for x in args.batches.split(",")):
+                results.append(run_one(key, b, 4 if args.quick else 6, 1 if args.quick else 3, threads))
+    doc = {"command": C.command_line(), "environment": env, "provenance": env["provenance"], "threads": threads,
+           "results": results, "load": ls.summary(), "seconds_total": round(time.perf_counter() - t_all, 1),
+           "quick": args.quick}
+    lines = ["# Latency model accuracy (ONNX Runtime fp32, this machine)", "", C.provenance_line(doc["provenance"]),
+             "", f"Per-layer tables on a {'4x4' if args.quick else '6x6'} grid of input x output channels, "
+             f"{threads} threads; predicted = sum of interpolated layer latencies + a constant measured on the dense "
+             "model; measured = the physically pruned model exported to ONNX. Goal: within 10%.", "",
+             "| model | batch | allocation | predicted (ms) | measured (ms) | error |", "|---|---:|---|---:|---:|---:|"]
+    for r in results:
+        for row in r["rows"]:
+            lines.append(f"| {r['model']} | {r['batch']} | {row['config']} | {row['predicted_ms']:.3f} | "
+                         f"{row['measured_ms']:.3f} | {100 * row['error']:+.1f}% |")
+    lines += ["", "| model | batch | max abs error | table build (s) | layer timings |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['batch']} | {100 * r['max_abs_error']:.1f}% | {r['table_seconds']} | "
+              f"{r['measured_in_table']} |" for r in results]
+    lines += ["", f"Total {doc['seconds_total'] / 60:.1f} min; load average {doc['load']}."]
+    prefix = Path(args.out) if args.out else C.RESULTS / ("latency_model_quick" if args.quick else "latency_model")
+    j, m = C.write_results(prefix, doc, "\n".join(lines) + "\n")
+    C.log(f"wrote {j} and {m}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
