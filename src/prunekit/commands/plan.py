@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(plan)
         return 0
     rows = plan["groups"]
-    print(f"{args.model}: {len(rows)} channel groups, {plan['selected']} selected by --layers {args.layers}")
+    print(f"{args.model}: {len(rows)} channel groups, {plan['selected']} selected by --layers {cfg.prune.layers}")
     print(f"{'status':<7} {'group':<34} {'ch':>5}  members / reason")
     for r in rows:
         detail = r["reason"] or ", ".join(r["members"][:4]) + (" ..." if len(r["members"]) > 4 else "")
