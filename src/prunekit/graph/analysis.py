@@ -182,6 +182,9 @@ _REDUCE = {"mean", "sum", "amax", "amin", "std", "var", "norm", "logsumexp", "na
 _CAT = {"cat", "concat", "concatenate"}
 _SPLIT = {"chunk", "split", "tensor_split", "unbind"}
 _SHAPE_ATTRS = {"size", "dim", "numel", "shape", "dtype", "device", "ndim", "is_cuda"}
+# functional norms and their per-channel tensor arguments (positions 1..4)
+_NORM_PARAMS = {"batch_norm": ("running_mean", "running_var", "weight", "bias"),
+                "instance_norm": ("running_mean", "running_var", "weight", "bias")}
 
 
 def op_name(node: fx.Node) -> str:
@@ -322,6 +325,9 @@ class Analyzer:
                 return self.opaque(node, "input without channel structure")
             return self.opaque(node, "module without tensor input")
         if h is None:
+            why = self.gm.meta.get("untraceable", {}).get(node.target)
+            if why is not None:
+                return self.opaque(node, f"module {type(m).__name__} that torch.fx cannot trace ({why})")
             return self.opaque(node, f"unsupported module type {type(m).__name__}")
         return h.flow(Flow(self, node, node.target, m, x))
 
@@ -396,9 +402,34 @@ class Analyzer:
             ns = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
             n = len(ns) if isinstance(ns, (list, tuple)) else 1
             return self.layer_norm(node, x, n, None)
+        if name in _NORM_PARAMS:
+            return self.functional_norm(node, name, x, args, kwargs)
+        if name == "group_norm":
+            return self.opaque(node, "group_norm with a constant number of groups (an nn.GroupNorm module can be "
+                               "resized)")
         if name in _SPLIT:
             return self.split(node, name, x, args, kwargs)
         return self.opaque(node, "unsupported operation")
+
+    def functional_norm(self, node: fx.Node, name: str, x: TV, args: list, kwargs: dict) -> Any:
+        """``F.batch_norm`` / ``F.instance_norm`` called with a module's own tensors (timm's BatchNormAct2d, a
+        hand-written norm): per-channel, each statistic/affine parameter is sliced like the channels."""
+        if x.cdim != 1:
+            return self.opaque(node, f"{name} over a non-channel dimension")
+        c = len(x.labels)
+        for i, key in enumerate(_NORM_PARAMS[name], start=1):
+            t = args[i] if len(args) > i else kwargs.get(key)
+            if t is None:
+                continue
+            if not isinstance(t, PV) or t.shape != (c,):
+                return self.opaque(node, f"{name} with a computed {key} (only a module's own tensors are sliced)")
+        for i, key in enumerate(_NORM_PARAMS[name], start=1):
+            t = args[i] if len(args) > i else kwargs.get(key)
+            if isinstance(t, PV):
+                self.s.add_slot(Slot(t.target, "param", 0, x.labels, node.name, self.mode))
+        v = self.out_tv(node, x.labels, 1)
+        self.rec(node, "nzp", v)
+        return v
 
     def passthrough_nochannel(self, node: fx.Node) -> Any:
         shape = self.shapes.get(node.name)
@@ -425,22 +456,43 @@ class Analyzer:
             entries = entries[:i] + [slice(None)] * (len(x.shape) - n_real) + entries[i + 1:]
         dim, out_dim = 0, 0
         cdim_out = None
+        labels = x.labels
         for e in entries:
             if e is None:
                 out_dim += 1
                 continue
             if dim == x.cdim:
-                if not (isinstance(e, slice) and e == slice(None)):
+                if not isinstance(e, slice):
                     return self.opaque(node, "indexing of the channel dimension")
+                if e != slice(None):
+                    labels = self.channel_range(node, x.labels, e)
+                    if labels is None:
+                        return self.opaque(node, "strided or empty slice of the channel dimension")
                 cdim_out = out_dim
             if not isinstance(e, int):
                 out_dim += 1
             dim += 1
         if cdim_out is None:
             cdim_out = out_dim + (x.cdim - dim)
-        v = self.out_tv(node, x.labels, cdim_out)
+        v = self.out_tv(node, labels, cdim_out)
         self.rec(node, "zp", v)
         return v
+
+    def channel_range(self, node: fx.Node, labels: np.ndarray, sl: slice) -> np.ndarray | None:
+        """``x[:, a:b]`` with constant bounds (DPN's dual path, ReXNet's partial shortcut, GhostNet's crop): after
+        surgery the same constants must select the same channels, so no channel before ``a`` may go, nor any
+        before ``b`` when ``b`` is not the end. The slice of everything from ``a`` on stays prunable."""
+        if not all(isinstance(v, int) or v is None for v in (sl.start, sl.stop, sl.step)):
+            return None
+        c = len(labels)
+        a, b, step = sl.indices(c)
+        if step != 1 or b <= a:
+            return None
+        fixed = b if b < c else a
+        if fixed:
+            self.s.lock(labels[:fixed], f"the slice [{a}:{b}] of {c} channels has constant bounds: channels before "
+                        f"{fixed} keep their positions at node '{node.name}' (getitem)")
+        return labels[a:b]
 
     def cat(self, node: fx.Node, tensors: Any, dim: int) -> Any:
         vals = list(tensors) if isinstance(tensors, (list, tuple)) else []
@@ -613,12 +665,43 @@ class Analyzer:
             "dim", args[1] if len(args) > 1 else 0)
         if not isinstance(dim, int):
             return self.opaque(node, "split along a dynamic dimension")
-        if _norm_dim(dim, len(x.shape)) == x.cdim or name == "unbind":
-            return self.opaque(node, f"{name} along the channel dimension")
         shapes = self.shapes.get(node.name)
-        if not isinstance(shapes, (tuple, list)):
+        if not isinstance(shapes, (tuple, list)) or not all(isinstance(t, tuple) for t in shapes):
             return self.opaque(node, f"{name} with unknown output")
+        if _norm_dim(dim, len(x.shape)) == x.cdim:
+            return self.split_channels(node, name, x, args, kwargs, shapes)
+        if name == "unbind":
+            return self.opaque(node, "unbind")
         outs = tuple(TV(x.labels, x.cdim, s) for s in shapes)
+        self.rec(node, "zp", None)
+        return outs
+
+    def split_channels(self, node: fx.Node, name: str, x: TV, args: list, kwargs: dict, shapes: Any) -> Any:
+        """Split along channels. ``chunk(k)`` (sizes computed from the channel count at run time): the k parts are
+        coupled position by position, so each keeps the same count. ``split(n)`` (a constant size): every part
+        but the last keeps its size, so those channels are locked; the last part is the rest, prunable. A list of
+        constant sizes fixes every part: all locked."""
+        sizes = [s[x.cdim] for s in shapes]
+        c = len(x.labels)
+        arg = args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
+                                                                            kwargs.get("split_size")))
+        ends = np.cumsum([0, *sizes])
+        parts = [x.labels[ends[i]:ends[i + 1]] for i in range(len(sizes))]
+        if name == "unbind" or not parts:
+            return self.opaque(node, f"{name} along the channel dimension")
+        if name == "chunk" or (name == "tensor_split" and isinstance(arg, int)):
+            if len(set(sizes)) != 1:
+                return self.opaque(node, f"{name} of {c} channels into unequal parts")
+            for part in parts[1:]:
+                self.s.uf.union_arrays(parts[0], part)
+        elif name in ("split", "tensor_split") and (isinstance(arg, int) or (
+                name == "tensor_split" and isinstance(arg, (list, tuple)))):
+            if len(parts) > 1:
+                self.s.lock(x.labels[:ends[-2]], f"{name} of the channel dimension at constant positions: the "
+                            f"parts before the last keep their sizes at node '{node.name}' ({name})")
+        else:
+            return self.opaque(node, f"{name} of the channel dimension into constant sizes")
+        outs = tuple(TV(p, x.cdim, s) for p, s in zip(parts, shapes, strict=True))
         self.rec(node, "zp", None)
         return outs
 

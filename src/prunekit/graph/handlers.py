@@ -42,21 +42,46 @@ from torch import nn
 # --- the table ------------------------------------------------------------------------------------------
 
 HANDLERS: dict[type, LayerHandler] = {}
+# top-level package name -> function registering the handlers of that package's module types (run once, the
+# first time the graph meets a module whose type, or a base of it, is defined in that package)
+LAZY_HANDLERS: dict[str, Callable[[], None]] = {}
+_LAZY_DONE: set[str] = set()
 
 
-def register_handler(*types: type) -> Callable[[LayerHandler], LayerHandler]:
+def register_handler(*types: type, override: bool = True) -> Callable[[LayerHandler], LayerHandler]:
     """Register a handler (an instance of a :class:`LayerHandler` subclass) for module ``types``; returns it.
 
-    Registering a type again replaces its handler (a user's handler may override a built-in one)."""
+    Registering a type again replaces its handler (a user's handler may override a built-in one);
+    ``override=False`` keeps a handler already registered (how lazily loaded library handlers defer to a user's)."""
 
     def deco(handler: LayerHandler) -> LayerHandler:
         if not isinstance(handler, LayerHandler):
             raise TypeError("register_handler(...) decorates a LayerHandler instance")
         for t in types:
-            HANDLERS[t] = handler
+            if override or t not in HANDLERS:
+                HANDLERS[t] = handler
         return handler
 
     return deco
+
+
+def register_lazy_handlers(package: str, loader: Callable[[], None]) -> None:
+    """Run ``loader`` (which calls :func:`register_handler`) the first time :func:`handler_for` meets a module
+    whose type (or a base type) comes from the top-level ``package``. This is how the handlers of an optional
+    library (timm) are registered without importing it when prunekit is imported."""
+    LAZY_HANDLERS[package] = loader
+    _LAZY_DONE.discard(package)
+
+
+def _load_lazy(t: type) -> bool:
+    loaded = False
+    for cls in t.__mro__:
+        pkg = cls.__module__.partition(".")[0]
+        if pkg in LAZY_HANDLERS and pkg not in _LAZY_DONE:
+            _LAZY_DONE.add(pkg)
+            LAZY_HANDLERS[pkg]()
+            loaded = True
+    return loaded
 
 
 def handler_for(m: nn.Module) -> LayerHandler | None:
@@ -65,6 +90,8 @@ def handler_for(m: nn.Module) -> LayerHandler | None:
     h = HANDLERS.get(t)
     if h is not None:
         return h
+    if len(_LAZY_DONE) < len(LAZY_HANDLERS) and _load_lazy(t):
+        return handler_for(m)
     for base in t.__mro__[1:]:
         h = HANDLERS.get(base)
         if h is None:
@@ -104,15 +131,24 @@ class Flow:
     def out_shape(self) -> Any:
         return self._a.shapes.get(self._node.name)
 
-    def slot(self, kind: str, dim: int, labels: np.ndarray) -> None:
+    def slot(self, kind: str, dim: int, labels: np.ndarray, child: str | None = None) -> None:
         """Record a tensor dimension of this module that surgery slices: ``out`` (rows of a producer's weight),
         ``in`` (a consumer's input columns), ``in_grouped`` (a grouped conv's input), ``channel`` (per-channel
-        parameters)."""
-        self._a.slot(self.name, kind, dim, labels, self._node)
+        parameters). Other kinds are the handler's own bookkeeping (surgery passes their kept positions to its
+        :meth:`LayerHandler.shrink`; criteria and costs ignore them). ``child``: the slot belongs to the submodule
+        of that (dotted) name, which surgery shrinks with its own handler (a container module's parts)."""
+        self._a.slot(self._qual(child), kind, dim, labels, self._node)
 
-    def new(self, n: int) -> np.ndarray:
-        """Fresh channel ids for ``n`` output channels produced by this module."""
-        return self._a.s.new(self.name, n)
+    def new(self, n: int, child: str | None = None) -> np.ndarray:
+        """Fresh channel ids for ``n`` output channels produced by this module (or by its submodule ``child``)."""
+        return self._a.s.new(self._qual(child), n)
+
+    def lock(self, labels: np.ndarray, why: str) -> None:
+        """Never prune these channels, saying ``why`` (the node and module type are appended)."""
+        self._a.s.lock(labels, f"{why} at node '{self._node.name}' ({type(self.module).__name__})")
+
+    def _qual(self, child: str | None) -> str:
+        return f"{self.name}.{child}" if child else self.name
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """These channels live and die together (element by element)."""
@@ -152,6 +188,11 @@ class LayerHandler:
     def shape(self, m: nn.Module) -> dict[str, Any] | None:
         """The sizes surgery may change (recorded in ``model.json``), or None when the module is not resizable."""
         return None
+
+    def folds_output(self, m: nn.Module) -> bool:
+        """Whether a mask on the output of this (channel-affine norm) module may be folded into its ``weight`` and
+        ``bias``: true when the output *is* ``norm(x) * weight + bias``, or something that maps 0 to 0 of it."""
+        return False
 
     def resize(self, m: nn.Module, shape: dict[str, Any]) -> nn.Module:
         """A copy of ``m`` with ``shape``'s sizes and uninitialised tensors on ``m``'s device (meta stays meta)."""
@@ -204,19 +245,28 @@ class ConvHandler(LayerHandler):
 
     def flow(self, f: Flow) -> Any:
         m, x = f.module, f.x
+        if x.cdim != 1 and len(x.shape) == len(m.weight.shape):
+            return f.opaque("convolution along the channel dimension (it mixes neighbouring channels, as ECA "
+                            "attention does)")
         if x.cdim != 1 or len(x.labels) != m.in_channels:
             return f.opaque("convolution input does not match in_channels")
-        out = f.new(m.out_channels)
-        f.slot("out", 0, out)
+        return f.output(self.channels(f, m, x.labels), 1, "producer")
+
+    @staticmethod
+    def channels(f: Flow, m: nn.Module, labels: np.ndarray, child: str | None = None) -> np.ndarray:
+        """Record the slots of convolution ``m`` (``f``'s module, or its submodule ``child``) reading channels
+        ``labels``; returns the ids of its output channels."""
+        out = f.new(m.out_channels, child)
+        f.slot("out", 0, out, child)
         if m.groups == 1:
-            f.slot("in", 1, x.labels)
+            f.slot("in", 1, labels, child)
         else:
             ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
             for k in range(m.groups):  # a group's inputs and outputs live and die together
-                members = np.concatenate([x.labels[k * ipg:(k + 1) * ipg], out[k * opg:(k + 1) * opg]])
+                members = np.concatenate([labels[k * ipg:(k + 1) * ipg], out[k * opg:(k + 1) * opg]])
                 f.union(members[:-1], members[1:])
-            f.slot("in_grouped", 1, x.labels)
-        return f.output(out, 1, "producer")
+            f.slot("in_grouped", 1, labels, child)
+        return out
 
     def shape(self, m):
         return {"type": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels,
@@ -365,6 +415,9 @@ class BatchNormHandler(PerChannelHandler):
             f.slot("channel", 0, x.labels)
         return f.output(x.labels, 1, "nzp")
 
+    def folds_output(self, m):
+        return True
+
 
 class GroupNormHandler(PerChannelHandler):
     """GroupNorm: prunable only with one channel per group (GroupNorm(C, C)); other groupings mix channels."""
@@ -379,6 +432,9 @@ class GroupNormHandler(PerChannelHandler):
         if m.affine:
             f.slot("channel", 0, x.labels)
         return f.output(x.labels, 1, "nzp")
+
+    def folds_output(self, m):
+        return True
 
     def shape(self, m):
         return {"type": type(m).__name__, "num_groups": m.num_groups, "num_channels": m.num_channels}
@@ -472,6 +528,15 @@ register_handler(nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.G
                  nn.ReplicationPad2d)(ElementwiseHandler(zero_preserving=True))
 register_handler(nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid, nn.Softsign)(
     ElementwiseHandler(zero_preserving=False))
+
+
+def _register_timm() -> None:
+    from .timm_layers import register
+
+    register()
+
+
+register_lazy_handlers("timm", _register_timm)  # timm's layers: see prunekit.graph.timm_layers
 
 
 # --- the saved-model view: shapes and resizing ----------------------------------------------------------

@@ -48,6 +48,7 @@ from torch import nn
 
 from .analysis import NodeRec
 from .groups import DependencyGraph, Group
+from .handlers import handler_for
 
 # Channel-affine normalisations: output channel c is linear in (weight[c], bias[c]) with statistics that do not
 # depend on them, so an output mask can be folded into the two vectors.
@@ -216,6 +217,9 @@ class MaskHooks:
     @staticmethod
     def _foldable(mod: nn.Module, by_mode: dict[str, dict[int, MaskPoint]]) -> bool:
         if not isinstance(mod, FOLDABLE) or "forward" in mod.__dict__:
+            return False
+        h = handler_for(mod)  # a norm + activation module folds only if its activation keeps zeros zero
+        if h is not None and not h.folds_output(mod):
             return False
         w, b = mod._parameters.get("weight"), mod._parameters.get("bias")
         if w is None or b is None or w.ndim != 1 or b.shape != w.shape:
