@@ -14,7 +14,7 @@ from .common import add_json_arg, positive_int, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory or torchvision:NAME")
+    p.add_argument("--model", required=True, help="model directory, torchvision:NAME or timm:NAME")
     p.add_argument("--layers", default="pointwise", help="pointwise (default), all, or a regex over layer names")
     p.add_argument("--exclude", help="regex of layers never to prune")
     p.add_argument("--leaf", action="append", default=[], metavar="MODULE", help="do not trace into MODULE")
