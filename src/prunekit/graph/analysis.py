@@ -354,6 +354,9 @@ class Analyzer:
             return self.getitem(node, x, args[1])
         if name in _CAT:
             return self.cat(node, args[0] if args else kwargs["tensors"], args[1] if len(args) > 1 else kwargs.get("dim", 0))
+        if name == "stack":
+            return self.stack(node, args[0] if args else kwargs["tensors"], args[1] if len(args) > 1 else kwargs.get(
+                "dim", 0))
         if name in _ADD or name in _MUL or name in _DIV:
             return self.binary(node, name, args, kwargs)
         if not isinstance(x, TV) or x.labels is None:
@@ -514,6 +517,20 @@ class Analyzer:
         self.rec(node, "add", v)  # zero iff every part is zero at that channel
         return v
 
+    def stack(self, node: fx.Node, tensors: Any, dim: Any) -> Any:
+        """``torch.stack`` (SK's paths): the parts share channels position by position."""
+        vals = list(tensors) if isinstance(tensors, (list, tuple)) else []
+        if not vals or not all(isinstance(v, TV) and v.labels is not None for v in vals) or not isinstance(dim, int):
+            return self.opaque(node, "stack of tensors without channel structure")
+        if len({v.cdim for v in vals}) != 1 or len({len(v.labels) for v in vals}) != 1:
+            return self.opaque(node, "stack of tensors with different channels")
+        for v in vals[1:]:
+            self.s.uf.union_arrays(vals[0].labels, v.labels)
+        cdim = vals[0].cdim
+        out = self.out_tv(node, vals[0].labels, cdim + 1 if _norm_dim(dim, len(vals[0].shape) + 1) <= cdim else cdim)
+        self.rec(node, "add", out)  # zero where every part is zero
+        return out
+
     def binary(self, node: fx.Node, name: str, args: list, kwargs: dict) -> Any:
         operands = list(args[:2]) + [kwargs[k] for k in ("other",) if k in kwargs]
         if name in _DIV and len(operands) > 1 and isinstance(operands[1], TV) and operands[1].labels is not None:
@@ -590,25 +607,39 @@ class Analyzer:
         chan = np.broadcast_to(np.arange(x.shape[x.cdim]).reshape(shape), x.shape).reshape(out_shape)
         varying = [d for d in range(len(out_shape)) if out_shape[d] > 1 and
                    not (np.take(chan, [0], axis=d) == chan).all()]
+        sizes = _reshape_sizes(node, len(out_shape))
+        if len(varying) > 1 and 0 not in varying:
+            return self.reshape_split(node, x, chan, varying, sizes)
         if len(varying) != 1 or varying[0] == 0:
             return self.opaque(node, "reshape that mixes channels with other dimensions")
         d = varying[0]
         # A literal size in the channel-carrying output dimension would be wrong after pruning.
-        if node.op == "call_method" and node.target in ("view", "reshape"):
-            sizes = node.args[1:]
-            if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
-                sizes = sizes[0]
-            if len(sizes) == len(out_shape) and isinstance(sizes[d], int) and sizes[d] != -1:
-                return self.opaque(node, f"reshape with a hard-coded size {sizes[d]} in the channel dimension")
-        if node.op == "call_function" and getattr(node.target, "__name__", "") == "reshape":
-            sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("shape", ())
-            if isinstance(sizes, (list, tuple)) and len(sizes) == len(out_shape) and isinstance(sizes[d], int) \
-                    and sizes[d] != -1:
-                return self.opaque(node, f"reshape with a hard-coded size {sizes[d]} in the channel dimension")
+        if sizes is not None and isinstance(sizes[d], int) and sizes[d] != -1:
+            return self.opaque(node, f"reshape with a hard-coded size {sizes[d]} in the channel dimension")
         idx = [0] * len(out_shape)
         idx[d] = slice(None)
         labels = x.labels[chan[tuple(idx)]]
         v = self.out_tv(node, labels, d)
+        self.rec(node, "zp", v)
+        return v
+
+    def reshape_split(self, node: fx.Node, x: TV, chan: np.ndarray, dims: list[int], sizes: list | None) -> Any:
+        """The channel dimension split into several (ResNeSt's radix, SK's paths, a channel shuffle's groups):
+        ``view(B, k, C // k, H, W)``. The dimensions given as constants keep their sizes after surgery, so their
+        positions are coupled: removing a channel of the one computed size (or -1) removes it from each of the
+        ``k`` parts, and the view still fits."""
+        if sizes is None:
+            return self.opaque(node, "reshape that splits channels into several dimensions of unknown sizes")
+        free = [d for d in dims if not (isinstance(sizes[d], int) and sizes[d] != -1)]
+        if len(free) != 1:
+            return self.opaque(node, "reshape that splits channels into several dimensions (none or more than one of "
+                               "them computed)")
+        d = free[0]
+        idx = tuple(slice(None) if k in dims else 0 for k in range(chan.ndim))
+        sub = np.moveaxis(chan[idx], dims.index(d), 0).reshape(chan.shape[d], -1)
+        for row in sub:
+            self.s.uf.union_arrays(x.labels[row[:1]].repeat(len(row) - 1), x.labels[row[1:]])
+        v = self.out_tv(node, x.labels[sub[:, 0]], d)
         self.rec(node, "zp", v)
         return v
 
@@ -704,6 +735,21 @@ class Analyzer:
         outs = tuple(TV(p, x.cdim, s) for p, s in zip(parts, shapes, strict=True))
         self.rec(node, "zp", None)
         return outs
+
+
+def _reshape_sizes(node: fx.Node, ndim: int) -> list | None:
+    """The sizes passed to ``view`` / ``reshape`` (ints, or nodes for computed sizes); None for other reshapes."""
+    sizes: Any = None
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        sizes = node.args[1:]
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+            sizes = sizes[0]
+        sizes = sizes or node.kwargs.get("shape") or node.kwargs.get("size")
+    elif node.op == "call_function" and getattr(node.target, "__name__", "") == "reshape":
+        sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("shape")
+    if isinstance(sizes, (list, tuple)) and len(sizes) == ndim:
+        return list(sizes)
+    return None
 
 
 def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:

@@ -240,8 +240,9 @@ def _check_sizes(name: str, sizes: list[int]) -> None:
 
 
 class ConvHandler(LayerHandler):
-    """Conv1d/2d/3d: produces ``out_channels``; grouped and depthwise convolutions tie each group's input and
-    output channels (whole groups are removed together)."""
+    """Conv1d/2d/3d: produces ``out_channels``. Depthwise convolutions and convolutions with many small groups tie
+    each group's input and output channels (whole groups are removed together); a few large groups (ResNeSt's
+    radix split) tie the same position of every group instead (each group keeps as many channels)."""
 
     def flow(self, f: Flow) -> Any:
         m, x = f.module, f.x
@@ -262,9 +263,14 @@ class ConvHandler(LayerHandler):
             f.slot("in", 1, labels, child)
         else:
             ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
-            for k in range(m.groups):  # a group's inputs and outputs live and die together
-                members = np.concatenate([labels[k * ipg:(k + 1) * ipg], out[k * opg:(k + 1) * opg]])
-                f.union(members[:-1], members[1:])
+            if m.groups < min(ipg, opg):  # a few large groups: position j of every group goes together
+                for k in range(1, m.groups):
+                    f.union(labels[:ipg], labels[k * ipg:(k + 1) * ipg])
+                    f.union(out[:opg], out[k * opg:(k + 1) * opg])
+            else:
+                for k in range(m.groups):  # depthwise, many small groups: a group's channels live and die together
+                    members = np.concatenate([labels[k * ipg:(k + 1) * ipg], out[k * opg:(k + 1) * opg]])
+                    f.union(members[:-1], members[1:])
             f.slot("in_grouped", 1, labels, child)
         return out
 
@@ -294,9 +300,14 @@ class ConvHandler(LayerHandler):
             kept_groups = np.unique(keep_out // opg)
             want_out = (kept_groups[:, None] * opg + np.arange(opg)[None, :]).ravel()
             want_in = (kept_groups[:, None] * ipg + np.arange(ipg)[None, :]).ravel()
-            if not (np.array_equal(want_out, keep_out) and np.array_equal(want_in, keep_in)):
-                raise UnsupportedGraphError(f"grouped conv '{name}': channels must be removed in whole groups")
-            weight, groups = _sel(w, keep_out, 0), len(kept_groups)
+            pos_out, pos_in = _same_positions(keep_out, opg, m.groups), _same_positions(keep_in, ipg, m.groups)
+            if np.array_equal(want_out, keep_out) and np.array_equal(want_in, keep_in):
+                weight, groups = _sel(w, keep_out, 0), len(kept_groups)  # whole groups
+            elif pos_out is not None and pos_in is not None:
+                weight, groups = _sel(_sel(w, keep_out, 0), pos_in, 1), m.groups  # the same positions of each group
+            else:
+                raise UnsupportedGraphError(f"grouped conv '{name}': channels must be removed in whole groups or at "
+                                            "the same positions of every group")
         _check_sizes(name, [len(keep_out), len(keep_in)])
         if len(keep_out) == m.out_channels and len(keep_in) == m.in_channels:
             return None
@@ -305,6 +316,15 @@ class ConvHandler(LayerHandler):
             tensors["bias"] = _sel(m.bias, keep_out, 0)
         return _with_tensors(m, {"in_channels": len(keep_in), "out_channels": len(keep_out), "groups": groups},
                              tensors)
+
+
+def _same_positions(keep: np.ndarray, per_group: int, groups: int) -> np.ndarray | None:
+    """The kept positions within a group when every group keeps the same ones (and at least one), else None."""
+    pos = keep[keep < per_group]
+    if len(pos) == 0 or len(keep) != len(pos) * groups:
+        return None
+    want = (np.arange(groups)[:, None] * per_group + pos[None, :]).ravel()
+    return pos if np.array_equal(want, keep) else None
 
 
 class LinearHandler(LayerHandler):
