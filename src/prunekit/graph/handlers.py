@@ -45,7 +45,7 @@ HANDLERS: dict[type, LayerHandler] = {}
 # top-level package name -> function registering the handlers of that package's module types (run once, the
 # first time the graph meets a module whose type, or a base of it, is defined in that package)
 LAZY_HANDLERS: dict[str, Callable[[], None]] = {}
-_LAZY_DONE: set[str] = set()
+_LAZY_PENDING: set[str] = set()  # packages whose loader has not run yet
 
 
 def register_handler(*types: type, override: bool = True) -> Callable[[LayerHandler], LayerHandler]:
@@ -70,15 +70,15 @@ def register_lazy_handlers(package: str, loader: Callable[[], None]) -> None:
     whose type (or a base type) comes from the top-level ``package``. This is how the handlers of an optional
     library (timm) are registered without importing it when prunekit is imported."""
     LAZY_HANDLERS[package] = loader
-    _LAZY_DONE.discard(package)
+    _LAZY_PENDING.add(package)
 
 
 def _load_lazy(t: type) -> bool:
     loaded = False
     for cls in t.__mro__:
         pkg = cls.__module__.partition(".")[0]
-        if pkg in LAZY_HANDLERS and pkg not in _LAZY_DONE:
-            _LAZY_DONE.add(pkg)
+        if pkg in _LAZY_PENDING and pkg in LAZY_HANDLERS:
+            _LAZY_PENDING.discard(pkg)
             LAZY_HANDLERS[pkg]()
             loaded = True
     return loaded
@@ -90,7 +90,7 @@ def handler_for(m: nn.Module) -> LayerHandler | None:
     h = HANDLERS.get(t)
     if h is not None:
         return h
-    if len(_LAZY_DONE) < len(LAZY_HANDLERS) and _load_lazy(t):
+    if _LAZY_PENDING and _load_lazy(t):
         return handler_for(m)
     for base in t.__mro__[1:]:
         h = HANDLERS.get(base)

@@ -153,18 +153,15 @@ class MixedConvHandler(LayerHandler):
         return _with_tensors(m, {"splits": list(shape["splits"]), "in_channels": shape["in_channels"],
                                  "out_channels": shape["out_channels"]}, {})
 
-    def shrink(self, name, m, keep):
-        def counts(sizes: list[int], kept: np.ndarray | None) -> list[int]:
-            if kept is None:
-                return list(sizes)
-            ends = np.cumsum([0, *sizes])
-            return [int(((kept >= ends[i]) & (kept < ends[i + 1])).sum()) for i in range(len(sizes))]
-
-        splits = counts(list(m.splits), keep.get("split_in"))
-        outs = counts([c.out_channels for c in m.values()], keep.get("split_out"))
-        if splits == list(m.splits) and sum(outs) == m.out_channels:
+    def shrink(self, name, m, keep):  # the parts themselves are shrunk through their own slots
+        splits = list(m.splits)
+        if "split_in" in keep:
+            ends, kept = np.cumsum([0, *splits]), keep["split_in"]
+            splits = [int(((kept >= ends[i]) & (kept < ends[i + 1])).sum()) for i in range(len(splits))]
+        out = len(keep["split_out"]) if "split_out" in keep else m.out_channels
+        if splits == list(m.splits) and out == m.out_channels:
             return None
-        return _with_tensors(m, {"splits": splits, "in_channels": sum(splits), "out_channels": sum(outs)}, {})
+        return _with_tensors(m, {"splits": splits, "in_channels": sum(splits), "out_channels": out}, {})
 
 
 class EcaHandler(LayerHandler):
@@ -198,42 +195,33 @@ class BlurPoolHandler(PerChannelHandler):
         return _with_tensors(m, {"channels": n}, {"filt": m.filt[:1].repeat(n, *([1] * (m.filt.ndim - 1)))})
 
 
-def _types(*specs: str) -> list[type]:
-    """timm classes by ``module:Class`` (those missing from this timm version are skipped)."""
-    import importlib
-
-    out = []
-    for spec in specs:
-        mod, _, cls = spec.partition(":")
-        try:
-            t = getattr(importlib.import_module(f"timm.layers.{mod}"), cls, None)
-        except ImportError:
-            t = None
-        if isinstance(t, type):
-            out.append(t)
-    return out
+def _types(module: Any, *names: str) -> list[type]:
+    """The classes ``names`` of ``module`` (those missing from this timm version are skipped)."""
+    return [t for n in names if isinstance(t := getattr(module, n, None), type)]
 
 
-_ZERO_PRESERVING = ("activations:Swish", "activations:Mish", "activations:Tanh", "activations:HardSwish",
-                    "activations:HardMish", "activations:GELU", "activations:GELUTanh", "activations:QuickGELU",
-                    "activations_me:SwishMe", "activations_me:MishMe", "activations_me:HardSwishMe",
-                    "activations_me:HardMishMe")
-_NOT_ZERO_PRESERVING = ("activations:Sigmoid", "activations:HardSigmoid", "activations_me:HardSigmoidMe")
+_ZERO_PRESERVING = ("Swish", "Mish", "Tanh", "HardSwish", "HardMish", "GELU", "GELUTanh", "QuickGELU", "SwishMe",
+                    "MishMe", "HardSwishMe", "HardMishMe")
+_NOT_ZERO_PRESERVING = ("Sigmoid", "HardSigmoid", "HardSigmoidMe")
 
 
 def register() -> None:
     """Register the handlers of timm's layers (idempotent; a handler already registered for a type wins)."""
+    import timm.layers as tl
+    from timm.layers import activations, activations_me
+
     reg = functools.partial(register_handler, override=False)
-    reg(*_types("norm_act:BatchNormAct2d", "norm_act:SyncBatchNormAct"))(NormActHandler())
-    reg(*_types("norm_act:FrozenBatchNormAct2d"))(NormActHandler(size_attr=None))
-    reg(*_types("norm_act:GroupNormAct", "norm_act:GroupNorm1Act"))(GroupNormActHandler())
-    reg(*_types("conv2d_same:Conv2dSame"))(ConvHandler())
-    reg(*_types("std_conv:StdConv2d", "std_conv:StdConv2dSame"))(StdConvHandler())
-    reg(*_types("std_conv:ScaledStdConv2d", "std_conv:ScaledStdConv2dSame"))(StdConvHandler(gain=True))
-    reg(*_types("mixed_conv2d:MixedConv2d"))(MixedConvHandler())
-    reg(*_types("eca:EcaModule", "eca:CecaModule"))(EcaHandler())
-    reg(*_types("blur_pool:BlurPool2d"))(BlurPoolHandler())
-    reg(*_types("linear:Linear"))(LinearHandler())
-    reg(*_types("activations:PReLU"))(PReLUHandler())
-    reg(*_types(*_ZERO_PRESERVING))(ElementwiseHandler(zero_preserving=True))
-    reg(*_types(*_NOT_ZERO_PRESERVING))(ElementwiseHandler(zero_preserving=False))
+    reg(*_types(tl, "BatchNormAct2d", "SyncBatchNormAct"))(NormActHandler())
+    reg(*_types(tl, "FrozenBatchNormAct2d"))(NormActHandler(size_attr=None))
+    reg(*_types(tl, "GroupNormAct", "GroupNorm1Act"))(GroupNormActHandler())
+    reg(*_types(tl, "Conv2dSame"))(ConvHandler())
+    reg(*_types(tl, "StdConv2d", "StdConv2dSame"))(StdConvHandler())
+    reg(*_types(tl, "ScaledStdConv2d", "ScaledStdConv2dSame"))(StdConvHandler(gain=True))
+    reg(*_types(tl, "MixedConv2d"))(MixedConvHandler())
+    reg(*_types(tl, "EcaModule", "CecaModule"))(EcaHandler())
+    reg(*_types(tl, "BlurPool2d"))(BlurPoolHandler())
+    reg(*_types(tl, "Linear"))(LinearHandler())
+    reg(*_types(activations, "PReLU"))(PReLUHandler())
+    acts = (activations, activations_me)
+    reg(*[t for m in acts for t in _types(m, *_ZERO_PRESERVING)])(ElementwiseHandler(zero_preserving=True))
+    reg(*[t for m in acts for t in _types(m, *_NOT_ZERO_PRESERVING)])(ElementwiseHandler(zero_preserving=False))

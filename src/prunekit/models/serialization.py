@@ -214,12 +214,16 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def _check_input_channels(model: nn.Module, spec: ModelSpec, where: Path) -> None:
-    """``input.channels`` must be what the first convolution takes (else every forward fails later)."""
+    """``input.channels`` must be what the first convolution takes (else every forward fails later). The first
+    resizable layer with input channels decides: a conv, or a block that splits its input among several convs
+    (timm's MixedConv2d) before its parts."""
     for name, m in model.named_modules():
-        if isinstance(m, _CONVS):
-            if m.in_channels != spec.input.channels:
+        shape = layer_shape(m) if not isinstance(m, _CONVS) else None
+        cin = m.in_channels if isinstance(m, _CONVS) else (shape or {}).get("in_channels")
+        if isinstance(cin, int):
+            if cin != spec.input.channels:
                 raise PrunekitError(f"{where}: input.channels is {spec.input.channels} but the model's first "
-                                    f"convolution '{name}' takes {m.in_channels} channels")
+                                    f"convolution '{name}' takes {cin} channels")
             return
 
 
