@@ -27,6 +27,10 @@ A subclass of a registered type uses its base's handler only when it changes not
 does not override ``forward`` and owns no other parameters or buffers. Anything else (e.g. a convolution
 that pads itself before calling ``conv2d``) needs its own registration, or the graph treats it as an opaque
 module and locks its channels with a reason.
+
+Handlers of an optional library register lazily: :func:`register_lazy_handlers` runs a loader the first time the
+graph meets a module type from that package. timm's handlers (:mod:`prunekit.graph.timm_layers`) come this way,
+so ``import prunekit`` never imports timm. docs/handlers.md has the full guide and a worked example.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ input is masked instead. The rule "skip a mask when every user masks anyway" kee
 conv -> BN -> ReLU chain at a single mask point, on the BN output.
 
 *How.* A mask point on the output of a channel-affine normalisation (BatchNorm, SyncBatchNorm, InstanceNorm,
-GroupNorm; affine, called once per forward pass) is *folded* into its affine parameters: the module runs its
+GroupNorm; affine, called once per forward pass; a norm + activation module such as timm's ``BatchNormAct2d``
+only when its handler says the activation maps 0 to 0) is *folded* into its affine parameters: the module runs its
 own ``forward`` with ``weight * m`` and ``bias * m`` in place of ``weight`` and ``bias`` (swapped into
 ``_parameters`` for the call, restored in ``finally``). Since ``norm(x) * gamma * m + beta * m ==
 (norm(x) * gamma + beta) * m`` with the batch statistics untouched, this is exact: kept channels use the
