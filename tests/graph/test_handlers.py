@@ -110,12 +110,23 @@ def _randomized(seed=0):
 
 
 def test_without_handlers_the_custom_layers_are_traced_and_what_is_not_understood_is_locked():
-    g = DependencyGraph(_randomized(), SHAPE)
+    net = _randomized()
+    g = DependencyGraph(net, SHAPE)
     by = {grp.name: grp for grp in g.groups}
     # the fused blocks are traced into (conv, BN, relu are understood): b's channels are prunable; the scale
-    # multiplies by a reshaped parameter, which the analysis does not follow: a's channels are locked, saying why
-    assert by["b.conv"].prunable
-    assert by["a.conv"].locked and "elementwise op" in by["a.conv"].locked
+    # multiplies by its parameter viewed as (1, C, 1, 1): the parameter is sliced with a's channels
+    assert by["b.conv"].prunable and by["a.conv"].prunable and "param:s.weight" in by["a.conv"].members
+    res = shrink(net, SHAPE, {"a.conv": [1, 4]}, graph=g)  # verified
+    assert res.model.s.weight.shape == (10,) and res.model.a.conv.out_channels == 10
+
+    class FixedScale(Scale):  # the same, but viewed with a literal size: wrong after pruning, so locked
+        def forward(self, x):
+            return x * self.weight.view(1, 12, 1, 1)
+
+    net.s = FixedScale(12)
+    g = DependencyGraph(net.eval(), SHAPE)
+    why = {grp.name: grp for grp in g.groups}["a.conv"].locked
+    assert why and "elementwise op with a computed tensor" in why
 
 
 def test_registered_handlers_make_custom_modules_prunable_and_exact(registered, tmp_path):

@@ -467,26 +467,28 @@ def test_weight_standardised_convs_lock_their_inputs(tmp_path):
 class GroupNormActNet(nn.Module):
     def __init__(self):
         super().__init__()
-        from timm.layers import GroupNormAct
+        from timm.layers import GroupNorm1Act, GroupNormAct
 
-        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 6, 1)
         self.gn_per_channel = GroupNormAct(8, num_groups=8)
-        self.gn_groups = GroupNormAct(8, num_groups=2)
-        self.c = nn.Conv2d(8, 6, 1)
+        self.gn_groups = GroupNormAct(8, num_groups=4)  # statistics over pairs of channels
+        self.gn_one = GroupNorm1Act(6)  # over all channels
         self.fc = nn.Linear(6, 3)
 
     def forward(self, x):
         x = self.gn_groups(self.b(self.gn_per_channel(self.a(x))))
-        return self.fc(F.relu(self.c(x)).mean((2, 3)))
+        return self.fc(self.gn_one(self.c(x)).mean((2, 3)))
 
 
 @needs_timm
-def test_group_norm_act(tmp_path):
+def test_group_norm_act_prunes_whole_groups(tmp_path):
     g, res, x = prune_randomly(randomize(GroupNormActNet()), (3, 8, 8))
-    assert prunable(g, "a") == [8]
-    assert any("GroupNorm normalises across channels (groups=2)" in why for why in locked(g, "b"))
-    assert res.model.gn_per_channel.num_groups == res.model.gn_per_channel.num_channels < 8
-    roundtrip(res.model, register("timm_patterns_gn_act", GroupNormActNet), {}, (3, 8, 8), x, tmp_path)
+    assert prunable(g, "a") == [8] and prunable(g, "b") == [4]  # b: 4 groups of 2 channels
+    assert any("GroupNorm normalises across channels (groups=1)" in why for why in locked(g, "c"))
+    small = res.model
+    assert small.gn_per_channel.num_groups == small.gn_per_channel.num_channels < 8
+    assert small.gn_groups.num_channels == 2 * small.gn_groups.num_groups == small.b.out_channels < 8
+    roundtrip(small, register("timm_patterns_gn_act", GroupNormActNet), {}, (3, 8, 8), x, tmp_path)
 
 
 # --- small timm models end to end (random weights, 64x64) ------------------------------------------------------

@@ -81,10 +81,16 @@ class TV:
 
 @dataclass
 class PV:
-    """A parameter or buffer read with ``get_attr`` (e.g. ConvNeXt's layer_scale)."""
+    """A parameter or buffer read with ``get_attr`` (e.g. ConvNeXt's layer_scale), or a view of one that only adds
+    size-1 dimensions (``gamma.view(1, -1, 1, 1)``): ``dim`` maps each dimension of ``shape`` to the parameter's
+    own (None: an added one)."""
 
     target: str
     shape: tuple[int, ...]
+    dim: tuple[int | None, ...] | None = None
+
+    def own_dim(self, pos: int) -> int | None:
+        return pos if self.dim is None else self.dim[pos]
 
 
 @dataclass
@@ -351,6 +357,8 @@ class Analyzer:
         if name in _SHAPE_ATTRS:
             return None
         if name == "getitem":
+            if isinstance(x, PV):
+                return self.param_view(node, x, args[1])
             return self.getitem(node, x, args[1])
         if name in _CAT:
             return self.cat(node, args[0] if args else kwargs["tensors"], args[1] if len(args) > 1 else kwargs.get("dim", 0))
@@ -359,6 +367,8 @@ class Analyzer:
                 "dim", 0))
         if name in _ADD or name in _MUL or name in _DIV:
             return self.binary(node, name, args, kwargs)
+        if isinstance(x, PV) and name in ("view", "reshape", "unsqueeze"):
+            return self.param_view(node, x, None)
         if not isinstance(x, TV) or x.labels is None:
             if any(isinstance(v, (TV, PV)) for v in _iter_values(args)) or any(
                     isinstance(v, (TV, PV)) for v in _iter_values(kwargs)):
@@ -433,6 +443,29 @@ class Analyzer:
         v = self.out_tv(node, x.labels, 1)
         self.rec(node, "nzp", v)
         return v
+
+    def param_view(self, node: fx.Node, x: PV, index: Any) -> Any:
+        """A parameter viewed with size-1 dimensions added (``view(1, -1, 1, 1)``, ``unsqueeze``, ``p[:, None]``):
+        still the parameter, for slicing. A literal size for one of its own dimensions would not fit after pruning."""
+        out = self.shapes.get(node.name)
+        if not isinstance(out, tuple):
+            return self.passthrough_nochannel(node)
+        own = [d for d in range(len(x.shape))]
+        kept = [n for n in out if n != 1]
+        if kept != [n for n in x.shape if n != 1] or (index is not None and not all(
+                e is None or e == slice(None) or e is Ellipsis for e in (index if isinstance(index, tuple) else (index,)))):
+            return self.passthrough_nochannel(node)
+        sizes = _reshape_sizes(node, len(out))
+        dims: list[int | None] = []
+        it = iter([x.own_dim(d) for d in own if x.shape[d] != 1])
+        for i, n in enumerate(out):
+            if n == 1:
+                dims.append(None)
+                continue
+            if sizes is not None and isinstance(sizes[i], int) and sizes[i] != -1:
+                return self.passthrough_nochannel(node)  # view(1, 64, 1, 1): a constant size
+            dims.append(next(it))
+        return PV(x.target, out, tuple(dims))
 
     def passthrough_nochannel(self, node: fx.Node) -> Any:
         shape = self.shapes.get(node.name)
@@ -565,7 +598,9 @@ class Analyzer:
             if isinstance(o, PV):
                 pos = len(o.shape) - (nd - cdim)
                 if 0 <= pos < len(o.shape) and o.shape[pos] == c and c > 1:
-                    self.s.add_slot(Slot(o.target, "param", pos, labels, node.name, self.mode))
+                    if o.own_dim(pos) is None:
+                        return self.opaque(node, "parameter broadcast against channels")
+                    self.s.add_slot(Slot(o.target, "param", o.own_dim(pos), labels, node.name, self.mode))
                 elif 0 <= pos < len(o.shape) and o.shape[pos] not in (1, c):
                     return self.opaque(node, "parameter broadcast against channels")
                 plain = False

@@ -444,17 +444,22 @@ class BatchNormHandler(PerChannelHandler):
 
 
 class GroupNormHandler(PerChannelHandler):
-    """GroupNorm: prunable only with one channel per group (GroupNorm(C, C)); other groupings mix channels."""
+    """GroupNorm: statistics per group of ``C / G`` channels, so channels go in whole groups (``GroupNorm(C, C)``:
+    any channel; ``num_groups`` shrinks with them). One group normalises across all channels: locked."""
 
     def __init__(self):
         super().__init__(size_attr="num_channels")
 
     def flow(self, f: Flow) -> Any:
         m, x = f.module, f.x
-        if m.num_groups != m.num_channels or x.cdim != 1:
-            return f.opaque(f"GroupNorm normalises across channels (groups={m.num_groups})")
-        if m.affine:
-            f.slot("channel", 0, x.labels)
+        if x.cdim != 1 or len(x.labels) != m.num_channels:
+            return f.opaque("GroupNorm over a non-channel dimension")
+        if m.num_groups == 1 and m.num_channels > 1:
+            return f.opaque("GroupNorm normalises across channels (groups=1)")
+        per = m.num_channels // m.num_groups
+        for k in range(m.num_groups if per > 1 else 0):  # removing part of a group would change its statistics
+            f.union(x.labels[k * per:(k + 1) * per - 1], x.labels[k * per + 1:(k + 1) * per])
+        f.slot("channel", 0, x.labels)  # also without affine tensors: num_groups must follow
         return f.output(x.labels, 1, "nzp")
 
     def folds_output(self, m):
@@ -469,9 +474,16 @@ class GroupNormHandler(PerChannelHandler):
         return new
 
     def shrink(self, name, m, keep):
+        from ..errors import UnsupportedGraphError
+
+        per = m.num_channels // m.num_groups
+        k = keep["channel"]
+        rows = k.reshape(-1, per) if len(k) % per == 0 else None
+        if rows is None or not ((rows[:, 0] % per == 0) & (rows == rows[:, :1] + np.arange(per)).all(1)).all():
+            raise UnsupportedGraphError(f"GroupNorm '{name}': channels must be removed in whole groups")
         new = super().shrink(name, m, keep)
         if new is not None:
-            new.num_groups = new.num_channels
+            new.num_groups = len(k) // per
         return new
 
 

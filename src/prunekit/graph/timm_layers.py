@@ -10,7 +10,8 @@ What each timm block does with channels:
   affine parameters, then dropout and an activation. One leaf: sliced like BatchNorm when its activation is a
   known per-channel function (any torch or timm activation); an output mask folds into its affine parameters
   when that activation maps 0 to 0 (ReLU, SiLU, hard-swish, GELU, ...), else a hook multiplies the output.
-* ``GroupNormAct`` / ``GroupNorm1Act``: like GroupNorm: prunable with one channel per group, else locked.
+* ``GroupNormAct`` / ``GroupNorm1Act`` and timm's ``GroupNorm`` / ``GroupNorm1``: like GroupNorm: channels go in
+  whole groups (statistics are per group); a single group normalises across all channels: locked.
 * ``Conv2dSame`` (the dynamic TF "same" padding of the ``tf_*`` models): a convolution whose input is padded with
   zeros by size arithmetic: a leaf with the convolution's channel behaviour (its control flow is never traced).
 * ``StdConv2d`` / ``ScaledStdConv2d`` (BiT, NFNet): weight standardisation over each filter's inputs, so the input
@@ -214,6 +215,7 @@ def register() -> None:
     reg(*_types(tl, "BatchNormAct2d", "SyncBatchNormAct"))(NormActHandler())
     reg(*_types(tl, "FrozenBatchNormAct2d"))(NormActHandler(size_attr=None))
     reg(*_types(tl, "GroupNormAct", "GroupNorm1Act"))(GroupNormActHandler())
+    reg(*_types(tl, "GroupNorm", "GroupNorm1"))(GroupNormHandler())
     reg(*_types(tl, "Conv2dSame"))(ConvHandler())
     reg(*_types(tl, "StdConv2d", "StdConv2dSame"))(StdConvHandler())
     reg(*_types(tl, "ScaledStdConv2d", "ScaledStdConv2dSame"))(StdConvHandler(gain=True))

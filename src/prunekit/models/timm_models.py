@@ -37,8 +37,8 @@ def _names() -> frozenset[str]:
 
 def check_timm_name(name: str, where: str = "") -> None:
     """Raise ``PrunekitError`` unless timm is installed and knows the architecture ``name``."""
-    timm_module(TIMM_PREFIX + name)
-    if name not in _names():
+    timm = timm_module(f"{where}: {TIMM_PREFIX}{name}" if where else TIMM_PREFIX + name)
+    if name not in _names() and not (name and timm.is_model(name)):  # deprecated names, name.pretrained_tag
         prefix = f"{where}: " if where else ""
         raise PrunekitError(f"{prefix}unknown timm model '{name}'{closest(name, _names())} (timm.list_models() "
                             "lists the architectures)")
