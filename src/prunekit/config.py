@@ -30,7 +30,7 @@ CONFIG_VERSION = 1
 
 @dataclass
 class ModelCfg:
-    arch: str = F("mobilenet_v1", "registry name or torchvision:NAME")
+    arch: str = F("mobilenet_v1", "registry name, torchvision:NAME or timm:NAME (timm installed)")
     width: float = F(1.0, "width multiplier (mobilenet_v1)", lo=0, lo_open=True, hi=16)
     init: str | None = F(None, "start from this saved model directory (train.epochs more epochs of training; 0: "
                          "use it as it is)")
@@ -39,10 +39,12 @@ class ModelCfg:
     kwargs: dict = F({}, "extra builder arguments")
 
     def check(self, path: str = "model") -> None:
-        from .models import TORCHVISION_PREFIX, list_models
+        from .models import TIMM_PREFIX, TORCHVISION_PREFIX, check_arch, list_models
 
-        if not self.arch.startswith(TORCHVISION_PREFIX) and self.arch not in list_models():
-            valid = [*list_models(), f"{TORCHVISION_PREFIX}NAME"]
+        if self.arch.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
+            check_arch(self.arch, f"{path}.arch")
+        elif self.arch not in list_models():
+            valid = [*list_models(), f"{TORCHVISION_PREFIX}NAME", f"{TIMM_PREFIX}NAME"]
             raise PrunekitError(f"{path}.arch: unknown model '{self.arch}'{closest(self.arch, list_models())}; "
                                 f"valid: {', '.join(valid)}")
 

@@ -19,7 +19,7 @@ from .data.classes import IMAGENET_MEAN, IMAGENET_STD, imagenet_classes
 from .errors import PrunekitError
 from .io import load_tensors, save_tensors
 from .models import InputSpec, ModelSpec, load_model, save_model
-from .models._registry import TORCHVISION_PREFIX, create_model, default_input
+from .models._registry import TIMM_PREFIX, TORCHVISION_PREFIX, create_model, default_input
 from .pruning import MASK_MODULE, Pruner, restore, strip
 
 MASKS = "masks.safetensors"
@@ -75,15 +75,17 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Lo
 
 
 def resolve(ref: str | os.PathLike, device: str | torch.device = "cpu", num_classes: int | None = None) -> Loaded:
-    """A model directory, or ``torchvision:NAME`` (random weights) for plans and surgery demos."""
+    """A model directory, or ``torchvision:NAME`` / ``timm:NAME`` (random weights) for plans and surgery demos."""
     ref = str(ref)
-    if ref.startswith(TORCHVISION_PREFIX):
+    if ref.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
         kwargs = {"num_classes": num_classes} if num_classes else {}
-        model = create_model(ref, **kwargs).eval()
         inp = default_input(ref)
+        model = create_model(ref, **kwargs).eval()
         classes = imagenet_classes() if (num_classes or 1000) == 1000 else None
-        spec = ModelSpec(ref, kwargs, InputSpec(inp["size"], 3, list(IMAGENET_MEAN), list(IMAGENET_STD),
-                                                resize=int(inp["size"][0] * 256 / 224)), classes)
+        size = inp["size"]
+        spec = ModelSpec(ref, kwargs, InputSpec(size, inp.get("channels", 3), inp.get("mean", list(IMAGENET_MEAN)),
+                                                inp.get("std", list(IMAGENET_STD)),
+                                                resize=inp.get("resize", int(size[0] * 256 / 224))), classes)
         return Loaded(model.to(device), spec)
     p = Path(ref)
     if p.is_file() and p.suffix in (".pt", ".pth", ".pkl", ".ckpt", ".bin"):

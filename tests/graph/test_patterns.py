@@ -467,7 +467,8 @@ class SharedConv(nn.Module):
 
 
 class ChannelShuffle(nn.Module):
-    """ShuffleNet's view -> transpose -> view: locks the channels it shuffles."""
+    """ShuffleNet's view -> transpose -> view with computed sizes: the two halves are coupled position by position
+    (channel j with channel 4 + j), so the shuffle still fits after surgery and stays exact."""
 
     def __init__(self):
         super().__init__()
@@ -513,7 +514,8 @@ class ChannelMean(nn.Module):
 
 
 class ChannelIndex(nn.Module):
-    """``x[:, :4]``: indexing the channel dimension."""
+    """``x[:, :4]``: a constant slice of the channel dimension. After surgery ``:4`` must still select the same
+    channels, so a's first 4 channels are locked; its other 4 stay prunable."""
 
     def __init__(self):
         super().__init__()
@@ -748,11 +750,10 @@ CASES = [
     # rejections: the affected groups are locked with a reason naming the node, the rest is prunable
     Case("channel_shuffle", ChannelShuffle, (3, 8, 8), {
         "(input x)": _inp("a"),
-        "a": G(8, ["a"], {"a.out", "bn.channel"}, "reshape that mixes channels with other dimensions at node 'view'"),
-        "(output of view)": G(2, [], {"b.in"}, "at node 'view'"),
+        "a": G(4, ["a"], {"a.out", "bn.channel", "b.in"}),
         "b": G(6, ["b"], {"b.out", "fc.in"}),
         "fc": G(3, ["fc"], {"fc.out"}, OUTPUT),
-    }, lambda k: 24 + 16 + 8 * k["b"] + k["b"] + 3 * k["b"] + 3),
+    }, lambda k: 3 * 2 * k["a"] + 2 * 2 * k["a"] + 2 * k["a"] * k["b"] + k["b"] + 3 * k["b"] + 3),
 
     Case("hardcoded_view", HardcodedView, (3, 4, 4), {
         "(input x)": _inp("a"),
@@ -772,11 +773,12 @@ CASES = [
 
     Case("channel_index", ChannelIndex, (3, 8, 8), {
         "(input x)": _inp("a"),
-        "a": G(8, ["a"], {"a.out", "c.in"}, "indexing of the channel dimension at node 'getitem'"),
-        "(output of getitem)": G(4, [], {"b.in"}, "at node 'getitem'"),
+        "a": G(4, ["a"], {"a.out", "c.in"}),
+        "a#1": G(4, ["a"], {"a.out", "c.in", "b.in"}, "the slice [0:4] of 8 channels has constant bounds: channels "
+                 "before 4 keep their positions at node 'getitem'"),
         "b": G(6, ["b", "c"], {"b.out", "c.out", "fc.in"}),
         "fc": G(3, ["fc"], {"fc.out"}, OUTPUT),
-    }, lambda k: 32 + 4 * k["b"] + k["b"] + 8 * k["b"] + k["b"] + 3 * k["b"] + 3),
+    }, lambda k: 4 * (4 + k["a"]) + 4 * k["b"] + k["b"] + (4 + k["a"]) * k["b"] + k["b"] + 3 * k["b"] + 3),
 
     Case("division", Division, (3, 8, 8), {
         "(input x)": _inp("a", "b"),
@@ -889,8 +891,8 @@ def test_convnext_like_slices_plain_parameters():
 
 
 def test_locked_group_cannot_be_pruned():
-    for name, group in [("channel_shuffle", "a"), ("hardcoded_view", "a"), ("channel_mean", "a"),
-                        ("channel_index", "a"), ("convnext_like", "stem"), ("division", "a"), ("division", "b"),
+    for name, group in [("hardcoded_view", "a"), ("channel_mean", "a"),
+                        ("channel_index", "a#1"), ("convnext_like", "stem"), ("division", "a"), ("division", "b"),
                         ("pole", "a")]:
         case = next(c for c in CASES if c.name == name)
         model = case.build().eval()
@@ -924,10 +926,22 @@ def test_division_by_pruned_channel_would_be_nan():
 
 
 def test_untraceable_names_module_and_suggests_leaf():
+    from prunekit.graph import trace
+
     with pytest.raises(PrunekitError) as e:
-        DependencyGraph(Untraceable().eval(), (3, 8, 8))
+        trace(Untraceable().eval())
     msg = str(e.value)
     assert "'gate'" in msg and "Gate" in msg and "leaf" in msg and "leaf_modules=['gate']" in msg
+
+
+def test_untraceable_module_becomes_a_locked_leaf():
+    """The graph makes a submodule torch.fx cannot trace a leaf and locks its channels, naming it and why."""
+    g = DependencyGraph(Untraceable().eval(), (3, 8, 8))
+    why = g.by_name["a"].locked
+    assert why and "Gate that torch.fx cannot trace" in why and "control flow" in why and "'gate'" in why
+    assert g.by_name["c"].prunable
+    with pytest.raises(PrunekitError, match="the model itself"):
+        DependencyGraph(Gate().eval(), (8, 8, 8))  # nothing to fall back to when the model's own forward fails
 
 
 def test_untraceable_nested_module_is_named():
@@ -940,8 +954,12 @@ def test_untraceable_nested_module_is_named():
         def forward(self, x):
             return self.body(self.a(x))
 
+    from prunekit.graph import trace
+
     with pytest.raises(PrunekitError, match=r"inside module 'body\.1' \(Gate\).*leaf_modules=\['body\.1'\]"):
-        DependencyGraph(Outer().eval(), (3, 8, 8))
+        trace(Outer().eval())
+    auto = DependencyGraph(Outer().eval(), (3, 8, 8))
+    assert auto.by_name["a"].locked and "'body_1'" in auto.by_name["a"].locked
     g = DependencyGraph(Outer().eval(), (3, 8, 8), leaf_modules=["body.1"])
     assert g.by_name["a"].locked and "'body_1'" in g.by_name["a"].locked
 

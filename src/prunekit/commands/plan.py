@@ -32,7 +32,7 @@ from .common import (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory or torchvision:NAME")
+    p.add_argument("--model", required=True, help="model directory, torchvision:NAME or timm:NAME")
     config_flag(p, "--layers", "prune.layers", help="pointwise (default), all, or a regex over layer names")
     config_flag(p, "--exclude", "prune.exclude", help="regex of layers never to prune")
     p.add_argument("--leaf", action="append", default=[], metavar="MODULE", help="do not trace into MODULE")

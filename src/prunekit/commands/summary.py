@@ -15,7 +15,7 @@ from .common import add_json_arg, positive_int, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory or torchvision:NAME")
+    p.add_argument("--model", required=True, help="model directory, torchvision:NAME or timm:NAME")
     p.add_argument("--image-size", type=positive_int("--image-size"), help="input size for MACs (default: the "
                    "model's)")
     add_json_arg(p)

@@ -21,7 +21,7 @@ from .common import add_json_arg, fraction, fresh_output, positive_int, print_js
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..pruning import CRITERIA, SCOPES
 
-    p.add_argument("--model", required=True, help="model directory (masked or dense) or torchvision:NAME")
+    p.add_argument("--model", required=True, help="model directory (masked or dense), torchvision:NAME or timm:NAME")
     p.add_argument("--out", required=True, help="directory for the shrunk model")
     p.add_argument("--sparsity", type=fraction("--sparsity"), help="one-shot: remove this fraction of channels")
     p.add_argument("--criterion", default="l1", choices=[n for n in CRITERIA if not CRITERIA[n].needs_data],

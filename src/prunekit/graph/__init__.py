@@ -11,10 +11,11 @@ from .handlers import (
     PerChannelHandler,
     handler_for,
     register_handler,
+    register_lazy_handlers,
 )
 from .masking import MaskHooks, MaskPoint, group_masks, mask_points, masked
 from .trace import propagate_shapes, trace
 
 __all__ = ["LAYER_PRESETS", "ConvHandler", "DependencyGraph", "ElementwiseHandler", "Flow", "Group", "LayerHandler",
            "LinearHandler", "MaskHooks", "MaskPoint", "PerChannelHandler", "group_masks", "handler_for", "mask_points",
-           "masked", "propagate_shapes", "register_handler", "trace"]
+           "masked", "propagate_shapes", "register_handler", "register_lazy_handlers", "trace"]

@@ -81,10 +81,16 @@ class TV:
 
 @dataclass
 class PV:
-    """A parameter or buffer read with ``get_attr`` (e.g. ConvNeXt's layer_scale)."""
+    """A parameter or buffer read with ``get_attr`` (e.g. ConvNeXt's layer_scale), or a view of one that only adds
+    size-1 dimensions (``gamma.view(1, -1, 1, 1)``): ``dim`` maps each dimension of ``shape`` to the parameter's
+    own (None: an added one)."""
 
     target: str
     shape: tuple[int, ...]
+    dim: tuple[int | None, ...] | None = None
+
+    def own_dim(self, pos: int) -> int | None:
+        return pos if self.dim is None else self.dim[pos]
 
 
 @dataclass
@@ -182,6 +188,9 @@ _REDUCE = {"mean", "sum", "amax", "amin", "std", "var", "norm", "logsumexp", "na
 _CAT = {"cat", "concat", "concatenate"}
 _SPLIT = {"chunk", "split", "tensor_split", "unbind"}
 _SHAPE_ATTRS = {"size", "dim", "numel", "shape", "dtype", "device", "ndim", "is_cuda"}
+# functional norms and their per-channel tensor arguments (positions 1..4)
+_NORM_PARAMS = {"batch_norm": ("running_mean", "running_var", "weight", "bias"),
+                "instance_norm": ("running_mean", "running_var", "weight", "bias")}
 
 
 def op_name(node: fx.Node) -> str:
@@ -322,6 +331,9 @@ class Analyzer:
                 return self.opaque(node, "input without channel structure")
             return self.opaque(node, "module without tensor input")
         if h is None:
+            why = self.gm.meta.get("untraceable", {}).get(node.target)
+            if why is not None:
+                return self.opaque(node, f"module {type(m).__name__} that torch.fx cannot trace ({why})")
             return self.opaque(node, f"unsupported module type {type(m).__name__}")
         return h.flow(Flow(self, node, node.target, m, x))
 
@@ -345,11 +357,18 @@ class Analyzer:
         if name in _SHAPE_ATTRS:
             return None
         if name == "getitem":
+            if isinstance(x, PV):
+                return self.param_view(node, x, args[1])
             return self.getitem(node, x, args[1])
         if name in _CAT:
             return self.cat(node, args[0] if args else kwargs["tensors"], args[1] if len(args) > 1 else kwargs.get("dim", 0))
+        if name == "stack":
+            return self.stack(node, args[0] if args else kwargs["tensors"], args[1] if len(args) > 1 else kwargs.get(
+                "dim", 0))
         if name in _ADD or name in _MUL or name in _DIV:
             return self.binary(node, name, args, kwargs)
+        if isinstance(x, PV) and name in ("view", "reshape", "unsqueeze"):
+            return self.param_view(node, x, None)
         if not isinstance(x, TV) or x.labels is None:
             if any(isinstance(v, (TV, PV)) for v in _iter_values(args)) or any(
                     isinstance(v, (TV, PV)) for v in _iter_values(kwargs)):
@@ -396,9 +415,57 @@ class Analyzer:
             ns = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
             n = len(ns) if isinstance(ns, (list, tuple)) else 1
             return self.layer_norm(node, x, n, None)
+        if name in _NORM_PARAMS:
+            return self.functional_norm(node, name, x, args, kwargs)
+        if name == "group_norm":
+            return self.opaque(node, "group_norm with a constant number of groups (an nn.GroupNorm module can be "
+                               "resized)")
         if name in _SPLIT:
             return self.split(node, name, x, args, kwargs)
         return self.opaque(node, "unsupported operation")
+
+    def functional_norm(self, node: fx.Node, name: str, x: TV, args: list, kwargs: dict) -> Any:
+        """``F.batch_norm`` / ``F.instance_norm`` called with a module's own tensors (timm's BatchNormAct2d, a
+        hand-written norm): per-channel, each statistic/affine parameter is sliced like the channels."""
+        if x.cdim != 1:
+            return self.opaque(node, f"{name} over a non-channel dimension")
+        c = len(x.labels)
+        for i, key in enumerate(_NORM_PARAMS[name], start=1):
+            t = args[i] if len(args) > i else kwargs.get(key)
+            if t is None:
+                continue
+            if not isinstance(t, PV) or t.shape != (c,):
+                return self.opaque(node, f"{name} with a computed {key} (only a module's own tensors are sliced)")
+        for i, key in enumerate(_NORM_PARAMS[name], start=1):
+            t = args[i] if len(args) > i else kwargs.get(key)
+            if isinstance(t, PV):
+                self.s.add_slot(Slot(t.target, "param", 0, x.labels, node.name, self.mode))
+        v = self.out_tv(node, x.labels, 1)
+        self.rec(node, "nzp", v)
+        return v
+
+    def param_view(self, node: fx.Node, x: PV, index: Any) -> Any:
+        """A parameter viewed with size-1 dimensions added (``view(1, -1, 1, 1)``, ``unsqueeze``, ``p[:, None]``):
+        still the parameter, for slicing. A literal size for one of its own dimensions would not fit after pruning."""
+        out = self.shapes.get(node.name)
+        if not isinstance(out, tuple):
+            return self.passthrough_nochannel(node)
+        own = [d for d in range(len(x.shape))]
+        kept = [n for n in out if n != 1]
+        if kept != [n for n in x.shape if n != 1] or (index is not None and not all(
+                e is None or e == slice(None) or e is Ellipsis for e in (index if isinstance(index, tuple) else (index,)))):
+            return self.passthrough_nochannel(node)
+        sizes = _reshape_sizes(node, len(out))
+        dims: list[int | None] = []
+        it = iter([x.own_dim(d) for d in own if x.shape[d] != 1])
+        for i, n in enumerate(out):
+            if n == 1:
+                dims.append(None)
+                continue
+            if sizes is not None and isinstance(sizes[i], int) and sizes[i] != -1:
+                return self.passthrough_nochannel(node)  # view(1, 64, 1, 1): a constant size
+            dims.append(next(it))
+        return PV(x.target, out, tuple(dims))
 
     def passthrough_nochannel(self, node: fx.Node) -> Any:
         shape = self.shapes.get(node.name)
@@ -425,22 +492,43 @@ class Analyzer:
             entries = entries[:i] + [slice(None)] * (len(x.shape) - n_real) + entries[i + 1:]
         dim, out_dim = 0, 0
         cdim_out = None
+        labels = x.labels
         for e in entries:
             if e is None:
                 out_dim += 1
                 continue
             if dim == x.cdim:
-                if not (isinstance(e, slice) and e == slice(None)):
+                if not isinstance(e, slice):
                     return self.opaque(node, "indexing of the channel dimension")
+                if e != slice(None):
+                    labels = self.channel_range(node, x.labels, e)
+                    if labels is None:
+                        return self.opaque(node, "strided or empty slice of the channel dimension")
                 cdim_out = out_dim
             if not isinstance(e, int):
                 out_dim += 1
             dim += 1
         if cdim_out is None:
             cdim_out = out_dim + (x.cdim - dim)
-        v = self.out_tv(node, x.labels, cdim_out)
+        v = self.out_tv(node, labels, cdim_out)
         self.rec(node, "zp", v)
         return v
+
+    def channel_range(self, node: fx.Node, labels: np.ndarray, sl: slice) -> np.ndarray | None:
+        """``x[:, a:b]`` with constant bounds (DPN's dual path, ReXNet's partial shortcut, GhostNet's crop): after
+        surgery the same constants must select the same channels, so no channel before ``a`` may go, nor any
+        before ``b`` when ``b`` is not the end. The slice of everything from ``a`` on stays prunable."""
+        if not all(isinstance(v, int) or v is None for v in (sl.start, sl.stop, sl.step)):
+            return None
+        c = len(labels)
+        a, b, step = sl.indices(c)
+        if step != 1 or b <= a:
+            return None
+        fixed = b if b < c else a
+        if fixed:
+            self.s.lock(labels[:fixed], f"the slice [{a}:{b}] of {c} channels has constant bounds: channels before "
+                        f"{fixed} keep their positions at node '{node.name}' (getitem)")
+        return labels[a:b]
 
     def cat(self, node: fx.Node, tensors: Any, dim: int) -> Any:
         vals = list(tensors) if isinstance(tensors, (list, tuple)) else []
@@ -461,6 +549,20 @@ class Analyzer:
             v = self.out_tv(node, tvs[0].labels, cdim)
         self.rec(node, "add", v)  # zero iff every part is zero at that channel
         return v
+
+    def stack(self, node: fx.Node, tensors: Any, dim: Any) -> Any:
+        """``torch.stack`` (SK's paths): the parts share channels position by position."""
+        vals = list(tensors) if isinstance(tensors, (list, tuple)) else []
+        if not vals or not all(isinstance(v, TV) and v.labels is not None for v in vals) or not isinstance(dim, int):
+            return self.opaque(node, "stack of tensors without channel structure")
+        if len({v.cdim for v in vals}) != 1 or len({len(v.labels) for v in vals}) != 1:
+            return self.opaque(node, "stack of tensors with different channels")
+        for v in vals[1:]:
+            self.s.uf.union_arrays(vals[0].labels, v.labels)
+        cdim = vals[0].cdim
+        out = self.out_tv(node, vals[0].labels, cdim + 1 if _norm_dim(dim, len(vals[0].shape) + 1) <= cdim else cdim)
+        self.rec(node, "add", out)  # zero where every part is zero
+        return out
 
     def binary(self, node: fx.Node, name: str, args: list, kwargs: dict) -> Any:
         operands = list(args[:2]) + [kwargs[k] for k in ("other",) if k in kwargs]
@@ -496,7 +598,9 @@ class Analyzer:
             if isinstance(o, PV):
                 pos = len(o.shape) - (nd - cdim)
                 if 0 <= pos < len(o.shape) and o.shape[pos] == c and c > 1:
-                    self.s.add_slot(Slot(o.target, "param", pos, labels, node.name, self.mode))
+                    if o.own_dim(pos) is None:
+                        return self.opaque(node, "parameter broadcast against channels")
+                    self.s.add_slot(Slot(o.target, "param", o.own_dim(pos), labels, node.name, self.mode))
                 elif 0 <= pos < len(o.shape) and o.shape[pos] not in (1, c):
                     return self.opaque(node, "parameter broadcast against channels")
                 plain = False
@@ -538,25 +642,39 @@ class Analyzer:
         chan = np.broadcast_to(np.arange(x.shape[x.cdim]).reshape(shape), x.shape).reshape(out_shape)
         varying = [d for d in range(len(out_shape)) if out_shape[d] > 1 and
                    not (np.take(chan, [0], axis=d) == chan).all()]
+        sizes = _reshape_sizes(node, len(out_shape))
+        if len(varying) > 1 and 0 not in varying:
+            return self.reshape_split(node, x, chan, varying, sizes)
         if len(varying) != 1 or varying[0] == 0:
             return self.opaque(node, "reshape that mixes channels with other dimensions")
         d = varying[0]
         # A literal size in the channel-carrying output dimension would be wrong after pruning.
-        if node.op == "call_method" and node.target in ("view", "reshape"):
-            sizes = node.args[1:]
-            if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
-                sizes = sizes[0]
-            if len(sizes) == len(out_shape) and isinstance(sizes[d], int) and sizes[d] != -1:
-                return self.opaque(node, f"reshape with a hard-coded size {sizes[d]} in the channel dimension")
-        if node.op == "call_function" and getattr(node.target, "__name__", "") == "reshape":
-            sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("shape", ())
-            if isinstance(sizes, (list, tuple)) and len(sizes) == len(out_shape) and isinstance(sizes[d], int) \
-                    and sizes[d] != -1:
-                return self.opaque(node, f"reshape with a hard-coded size {sizes[d]} in the channel dimension")
+        if sizes is not None and isinstance(sizes[d], int) and sizes[d] != -1:
+            return self.opaque(node, f"reshape with a hard-coded size {sizes[d]} in the channel dimension")
         idx = [0] * len(out_shape)
         idx[d] = slice(None)
         labels = x.labels[chan[tuple(idx)]]
         v = self.out_tv(node, labels, d)
+        self.rec(node, "zp", v)
+        return v
+
+    def reshape_split(self, node: fx.Node, x: TV, chan: np.ndarray, dims: list[int], sizes: list | None) -> Any:
+        """The channel dimension split into several (ResNeSt's radix, SK's paths, a channel shuffle's groups):
+        ``view(B, k, C // k, H, W)``. The dimensions given as constants keep their sizes after surgery, so their
+        positions are coupled: removing a channel of the one computed size (or -1) removes it from each of the
+        ``k`` parts, and the view still fits."""
+        if sizes is None:
+            return self.opaque(node, "reshape that splits channels into several dimensions of unknown sizes")
+        free = [d for d in dims if not (isinstance(sizes[d], int) and sizes[d] != -1)]
+        if len(free) != 1:
+            return self.opaque(node, "reshape that splits channels into several dimensions (none or more than one of "
+                               "them computed)")
+        d = free[0]
+        idx = tuple(slice(None) if k in dims else 0 for k in range(chan.ndim))
+        sub = np.moveaxis(chan[idx], dims.index(d), 0).reshape(chan.shape[d], -1)
+        for row in sub:
+            self.s.uf.union_arrays(x.labels[row[:1]].repeat(len(row) - 1), x.labels[row[1:]])
+        v = self.out_tv(node, x.labels[sub[:, 0]], d)
         self.rec(node, "zp", v)
         return v
 
@@ -613,14 +731,60 @@ class Analyzer:
             "dim", args[1] if len(args) > 1 else 0)
         if not isinstance(dim, int):
             return self.opaque(node, "split along a dynamic dimension")
-        if _norm_dim(dim, len(x.shape)) == x.cdim or name == "unbind":
-            return self.opaque(node, f"{name} along the channel dimension")
         shapes = self.shapes.get(node.name)
-        if not isinstance(shapes, (tuple, list)):
+        if not isinstance(shapes, (tuple, list)) or not all(isinstance(t, tuple) for t in shapes):
             return self.opaque(node, f"{name} with unknown output")
+        if _norm_dim(dim, len(x.shape)) == x.cdim:
+            return self.split_channels(node, name, x, args, kwargs, shapes)
+        if name == "unbind":
+            return self.opaque(node, "unbind")
         outs = tuple(TV(x.labels, x.cdim, s) for s in shapes)
         self.rec(node, "zp", None)
         return outs
+
+    def split_channels(self, node: fx.Node, name: str, x: TV, args: list, kwargs: dict, shapes: Any) -> Any:
+        """Split along channels. ``chunk(k)`` (sizes computed from the channel count at run time): the k parts are
+        coupled position by position, so each keeps the same count. ``split(n)`` (a constant size): every part
+        but the last keeps its size, so those channels are locked; the last part is the rest, prunable. A list of
+        constant sizes fixes every part: all locked."""
+        sizes = [s[x.cdim] for s in shapes]
+        c = len(x.labels)
+        arg = args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
+                                                                            kwargs.get("split_size")))
+        ends = np.cumsum([0, *sizes])
+        parts = [x.labels[ends[i]:ends[i + 1]] for i in range(len(sizes))]
+        if name == "unbind" or not parts:
+            return self.opaque(node, f"{name} along the channel dimension")
+        if name == "chunk" or (name == "tensor_split" and isinstance(arg, int)):
+            if len(set(sizes)) != 1:
+                return self.opaque(node, f"{name} of {c} channels into unequal parts")
+            for part in parts[1:]:
+                self.s.uf.union_arrays(parts[0], part)
+        elif name in ("split", "tensor_split") and (isinstance(arg, int) or (
+                name == "tensor_split" and isinstance(arg, (list, tuple)))):
+            if len(parts) > 1:
+                self.s.lock(x.labels[:ends[-2]], f"{name} of the channel dimension at constant positions: the "
+                            f"parts before the last keep their sizes at node '{node.name}' ({name})")
+        else:
+            return self.opaque(node, f"{name} of the channel dimension into constant sizes")
+        outs = tuple(TV(p, x.cdim, s) for p, s in zip(parts, shapes, strict=True))
+        self.rec(node, "zp", None)
+        return outs
+
+
+def _reshape_sizes(node: fx.Node, ndim: int) -> list | None:
+    """The sizes passed to ``view`` / ``reshape`` (ints, or nodes for computed sizes); None for other reshapes."""
+    sizes: Any = None
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        sizes = node.args[1:]
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+            sizes = sizes[0]
+        sizes = sizes or node.kwargs.get("shape") or node.kwargs.get("size")
+    elif node.op == "call_function" and getattr(node.target, "__name__", "") == "reshape":
+        sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("shape")
+    if isinstance(sizes, (list, tuple)) and len(sizes) == ndim:
+        return list(sizes)
+    return None
 
 
 def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:

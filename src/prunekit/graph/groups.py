@@ -49,7 +49,8 @@ class DependencyGraph:
     """Trace ``model`` and compute its channel groups.
 
     Args:
-        model: any ``nn.Module`` that torch.fx can trace (mark untraceable submodules with ``leaf_modules``).
+        model: any ``nn.Module``. Submodules that torch.fx cannot trace become leaves: their channels are locked
+            with the reason (the model's own ``forward`` must be traceable).
         input_shape: ``(C, H, W)`` of one example input (used for shapes and MAC counts).
         leaf_modules: module names or types not to trace into (their channels are left unpruned).
     """
@@ -73,7 +74,7 @@ class DependencyGraph:
         self._build_groups(model)
 
     def _analyze(self, model: nn.Module, mode: str) -> set[str]:
-        gm = trace(model, self.leaf_modules)
+        gm = trace(model, self.leaf_modules, auto_leaf=True)
         p = next(model.parameters(), None)
         dev = p.device if p is not None else torch.device("cpu")
         dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32

@@ -27,6 +27,10 @@ A subclass of a registered type uses its base's handler only when it changes not
 does not override ``forward`` and owns no other parameters or buffers. Anything else (e.g. a convolution
 that pads itself before calling ``conv2d``) needs its own registration, or the graph treats it as an opaque
 module and locks its channels with a reason.
+
+Handlers of an optional library register lazily: :func:`register_lazy_handlers` runs a loader the first time the
+graph meets a module type from that package. timm's handlers (:mod:`prunekit.graph.timm_layers`) come this way,
+so ``import prunekit`` never imports timm. docs/handlers.md has the full guide and a worked example.
 """
 
 from __future__ import annotations
@@ -42,21 +46,46 @@ from torch import nn
 # --- the table ------------------------------------------------------------------------------------------
 
 HANDLERS: dict[type, LayerHandler] = {}
+# top-level package name -> function registering the handlers of that package's module types (run once, the
+# first time the graph meets a module whose type, or a base of it, is defined in that package)
+LAZY_HANDLERS: dict[str, Callable[[], None]] = {}
+_LAZY_PENDING: set[str] = set()  # packages whose loader has not run yet
 
 
-def register_handler(*types: type) -> Callable[[LayerHandler], LayerHandler]:
+def register_handler(*types: type, override: bool = True) -> Callable[[LayerHandler], LayerHandler]:
     """Register a handler (an instance of a :class:`LayerHandler` subclass) for module ``types``; returns it.
 
-    Registering a type again replaces its handler (a user's handler may override a built-in one)."""
+    Registering a type again replaces its handler (a user's handler may override a built-in one);
+    ``override=False`` keeps a handler already registered (how lazily loaded library handlers defer to a user's)."""
 
     def deco(handler: LayerHandler) -> LayerHandler:
         if not isinstance(handler, LayerHandler):
             raise TypeError("register_handler(...) decorates a LayerHandler instance")
         for t in types:
-            HANDLERS[t] = handler
+            if override or t not in HANDLERS:
+                HANDLERS[t] = handler
         return handler
 
     return deco
+
+
+def register_lazy_handlers(package: str, loader: Callable[[], None]) -> None:
+    """Run ``loader`` (which calls :func:`register_handler`) the first time :func:`handler_for` meets a module
+    whose type (or a base type) comes from the top-level ``package``. This is how the handlers of an optional
+    library (timm) are registered without importing it when prunekit is imported."""
+    LAZY_HANDLERS[package] = loader
+    _LAZY_PENDING.add(package)
+
+
+def _load_lazy(t: type) -> bool:
+    loaded = False
+    for cls in t.__mro__:
+        pkg = cls.__module__.partition(".")[0]
+        if pkg in _LAZY_PENDING and pkg in LAZY_HANDLERS:
+            _LAZY_PENDING.discard(pkg)
+            LAZY_HANDLERS[pkg]()
+            loaded = True
+    return loaded
 
 
 def handler_for(m: nn.Module) -> LayerHandler | None:
@@ -65,6 +94,8 @@ def handler_for(m: nn.Module) -> LayerHandler | None:
     h = HANDLERS.get(t)
     if h is not None:
         return h
+    if _LAZY_PENDING and _load_lazy(t):
+        return handler_for(m)
     for base in t.__mro__[1:]:
         h = HANDLERS.get(base)
         if h is None:
@@ -104,15 +135,24 @@ class Flow:
     def out_shape(self) -> Any:
         return self._a.shapes.get(self._node.name)
 
-    def slot(self, kind: str, dim: int, labels: np.ndarray) -> None:
+    def slot(self, kind: str, dim: int, labels: np.ndarray, child: str | None = None) -> None:
         """Record a tensor dimension of this module that surgery slices: ``out`` (rows of a producer's weight),
         ``in`` (a consumer's input columns), ``in_grouped`` (a grouped conv's input), ``channel`` (per-channel
-        parameters)."""
-        self._a.slot(self.name, kind, dim, labels, self._node)
+        parameters). Other kinds are the handler's own bookkeeping (surgery passes their kept positions to its
+        :meth:`LayerHandler.shrink`; criteria and costs ignore them). ``child``: the slot belongs to the submodule
+        of that (dotted) name, which surgery shrinks with its own handler (a container module's parts)."""
+        self._a.slot(self._qual(child), kind, dim, labels, self._node)
 
-    def new(self, n: int) -> np.ndarray:
-        """Fresh channel ids for ``n`` output channels produced by this module."""
-        return self._a.s.new(self.name, n)
+    def new(self, n: int, child: str | None = None) -> np.ndarray:
+        """Fresh channel ids for ``n`` output channels produced by this module (or by its submodule ``child``)."""
+        return self._a.s.new(self._qual(child), n)
+
+    def lock(self, labels: np.ndarray, why: str) -> None:
+        """Never prune these channels, saying ``why`` (the node and module type are appended)."""
+        self._a.s.lock(labels, f"{why} at node '{self._node.name}' ({type(self.module).__name__})")
+
+    def _qual(self, child: str | None) -> str:
+        return f"{self.name}.{child}" if child else self.name
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """These channels live and die together (element by element)."""
@@ -152,6 +192,11 @@ class LayerHandler:
     def shape(self, m: nn.Module) -> dict[str, Any] | None:
         """The sizes surgery may change (recorded in ``model.json``), or None when the module is not resizable."""
         return None
+
+    def folds_output(self, m: nn.Module) -> bool:
+        """Whether a mask on the output of this (channel-affine norm) module may be folded into its ``weight`` and
+        ``bias``: true when the output *is* ``norm(x) * weight + bias``, or something that maps 0 to 0 of it."""
+        return False
 
     def resize(self, m: nn.Module, shape: dict[str, Any]) -> nn.Module:
         """A copy of ``m`` with ``shape``'s sizes and uninitialised tensors on ``m``'s device (meta stays meta)."""
@@ -199,24 +244,39 @@ def _check_sizes(name: str, sizes: list[int]) -> None:
 
 
 class ConvHandler(LayerHandler):
-    """Conv1d/2d/3d: produces ``out_channels``; grouped and depthwise convolutions tie each group's input and
-    output channels (whole groups are removed together)."""
+    """Conv1d/2d/3d: produces ``out_channels``. Depthwise convolutions and convolutions with many small groups tie
+    each group's input and output channels (whole groups are removed together); a few large groups (ResNeSt's
+    radix split) tie the same position of every group instead (each group keeps as many channels)."""
 
     def flow(self, f: Flow) -> Any:
         m, x = f.module, f.x
+        if x.cdim != 1 and len(x.shape) == len(m.weight.shape):
+            return f.opaque("convolution along the channel dimension (it mixes neighbouring channels, as ECA "
+                            "attention does)")
         if x.cdim != 1 or len(x.labels) != m.in_channels:
             return f.opaque("convolution input does not match in_channels")
-        out = f.new(m.out_channels)
-        f.slot("out", 0, out)
+        return f.output(self.channels(f, m, x.labels), 1, "producer")
+
+    @staticmethod
+    def channels(f: Flow, m: nn.Module, labels: np.ndarray, child: str | None = None) -> np.ndarray:
+        """Record the slots of convolution ``m`` (``f``'s module, or its submodule ``child``) reading channels
+        ``labels``; returns the ids of its output channels."""
+        out = f.new(m.out_channels, child)
+        f.slot("out", 0, out, child)
         if m.groups == 1:
-            f.slot("in", 1, x.labels)
+            f.slot("in", 1, labels, child)
         else:
             ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
-            for k in range(m.groups):  # a group's inputs and outputs live and die together
-                members = np.concatenate([x.labels[k * ipg:(k + 1) * ipg], out[k * opg:(k + 1) * opg]])
-                f.union(members[:-1], members[1:])
-            f.slot("in_grouped", 1, x.labels)
-        return f.output(out, 1, "producer")
+            if m.groups < min(ipg, opg):  # a few large groups: position j of every group goes together
+                for k in range(1, m.groups):
+                    f.union(labels[:ipg], labels[k * ipg:(k + 1) * ipg])
+                    f.union(out[:opg], out[k * opg:(k + 1) * opg])
+            else:
+                for k in range(m.groups):  # depthwise, many small groups: a group's channels live and die together
+                    members = np.concatenate([labels[k * ipg:(k + 1) * ipg], out[k * opg:(k + 1) * opg]])
+                    f.union(members[:-1], members[1:])
+            f.slot("in_grouped", 1, labels, child)
+        return out
 
     def shape(self, m):
         return {"type": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels,
@@ -244,9 +304,14 @@ class ConvHandler(LayerHandler):
             kept_groups = np.unique(keep_out // opg)
             want_out = (kept_groups[:, None] * opg + np.arange(opg)[None, :]).ravel()
             want_in = (kept_groups[:, None] * ipg + np.arange(ipg)[None, :]).ravel()
-            if not (np.array_equal(want_out, keep_out) and np.array_equal(want_in, keep_in)):
-                raise UnsupportedGraphError(f"grouped conv '{name}': channels must be removed in whole groups")
-            weight, groups = _sel(w, keep_out, 0), len(kept_groups)
+            pos_out, pos_in = _same_positions(keep_out, opg, m.groups), _same_positions(keep_in, ipg, m.groups)
+            if np.array_equal(want_out, keep_out) and np.array_equal(want_in, keep_in):
+                weight, groups = _sel(w, keep_out, 0), len(kept_groups)  # whole groups
+            elif pos_out is not None and pos_in is not None:
+                weight, groups = _sel(_sel(w, keep_out, 0), pos_in, 1), m.groups  # the same positions of each group
+            else:
+                raise UnsupportedGraphError(f"grouped conv '{name}': channels must be removed in whole groups or at "
+                                            "the same positions of every group")
         _check_sizes(name, [len(keep_out), len(keep_in)])
         if len(keep_out) == m.out_channels and len(keep_in) == m.in_channels:
             return None
@@ -255,6 +320,15 @@ class ConvHandler(LayerHandler):
             tensors["bias"] = _sel(m.bias, keep_out, 0)
         return _with_tensors(m, {"in_channels": len(keep_in), "out_channels": len(keep_out), "groups": groups},
                              tensors)
+
+
+def _same_positions(keep: np.ndarray, per_group: int, groups: int) -> np.ndarray | None:
+    """The kept positions within a group when every group keeps the same ones (and at least one), else None."""
+    pos = keep[keep < per_group]
+    if len(pos) == 0 or len(keep) != len(pos) * groups:
+        return None
+    want = (np.arange(groups)[:, None] * per_group + pos[None, :]).ravel()
+    return pos if np.array_equal(want, keep) else None
 
 
 class LinearHandler(LayerHandler):
@@ -365,20 +439,31 @@ class BatchNormHandler(PerChannelHandler):
             f.slot("channel", 0, x.labels)
         return f.output(x.labels, 1, "nzp")
 
+    def folds_output(self, m):
+        return True
+
 
 class GroupNormHandler(PerChannelHandler):
-    """GroupNorm: prunable only with one channel per group (GroupNorm(C, C)); other groupings mix channels."""
+    """GroupNorm: statistics per group of ``C / G`` channels, so channels go in whole groups (``GroupNorm(C, C)``:
+    any channel; ``num_groups`` shrinks with them). One group normalises across all channels: locked."""
 
     def __init__(self):
         super().__init__(size_attr="num_channels")
 
     def flow(self, f: Flow) -> Any:
         m, x = f.module, f.x
-        if m.num_groups != m.num_channels or x.cdim != 1:
-            return f.opaque(f"GroupNorm normalises across channels (groups={m.num_groups})")
-        if m.affine:
-            f.slot("channel", 0, x.labels)
+        if x.cdim != 1 or len(x.labels) != m.num_channels:
+            return f.opaque("GroupNorm over a non-channel dimension")
+        if m.num_groups == 1 and m.num_channels > 1:
+            return f.opaque("GroupNorm normalises across channels (groups=1)")
+        per = m.num_channels // m.num_groups
+        for k in range(m.num_groups if per > 1 else 0):  # removing part of a group would change its statistics
+            f.union(x.labels[k * per:(k + 1) * per - 1], x.labels[k * per + 1:(k + 1) * per])
+        f.slot("channel", 0, x.labels)  # also without affine tensors: num_groups must follow
         return f.output(x.labels, 1, "nzp")
+
+    def folds_output(self, m):
+        return True
 
     def shape(self, m):
         return {"type": type(m).__name__, "num_groups": m.num_groups, "num_channels": m.num_channels}
@@ -389,9 +474,16 @@ class GroupNormHandler(PerChannelHandler):
         return new
 
     def shrink(self, name, m, keep):
+        from ..errors import UnsupportedGraphError
+
+        per = m.num_channels // m.num_groups
+        k = keep["channel"]
+        rows = k.reshape(-1, per) if len(k) % per == 0 else None
+        if rows is None or not ((rows[:, 0] % per == 0) & (rows == rows[:, :1] + np.arange(per)).all(1)).all():
+            raise UnsupportedGraphError(f"GroupNorm '{name}': channels must be removed in whole groups")
         new = super().shrink(name, m, keep)
         if new is not None:
-            new.num_groups = new.num_channels
+            new.num_groups = len(k) // per
         return new
 
 
@@ -472,6 +564,15 @@ register_handler(nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.G
                  nn.ReplicationPad2d)(ElementwiseHandler(zero_preserving=True))
 register_handler(nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid, nn.Softsign)(
     ElementwiseHandler(zero_preserving=False))
+
+
+def _register_timm() -> None:
+    from .timm_layers import register
+
+    register()
+
+
+register_lazy_handlers("timm", _register_timm)  # timm's layers: see prunekit.graph.timm_layers
 
 
 # --- the saved-model view: shapes and resizing ----------------------------------------------------------

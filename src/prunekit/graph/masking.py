@@ -8,7 +8,8 @@ input is masked instead. The rule "skip a mask when every user masks anyway" kee
 conv -> BN -> ReLU chain at a single mask point, on the BN output.
 
 *How.* A mask point on the output of a channel-affine normalisation (BatchNorm, SyncBatchNorm, InstanceNorm,
-GroupNorm; affine, called once per forward pass) is *folded* into its affine parameters: the module runs its
+GroupNorm; affine, called once per forward pass; a norm + activation module such as timm's ``BatchNormAct2d``
+only when its handler says the activation maps 0 to 0) is *folded* into its affine parameters: the module runs its
 own ``forward`` with ``weight * m`` and ``bias * m`` in place of ``weight`` and ``bias`` (swapped into
 ``_parameters`` for the call, restored in ``finally``). Since ``norm(x) * gamma * m + beta * m ==
 (norm(x) * gamma + beta) * m`` with the batch statistics untouched, this is exact: kept channels use the
@@ -48,6 +49,7 @@ from torch import nn
 
 from .analysis import NodeRec
 from .groups import DependencyGraph, Group
+from .handlers import handler_for
 
 # Channel-affine normalisations: output channel c is linear in (weight[c], bias[c]) with statistics that do not
 # depend on them, so an output mask can be folded into the two vectors.
@@ -216,6 +218,9 @@ class MaskHooks:
     @staticmethod
     def _foldable(mod: nn.Module, by_mode: dict[str, dict[int, MaskPoint]]) -> bool:
         if not isinstance(mod, FOLDABLE) or "forward" in mod.__dict__:
+            return False
+        h = handler_for(mod)  # a norm + activation module folds only if its activation keeps zeros zero
+        if h is not None and not h.folds_output(mod):
             return False
         w, b = mod._parameters.get("weight"), mod._parameters.get("bias")
         if w is None or b is None or w.ndim != 1 or b.shape != w.shape:

@@ -41,21 +41,35 @@ class _Tracer(fx.Tracer):
         return out
 
 
-def trace(model: nn.Module, leaf_modules: Iterable[str | type] = ()) -> fx.GraphModule:
-    """Symbolically trace ``model``; a failure names the innermost module and suggests marking it a leaf."""
-    tracer = _Tracer(leaf_modules)
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, RuntimeError ...
-        where = tracer.failed or (tracer.stack[-1] if tracer.stack else None)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if where and where[0]:
-            raise PrunekitError(
-                f"cannot trace the model with torch.fx inside module '{where[0]}' ({where[1]}): {first}. "
-                f"Mark it as a leaf (leaf_modules=['{where[0]}'] / --leaf {where[0]}); its channels are then left "
-                "unpruned") from None
-        raise PrunekitError(f"cannot trace the model with torch.fx: {type(e).__name__}: {first}") from None
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+def trace(model: nn.Module, leaf_modules: Iterable[str | type] = (), auto_leaf: bool = False) -> fx.GraphModule:
+    """Symbolically trace ``model``; a failure names the innermost module and suggests marking it a leaf.
+
+    ``auto_leaf``: instead of failing, make the innermost module that cannot be traced a leaf and trace again
+    (the analysis then locks its channels); ``gm.meta["untraceable"]`` maps each such module to the reason.
+    """
+    leaves = list(leaf_modules)
+    untraceable: dict[str, str] = {}
+    while True:
+        tracer = _Tracer(leaves)
+        try:
+            graph = tracer.trace(model)
+            break
+        except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, RuntimeError ...
+            where = tracer.failed or (tracer.stack[-1] if tracer.stack else None)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if auto_leaf and where and where[0] and where[0] not in untraceable and len(untraceable) < 256:
+                untraceable[where[0]] = first
+                leaves.append(where[0])
+                continue
+            if where and where[0]:
+                raise PrunekitError(
+                    f"cannot trace the model with torch.fx inside module '{where[0]}' ({where[1]}): {first}. "
+                    f"Mark it as a leaf (leaf_modules=['{where[0]}'] / --leaf {where[0]}); its channels are then "
+                    "left unpruned") from None
+            raise PrunekitError(f"cannot trace the model with torch.fx: {type(e).__name__} in the model itself: {first}") from None
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["untraceable"] = untraceable
+    return gm
 
 
 _BN_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}

@@ -1,8 +1,10 @@
-"""Model registry, MobileNet V1, torchvision adapters and the saved-model format."""
+"""Model registry, MobileNet V1, torchvision and timm adapters and the saved-model format."""
 
 from . import mobilenet_v1 as _mobilenet_v1  # noqa: F401  (registers "mobilenet_v1")
 from ._registry import (
+    TIMM_PREFIX,
     TORCHVISION_PREFIX,
+    check_arch,
     create_model,
     default_input,
     list_models,
@@ -13,7 +15,8 @@ from .mobilenet_v1 import MobileNetV1, scale_channels
 from .serialization import InputSpec, ModelSpec, apply_layer_shapes, load_model, read_spec, save_model
 
 __all__ = [
-    "InputSpec", "MobileNetV1", "ModelSpec", "TORCHVISION_PREFIX", "apply_layer_shapes", "create_model",
+    "InputSpec", "MobileNetV1", "ModelSpec", "TIMM_PREFIX", "TORCHVISION_PREFIX", "apply_layer_shapes", "check_arch",
+    "create_model",
     "default_input", "list_models", "load_model", "read_spec", "register_model", "save_model", "scale_channels",
     "torchvision_classification_models",
 ]

@@ -1,4 +1,5 @@
-"""Model registry: ``register_model`` / ``create_model`` (timm style), plus ``torchvision:NAME`` adapters."""
+"""Model registry: ``register_model`` / ``create_model`` (timm style), plus ``torchvision:NAME`` and ``timm:NAME``
+adapters (timm is optional: imported only when a ``timm:`` model is used)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import PrunekitError, closest, unknown
+from .timm_models import TIMM_PREFIX, check_timm_name, create_timm, timm_default_input
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -53,10 +55,24 @@ def torchvision_classification_models() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def check_arch(arch: str, where: str = "model") -> None:
+    """Raise a one-line ``PrunekitError`` unless ``arch`` is a registry name, ``torchvision:NAME`` or ``timm:NAME``
+    (the latter needs timm installed)."""
+    if arch.startswith(TIMM_PREFIX):
+        check_timm_name(arch[len(TIMM_PREFIX):], where)
+    elif arch.startswith(TORCHVISION_PREFIX):
+        tv = arch[len(TORCHVISION_PREFIX):]
+        names = torchvision_classification_models()
+        if tv not in names:
+            raise PrunekitError(f"{where}: unknown torchvision model '{arch}'{closest(tv, names)}")
+    elif arch not in _REGISTRY:
+        raise PrunekitError(f"{where}: unknown arch '{arch}'{closest(arch, list(_REGISTRY))}; valid: "
+                            f"{', '.join(sorted(_REGISTRY))}, {TORCHVISION_PREFIX}NAME, {TIMM_PREFIX}NAME")
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a model by registry name or ``torchvision:NAME``; unknown names/arguments raise ``PrunekitError``.
+    """Build a model by registry name, ``torchvision:NAME`` or ``timm:NAME`` (random weights); unknown
+    names/arguments raise ``PrunekitError``.
 
     >>> m = create_model("mobilenet_v1", width=0.25, num_classes=10)
     >>> type(m).__name__
@@ -64,8 +80,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """
     if name.startswith(TORCHVISION_PREFIX):
         return _create_torchvision(name[len(TORCHVISION_PREFIX):], **kwargs)
+    if name.startswith(TIMM_PREFIX):
+        return create_timm(name[len(TIMM_PREFIX):], **kwargs)
     if name not in _REGISTRY:
-        raise unknown("model", name, list(_REGISTRY) + ["torchvision:<name>"])
+        raise unknown("model", name, list(_REGISTRY) + ["torchvision:<name>", "timm:<name>"])
     entry = _REGISTRY[name]
     _check_kwargs(name, entry.builder, kwargs)
     return entry.builder(**kwargs)
@@ -89,7 +107,10 @@ def _check_kwargs(name: str, fn: Callable, kwargs: dict[str, Any]) -> None:
 
 
 def default_input(name: str) -> dict[str, Any]:
-    """The input spec (size, channels) a model expects unless told otherwise."""
+    """The input spec (size, channels; for timm models also mean, std and resize) a model expects unless told
+    otherwise."""
+    if name.startswith(TIMM_PREFIX):
+        return timm_default_input(name[len(TIMM_PREFIX):])
     if name.startswith(TORCHVISION_PREFIX):
         tv = name[len(TORCHVISION_PREFIX):]
         size = {"inception_v3": 299}.get(tv, 224)

@@ -137,7 +137,8 @@ def _check_arch(arch: str) -> None:
     if arch not in ARCHS:
         from ..errors import closest
 
-        raise PrunekitError(f"cannot import arch '{arch}'{closest(arch, ARCHS)}: only {', '.join(ARCHS)} is supported")
+        raise PrunekitError(f"cannot import arch '{arch}'{closest(arch, ARCHS)}: only {', '.join(ARCHS)} is supported "
+                            "(and timm:NAME with --from timm)")
 
 
 def _class_names(num_classes: int, class_names: Sequence[str] | None) -> list[str] | None:

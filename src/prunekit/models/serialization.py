@@ -3,7 +3,7 @@
 ``model.json`` records the registry builder and its kwargs, the input the model expects, class names,
 and the shape of every resizable layer (conv, linear, norm). Loading builds the architecture from the
 registry, resizes the layers that surgery shrank, then loads the weights strictly. It works for our
-models and for ``torchvision:NAME`` models alike.
+models and for ``torchvision:NAME`` and ``timm:NAME`` models alike.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..data.classes import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import PrunekitError
 from ..graph.handlers import layer_shape, layer_shapes, resized, set_submodule
 from ..io import load_tensors, read_json, save_tensors, write_json
-from ._registry import TORCHVISION_PREFIX, create_model, list_models, torchvision_classification_models
+from ._registry import check_arch, create_model
 
 FORMAT = "prunekit-model"
 SCHEMA_VERSION = 1
@@ -176,11 +176,7 @@ def read_spec(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
     arch = doc.get("arch")
     if not isinstance(arch, str):
         raise PrunekitError(f"{directory / MODEL_JSON}: 'arch' must be a string")
-    if not arch.startswith(TORCHVISION_PREFIX) and arch not in list_models():
-        raise PrunekitError(f"{directory / MODEL_JSON}: unknown arch '{arch}'; valid: {', '.join(list_models())}, "
-                            "torchvision:<name>")
-    if arch.startswith(TORCHVISION_PREFIX) and arch[len(TORCHVISION_PREFIX):] not in torchvision_classification_models():
-        raise PrunekitError(f"{directory / MODEL_JSON}: unknown torchvision model '{arch}'")
+    check_arch(arch, f"{directory / MODEL_JSON}: arch")
     kwargs = doc.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise PrunekitError(f"{directory / MODEL_JSON}: 'kwargs' must be a mapping")
@@ -218,12 +214,16 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def _check_input_channels(model: nn.Module, spec: ModelSpec, where: Path) -> None:
-    """``input.channels`` must be what the first convolution takes (else every forward fails later)."""
+    """``input.channels`` must be what the first convolution takes (else every forward fails later). The first
+    resizable layer with input channels decides: a conv, or a block that splits its input among several convs
+    (timm's MixedConv2d) before its parts."""
     for name, m in model.named_modules():
-        if isinstance(m, _CONVS):
-            if m.in_channels != spec.input.channels:
+        shape = layer_shape(m) if not isinstance(m, _CONVS) else None
+        cin = m.in_channels if isinstance(m, _CONVS) else (shape or {}).get("in_channels")
+        if isinstance(cin, int):
+            if cin != spec.input.channels:
                 raise PrunekitError(f"{where}: input.channels is {spec.input.channels} but the model's first "
-                                    f"convolution '{name}' takes {m.in_channels} channels")
+                                    f"convolution '{name}' takes {cin} channels")
             return
 
 
