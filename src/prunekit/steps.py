@@ -317,15 +317,25 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     shape = loaded.input_shape
     runtime = None
     if budget.kind == "latency_ms":
-        from .inference.latency import ALIGN, LatencyCost, LatencyTable, Timer, default_threads
+        from .inference.latency import LatencyCost, LatencyTable, Timer, align, default_threads, measure_model
+        from .surgery import shrink
 
         # channel counts the runtime's kernels are fast at (see inference/latency.py): the search only chooses
         # among those, and the latency table is measured on them
-        limits = dataclasses.replace(limits, round_to=max(limits.round_to, ALIGN))
+        limits = dataclasses.replace(limits, round_to=max(limits.round_to, align()))
         runtime = p.budget_runtime
-        table = LatencyTable(Timer(runtime, p.budget_batch, default_threads(p.budget_threads)))
-        cost = LatencyCost(strip(pruner.model, copy=True).cpu(), shape, ChannelFractions(pruner.graph, pruner.groups),
-                           table, round_to=limits.round_to, progress=log)
+        timer = Timer(runtime, p.budget_batch, default_threads(p.budget_threads))
+        table = LatencyTable(timer)
+        dense = strip(pruner.model, copy=True).cpu()
+
+        def measure(keep: np.ndarray) -> float:  # the model with the last channels of every group removed
+            removed = {g.name: list(range(int(k), g.size)) for g, k in zip(pruner.groups, keep, strict=True)
+                       if int(k) < g.size}
+            small = shrink(dense, shape, removed, graph=pruner.graph, check=False).model
+            return measure_model(small, shape, timer)
+
+        cost = LatencyCost(dense, shape, ChannelFractions(pruner.graph, pruner.groups), table,
+                           round_to=limits.round_to, progress=log, measure=measure)
         log(f"latency model on {runtime} (batch {p.budget_batch}): dense {cost.dense:.3f} ms measured, "
             f"{table.measured} layer timings made ({len(table.entries)} in the cache)")
     else:

@@ -203,6 +203,52 @@ class FakeTimer:
         return 1e-6 * profile(module, tuple(example.shape[1:])).macs + 0.01
 
 
+class FusingTimer(FakeTimer):
+    """Whole models run at half their layers' summed cost (fusion, no per-call overhead between layers)."""
+
+    def model_ms(self, module, example):
+        ms = super().model_ms(module, example)
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+        return ms if convs <= 1 else 0.5 * (ms - 0.01) + 0.2
+
+
+def test_latency_model_is_calibrated_on_measured_whole_models(tmp_path):
+    from prunekit import shrink
+    from prunekit.inference import latency as L
+
+    m = mobilenet()
+    p = prune_(m, PruningConfig(schedule=OneShot(0.5)), SHAPE)
+    timer = FusingTimer()
+    dense_model = strip(m, copy=True)
+    sizes = np.array([g.size for g in p.groups])
+
+    def measure(keep):
+        removed = {g.name: list(range(int(k), g.size)) for g, k in zip(p.groups, keep, strict=True) if k < g.size}
+        return L.measure_model(shrink(dense_model, SHAPE, removed, graph=p.graph, check=False).model, SHAPE, timer)
+
+    fr = ChannelFractions(p.graph, p.groups)
+    cost = L.LatencyCost(dense_model, SHAPE, fr, L.LatencyTable(timer, cache=tmp_path), grid=4, round_to=4,
+                         measure=measure)
+    naive = L.LatencyCost(dense_model, SHAPE, fr, L.LatencyTable(timer, cache=tmp_path), grid=4, round_to=4)
+    assert cost.slope == pytest.approx(0.5, rel=0.05) and naive.slope == 1.0
+    assert [c["model"] for c in cost.calibration] == ["dense", "uniform 0.5", "uniform 0.75"]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        keep = np.maximum(4, (sizes * rng.uniform(0.2, 1.0, len(sizes)) / 4).round() * 4).clip(max=sizes)
+        truth = measure(keep)
+        assert cost(keep) == pytest.approx(truth, rel=0.05)
+        assert abs(naive(keep) - truth) > 0.2 * truth  # without calibration the fused model is mispredicted
+
+
+def test_fit_falls_back_to_slope_one_when_points_do_not_determine_it():
+    from prunekit.inference.latency import _fit
+
+    assert _fit([2.0], [3.0]) == (1.0, 1.0)
+    assert _fit([2.0, 2.0], [3.0, 5.0]) == (1.0, 1.0)
+    assert _fit([1.0, 2.0], [100.0, 1.0]) == (1.0, 99.0)  # slope < 0: fall back
+    assert _fit([1.0, 2.0, 3.0], [3.0, 5.0, 7.0]) == pytest.approx((2.0, 1.0))
+
+
 def test_latency_table_is_cached_and_keyed_by_machine_runtime_and_batch(tmp_path, monkeypatch):
     from prunekit.inference import latency as L
 
@@ -213,7 +259,7 @@ def test_latency_table_is_cached_and_keyed_by_machine_runtime_and_batch(tmp_path
     cost = L.LatencyCost(strip(m, copy=True), SHAPE, ChannelFractions(p.graph, p.groups), table, grid=4)
     assert table.measured > 20 and table.path.is_file()
     dense = np.array([g.size for g in p.groups])
-    assert cost(dense) == pytest.approx(cost.dense)  # the constant makes the dense prediction the measurement
+    assert cost(dense) == pytest.approx(cost.dense)  # the intercept makes the dense prediction the measurement
     half = dense // 2
     assert cost(half) < cost(dense)
     again = L.LatencyTable(timer, cache=tmp_path)

@@ -66,6 +66,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's feature flags from ``/proc/cpuinfo`` (x86 ``flags``, ARM ``Features``); empty elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("flags", "features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def machine_info() -> dict[str, Any]:
     import onnxruntime as ort
 

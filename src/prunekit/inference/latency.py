@@ -3,9 +3,11 @@
 For every convolution and linear layer of a model, the layer alone (with the ReLU that ONNX Runtime fuses into
 it) is timed on the target runtime (``onnxruntime-fp32``, ``onnxruntime-int8`` or ``pytorch``), at the batch
 size and thread count of the budget, on a grid of input x output channel counts (one axis for depthwise
-convolutions, whose input and output channels are tied). A model's predicted latency is the sum of its layers'
-interpolated latencies plus a constant measured once on the dense model (everything the layers do not cover:
-session overhead, pooling, elementwise ops). Measurements are cached on disk, keyed by CPU model, runtime and
+convolutions, whose input and output channels are tied). A layer timed alone is not the layer inside the model:
+each call pays the runtime's per-call overhead, and in a model the runtime fuses, reorders layouts and reuses
+caches. So the sum of the layers' interpolated latencies is *calibrated* on whole models measured once: the dense
+model and two uniformly pruned ones, ``predicted = slope * sum + intercept`` (least squares; the residuals are
+kept in ``LatencyCost.calibration``). Measurements are cached on disk, keyed by CPU model, runtime and
 version, threads, batch and layer shape (``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``), so a second search on
 the same machine measures nothing.
 """
@@ -33,10 +35,18 @@ from .bench import available_cores, cpu_model, stats, time_runs
 
 RUNTIMES = ("onnxruntime-fp32", "onnxruntime-int8", "pytorch")
 CACHE_VERSION = 1
-# Latency budgets keep channel counts multiples of ALIGN: CPU convolution kernels (ONNX Runtime's blocked NCHWc
-# layout, oneDNN) run other counts on slow paths, so latency is a saw-tooth in the channel count that no
-# interpolation captures (benchmarks/channel_counts.py measures it).
+# Latency budgets keep channel counts multiples of align(): CPU convolution kernels (ONNX Runtime's blocked NCHWc
+# layout: blocks of 16 channels with AVX-512, 8 with AVX2; oneDNN alike) run other counts on slow paths and insert
+# layout reorders around them, so a model's latency is a saw-tooth in the channel count that no interpolation
+# captures (benchmarks/channel_counts.py and round_to_bench.py measure it).
 ALIGN = 8
+
+
+def align() -> int:
+    """Channel multiple that keeps this CPU's convolution kernels on their fast path: 16 with AVX-512, else 8."""
+    from .bench import cpu_flags
+
+    return 16 if "avx512f" in cpu_flags() else ALIGN
 
 
 def cache_dir() -> Path:
@@ -238,7 +248,8 @@ def _interp(xs: list[int], ys: np.ndarray, x: float) -> float:
 
 
 class LatencyCost:
-    """Predicted latency (ms) for per-group keep counts: interpolated per-layer tables + a measured constant.
+    """Predicted latency (ms) for per-group keep counts: interpolated per-layer tables, summed and calibrated on
+    measured whole models.
 
     ``fractions``: a :class:`prunekit.pruning.budget.ChannelFractions` of the pruned groups; layers whose
     channels no pruned group touches are measured at their own size only."""
@@ -246,7 +257,11 @@ class LatencyCost:
     kind = "latency_ms"
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], fractions: Any, table: LatencyTable,
-                 grid: int = 6, round_to: int = 1, progress: Callable[[str], None] | None = None):
+                 grid: int = 6, round_to: int = 1, progress: Callable[[str], None] | None = None,
+                 measure: Callable[[np.ndarray], float] | None = None, anchors: Sequence[float] = (0.5, 0.75)):
+        """``measure(keep)``: the measured latency (ms) of the model pruned to ``keep`` channels per group; with
+        it the table's sum is calibrated on the dense model and on uniform pruning at each of ``anchors``
+        (without it: slope 1, intercept from the dense model alone)."""
         self.fractions, self.table = fractions, table
         self.specs = layer_specs(model, input_shape)
         self.input_shape = tuple(input_shape)
@@ -265,10 +280,21 @@ class LatencyCost:
             if progress and (i + 1) % 5 == 0:
                 progress(f"latency table {i + 1}/{len(self.specs)} layers ({table.measured} measured)")
         table.save()
-        self.layers_dense = self._layers(np.asarray(fractions.sizes))
+        sizes = np.asarray(fractions.sizes)
+        self.layers_dense = self._layers(sizes)
         self.dense_measured = measure_model(model, input_shape, table.timer)
-        self.constant = self.dense_measured - self.layers_dense
         self.dense = self.dense_measured
+        points = [("dense", self.layers_dense, self.dense_measured)]
+        for s in anchors if measure is not None else ():
+            keep = np.maximum(round_to, np.round(sizes * (1 - s) / round_to) * round_to).clip(max=sizes)
+            points.append((f"uniform {s:g}", self._layers(keep), float(measure(keep))))
+        self.slope, self.intercept = _fit([p[1] for p in points], [p[2] for p in points])
+        self.calibration = [{"model": n, "layers_sum_ms": x, "measured_ms": y,
+                             "predicted_ms": self.slope * x + self.intercept} for n, x, y in points]
+        if progress and len(points) > 1:
+            progress("latency model calibrated on " + ", ".join(
+                f"{c['model']} ({c['measured_ms']:.3f} ms measured, {c['predicted_ms']:.3f} predicted)"
+                for c in self.calibration))
 
     def _layer(self, i: int, cin: float, cout: float) -> float:
         cins, couts, values = self.grids[i]
@@ -287,7 +313,18 @@ class LatencyCost:
         return total
 
     def __call__(self, keep: np.ndarray) -> float:
-        return self._layers(np.asarray(keep)) + self.constant
+        return self.slope * self._layers(np.asarray(keep)) + self.intercept
+
+
+def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``y = slope * x + intercept``; slope 1 (intercept from the first point) when the points do
+    not determine a sensible slope (one point, no spread, or a slope outside [0.2, 5])."""
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    if len(x) >= 2 and np.ptp(x) > 1e-9:
+        slope, intercept = np.polyfit(x, y, 1)
+        if 0.2 <= slope <= 5:
+            return float(slope), float(intercept)
+    return 1.0, float(y[0] - x[0])
 
 
 def measure_model(model: nn.Module, input_shape: Sequence[int], timer: Timer) -> float:
