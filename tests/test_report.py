@@ -22,8 +22,10 @@ def fake_pipeline(deploy, int8_ms=0.110):
               "pruned": stage(80.0, 200_000, {"pytorch": 2.4, FP32: 0.11}),
               "finetuned": stage(89.0, 200_000, {"pytorch": 2.37, FP32: 0.103}),
               "int8": stage(88.9, 200_000, {INT8: int8_ms})}
+    quantize = {"deploy": deploy, "settings": {"label": "U8S8", "reason": "x86-vnni (detected from /proc/cpuinfo)"},
+                "guard": {"summary": "int8 top-1 88.90% vs fp32 89.00%"}, "path": "model.int8.onnx"}
     results = {"evaluate": {"stages": stages, "deploy": deploy, "load_avg": [3.5, 3.0, 2.0]}, "surgery": {},
-               "predict": {}, "quantize": {"deploy": deploy}}
+               "predict": {}, "quantize": quantize}
     cfg = SimpleNamespace(to_dict=lambda: {})
     return SimpleNamespace(results=results, ctx=SimpleNamespace(device="cpu"), cfg=cfg,
                            stage_dir=lambda name: __import__("pathlib").Path("/nonexistent") / name)
@@ -59,6 +61,8 @@ def test_sentences_follow_the_measurements():
     assert "ONNX Runtime fp32: dense 0.674 ms, pruned 0.110 ms (6.13x vs dense), finetuned 0.103 ms" in text
     assert "ONNX Runtime int8: int8 0.110 ms. Speed-ups compare within one runtime" in text
     assert "load average 3.50" in text
+    assert "int8 settings: U8S8 QDQ, for x86-vnni (detected from /proc/cpuinfo); int8 top-1 88.90%" in text
+    assert doc["quantize"]["settings"]["label"] == "U8S8" and doc["quantize"]["path"] == "model.int8.onnx"
     assert deploy_line(doc) == f"Deploy: {FP32} (model.onnx). {SLOWER['reason']}"
     assert "int8 is slower" in text and "faster" not in deploy_line(doc)
     faster = {"choice": INT8, "path": "/run/stages/quantize/model.int8.onnx", "stage": "int8", "latency_ms": 0.05,

@@ -60,7 +60,9 @@ def collect(p) -> dict[str, Any]:
         "predict": {"image": pred.get("image"), "label": pred.get("label"), "top5": pred.get("top5"),
                     "pytorch": pred.get("pytorch"), "onnx": pred.get("onnx"), "int8": pred.get("int8")},
         "export": r.get("export"),
-        "quantize": {k: v for k, v in (r.get("quantize") or {}).items() if not isinstance(v, (dict, list))},
+        "quantize": {**{k: v for k, v in (r.get("quantize") or {}).items() if not isinstance(v, (dict, list))},
+                     **{k: (r.get("quantize") or {}).get(k) for k in ("settings", "guard", "latency")
+                        if (r.get("quantize") or {}).get(k) is not None}},
         "seconds": {k: v.get("seconds") for k, v in r.items() if isinstance(v, dict) and "seconds" in v},
     }
     if dense:
@@ -154,6 +156,11 @@ def _headline(doc: dict[str, Any]) -> list[str]:
     lat = _latency_line(st, doc.get("latency_load_avg"))
     if lat:
         lines.append(lat)
+    q = doc.get("quantize") or {}
+    if q.get("settings"):
+        guard = (q.get("guard") or {}).get("summary")
+        lines.append(f"int8 settings: {q['settings'].get('label')} QDQ, for {q['settings'].get('reason')}"
+                     + (f"; {guard}" if guard else "") + ".")
     dep = deploy_line(doc)
     if dep:
         lines.append(dep)
