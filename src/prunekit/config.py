@@ -94,6 +94,9 @@ class PruneCfg(PruningConfig, StageTrainCfg):
 
     enabled: bool = F(True, "run the prune stage")
     final_sparsity: float | None = F(None, "shortcut for schedule.final_sparsity", lo=0, hi=1, hi_open=True)
+    # the library's PruningConfig keeps exact counts (round_to 1); a run, which deploys, rounds to multiples of 4
+    round_to: int = F(4, "keep channel counts multiples of this (4: ONNX Runtime's x86 kernels run several times "
+                      "slower on other counts, benchmarks/results/round_to.md; 1: exact counts)", lo=1, hi=1024)
 
     def pruning(self, seed: int = 0) -> PruningConfig:
         """The library's :class:`PruningConfig` of this stage (``final_sparsity`` folded into the schedule)."""
