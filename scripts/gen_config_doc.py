@@ -15,7 +15,7 @@ starts from an imported model).
 
 **Stages and what they depend on.** `train` (model, data, train, seed; `model.init` starts from a saved model
 and trains it `train.epochs` more epochs, 0 = as it is) → `prune` (prune) →
-`surgery` → `finetune` (finetune, train) → `export` (export) → `quantize` (quantize) → `evaluate` (bench) →
+`surgery` → `finetune` (finetune, train) → `export` (export) → `quantize` (quantize, bench) → `evaluate` (bench) →
 `predict` (predict) → `report`. A stage reruns when its own keys or an earlier stage changed; `--from STAGE`
 forces a rerun.
 

@@ -52,8 +52,9 @@ def test_every_stage_runs_and_report_schema(first_run):
     doc = json.loads((out / "report.json").read_text())
     for stage in ("dense", "pruned", "finetuned", "int8"):
         s = doc["stages"][stage]
-        assert {"top1", "top5", "params", "macs", "size_bytes", "latency_ms"} <= set(s)
+        assert {"top1", "top5", "params", "macs", "size_bytes", "latency", "speedup"} <= set(s)
         assert 0 <= s["top1"] <= s["top5"] <= 100 and s["params"] > 0
+    check_latency_fields(doc)
     # each figure is what evaluating that stage's file gives (not a placeholder): recompute two of them
     from prunekit.steps import evaluate
 
@@ -70,6 +71,30 @@ def test_every_stage_runs_and_report_schema(first_run):
     for f in ("config.yaml", "stages/export/model.onnx", "stages/quantize/model.int8.onnx",
               "stages/prune/summary.md", "stages/prune/kept_channels.png", "stages/predict/sample.png"):
         assert (out / f).is_file(), f
+
+
+RUNTIMES = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8")
+
+
+def check_latency_fields(doc):
+    """Per-runtime latency for every stage, speed-ups only within one runtime, the deploy choice and its reason."""
+    st = doc["stages"]
+    for stage in ("dense", "pruned", "finetuned"):  # fp32 models: PyTorch eager and ONNX Runtime fp32
+        lat = st[stage]["latency"]
+        assert set(lat) == set(RUNTIMES) and lat["onnxruntime-int8"] is None
+        assert lat["pytorch"] > 0 and lat["onnxruntime-fp32"] > 0
+    assert {k: v is not None for k, v in st["int8"]["latency"].items()} == {
+        "pytorch": False, "onnxruntime-fp32": False, "onnxruntime-int8": True}
+    for s in st.values():
+        assert set(s["speedup"]) <= {rt for rt in RUNTIMES if st["dense"]["latency"][rt] and s["latency"][rt]}
+        for rt, x in s["speedup"].items():
+            assert x == pytest.approx(st["dense"]["latency"][rt] / s["latency"][rt])
+    assert st["int8"]["speedup"] == {}  # no dense int8 model: no cross-runtime ratio is made up
+    d = doc["deploy"]
+    assert d["choice"] in ("onnxruntime-fp32", "onnxruntime-int8") and len(d["reason"]) > 20
+    assert d["stage"] == ("int8" if d["choice"] == "onnxruntime-int8" else "finetuned")
+    assert d["latency_ms"] == st[d["stage"]]["latency"][d["choice"]] == st[d["stage"]]["latency_ms"]
+    assert [k for k, s in st.items() if "latency_ms" in s] == [d["stage"]]  # kept for the deploy artifact only
 
 
 def test_rerun_skips_everything_and_changes_rerun_from_the_changed_stage(first_run):
@@ -136,6 +161,11 @@ def test_cli_run_prints_summary_and_rejects_bad_config(tmp_path, first_run):
     rc, so, se = run_cli("run", cfg)
     assert rc == 0, se
     assert "stage" in so and "int8" in so and "report.html" in so
+    header = next(ln for ln in so.splitlines() if ln.startswith("stage"))
+    assert header.split() == ["stage", "top-1", "top-5", "params", "MACs", "size", "PyTorch", "b=1", "ORT", "fp32",
+                              "b=1", "ORT", "int8", "b=1", "deploy"]
+    doc = json.loads((out / "report.json").read_text())
+    assert f"Deploy: {doc['deploy']['choice']}" in so and doc["deploy"]["reason"] in so
     cfg.write_text("trian: {}\n")
     rc, so, se = run_cli("run", cfg)
     assert rc == 2 and "did you mean 'train'" in se and "Traceback" not in se

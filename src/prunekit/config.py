@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .data import DATASETS, Augment
-from .deploy import FORMATS, METHODS
+from .deploy import ACTIVATION_TYPES, CPU_CLASSES, FORMATS, METHODS, OBJECTIVES, WEIGHT_TYPES
 from .errors import PrunekitError, closest
 from .pruning import PruningConfig, ScheduleSpec
 from .pruning.budget import BUDGET_RUNTIMES, Budget
@@ -109,6 +109,9 @@ class PruneCfg(PruningConfig, StageTrainCfg):
                                 lo=32, hi=1_000_000)
     calib_images: int = F(512, "training images that re-estimate BatchNorm statistics (adaptive BN)", lo=16,
                           hi=1_000_000)
+    # the library's PruningConfig keeps exact counts (round_to 1); a run, which deploys, rounds to multiples of 8
+    round_to: int = F(8, "keep channel counts multiples of this (8: ONNX Runtime's x86 kernels run several times "
+                      "slower on other counts, benchmarks/results/round_to_quick.md; 1: exact counts)", lo=1, hi=1024)
 
     def pruning(self, seed: int = 0) -> PruningConfig:
         """The library's :class:`PruningConfig` of this stage (``final_sparsity`` folded into the schedule)."""
@@ -153,6 +156,23 @@ class QuantizeCfg:
     calib_samples: int = F(512, "calibration images from the training split", lo=1, hi=1_000_000)
     method: str = F("minmax", "calibration method", choices=METHODS)
     per_channel: bool = F(True, "per-channel weight scales")
+    cpu: str = F("auto", "CPU class the int8 settings are chosen for (auto: detected from this machine's "
+                 "/proc/cpuinfo; name one to quantize for another machine)", choices=("auto", *CPU_CLASSES))
+    activations: str = F("auto", "activation type (auto: uint8 on x86, int8 on ARM)", choices=ACTIVATION_TYPES)
+    weights: str = F("auto", "weight type (auto: int8)", choices=WEIGHT_TYPES)
+    reduce_range: bool | None = F(None, "7-bit weights against u8*s8 saturation (null: on for x86 without VNNI)")
+    objective: str = F("latency", "which file is the deploy artifact: latency (faster at batch 1), throughput "
+                       "(more img/s at throughput_batch), size (smaller), or fp32/int8 whatever the measurements; "
+                       "latency, throughput and size only among files within `tolerance`", choices=OBJECTIVES)
+    tolerance: float = F(0.5, "largest top-1 drop (points) of int8 vs fp32 on the held-out slice", lo=0, hi=100)
+    min_speedup: float = F(1.05, "int8 counts as faster only from this ratio on (smaller gaps are timing noise)",
+                           lo=1, hi=100)
+    eval_samples: int = F(2000, "held-out slice: the first N test images, for the accuracy checks (0: all)",
+                          lo=0, hi=10_000_000)
+    throughput_batch: int = F(32, "batch size of the throughput measurement (latency: batch 1)", lo=1, hi=4096)
+    guard: bool = F(True, "when int8 loses more than `tolerance`, keep the most sensitive layers in fp32")
+    max_fp32_layers: int = F(8, "the guard keeps at most this many layers in fp32, then falls back to fp32",
+                             lo=0, hi=10000)
 
 
 @dataclass
@@ -164,8 +184,8 @@ class PredictCfg:
 @dataclass
 class BenchCfg:
     enabled: bool = F(True, "measure latency for the report")
-    threads: int = F(0, "intra-op threads (0: all cores)", lo=0, hi=512)
-    repeats: int = F(50, "timed batch-1 runs per model and runtime", lo=3, hi=100000)
+    threads: int = F(0, "intra-op threads (0: all cores); also for the fp32-vs-int8 measurement", lo=0, hi=512)
+    repeats: int = F(50, "timed runs per model, runtime and batch size (also fp32 vs int8)", lo=3, hi=100000)
 
 
 @dataclass

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import steps
 from .config import RunConfig, dump_config
 from .errors import PrunekitError, closest
@@ -91,17 +93,35 @@ def _export(p: Pipeline, d: Path) -> dict[str, Any]:
 
 
 def _quantize(p: Pipeline, d: Path) -> dict[str, Any]:
+    from .deploy.artifact import FP32
+
+    onnx = p.stage_dir("export") / "model.onnx"
     if not p.cfg.quantize.enabled:
-        return {"skipped": True}
+        deploy = {"choice": FP32, "path": str(onnx), "reason": "quantize.enabled is false: the fp32 ONNX model",
+                  "objective": p.cfg.quantize.objective}
+        write_json(d / "deploy.json", deploy)
+        return {"skipped": True, "deploy": deploy}
     out = d / "model.int8.onnx"
-    res = steps.quantize(p.stage_dir("export") / "model.onnx", out, p.cfg.data, p.cfg.quantize, seed=p.cfg.seed)
+    res = steps.quantize(onnx, out, p.cfg.data, p.cfg.quantize, evaluate=True, seed=p.cfg.seed, bench=p.cfg.bench,
+                         bundle=p.data(), log=p.log)
+    write_json(d / "deploy.json", res["deploy"])
+    p.log(f"[quantize] deploy {res['deploy']['choice']}: {res['deploy']['reason']}")
     return {"path": str(out), **{k: v for k, v in res.items() if k not in ("path",)}}
 
 
+# runtime labels of report.json's per-stage latency
+PYTORCH, ORT_FP32, ORT_INT8 = "pytorch", "onnxruntime-fp32", "onnxruntime-int8"
+LATENCY_RUNTIMES = (PYTORCH, ORT_FP32, ORT_INT8)
+
+
 def _evaluate(p: Pipeline, d: Path) -> dict[str, Any]:
+    """Accuracy of every stage on the full test split, and batch-1 latency of every stage in every runtime it
+    has on this machine (PyTorch eager; ONNX Runtime fp32, exported here for dense and pruned; ONNX Runtime
+    int8 for the quantized model), each runtime's models timed in alternating rounds."""
     import torch
 
     from .cost import profile
+    from .inference.bench import compare_onnx, load_average, stats, time_interleaved
     from .inference.runtime import load_runtime
     from .saved import load
 
@@ -110,28 +130,53 @@ def _evaluate(p: Pipeline, d: Path) -> dict[str, Any]:
         torch.set_num_threads(b.threads)
     threads = b.threads or None
     stages: dict[str, Any] = {}
+    torch_rts, onnx_files = {}, {}
     for name, stage in (("dense", "train"), ("pruned", "surgery"), ("finetuned", "finetune")):
         path = p.stage_dir(stage) / "model"
         ev = steps.evaluate(path, p.cfg.data, seed=p.cfg.seed, bundle=p.data())
         loaded = load(path)
         prof = profile(loaded.model, loaded.input_shape)
-        rt = load_runtime(path, threads=threads)
         stages[name] = {"top1": ev["top1"], "top5": ev["top5"], "params": prof.params, "macs": prof.macs,
                         "size_bytes": (path / "model.safetensors").stat().st_size, "runtime": "pytorch fp32",
-                        "latency_ms": steps.latency_ms(rt, b.repeats) if b.enabled else None}
+                        "latency": dict.fromkeys(LATENCY_RUNTIMES)}
+        if b.enabled:
+            torch_rts[name] = load_runtime(path, threads=threads)
+            onnx = p.stage_dir("export") / "model.onnx"
+            if name != "finetuned" or not onnx.is_file():
+                onnx = d / f"{name}.onnx"
+                steps.export(path, onnx, "onnx", opset=p.cfg.export.opset)
+            onnx_files[(name, ORT_FP32)] = onnx
     q = p.stage_dir("quantize") / "model.int8.onnx"
     if q.is_file():
         ev = steps.evaluate(q, p.cfg.data, seed=p.cfg.seed, bundle=p.data())
-        rt = load_runtime(q, threads=threads)
         stages["int8"] = {"top1": ev["top1"], "top5": ev["top5"], "params": stages["finetuned"]["params"],
                           "macs": stages["finetuned"]["macs"], "size_bytes": q.stat().st_size,
-                          "runtime": "onnxruntime int8", "latency_ms": steps.latency_ms(rt, b.repeats) if b.enabled
-                          else None}
-    onnx = p.stage_dir("export") / "model.onnx"
-    if onnx.is_file() and b.enabled:
-        stages["finetuned"]["latency_ms_onnx_fp32"] = steps.latency_ms(load_runtime(onnx, threads=threads), b.repeats)
-    write_json(d / "evaluate.json", stages)
-    return {"stages": stages}
+                          "runtime": "onnxruntime int8", "latency": dict.fromkeys(LATENCY_RUNTIMES)}
+        if b.enabled:
+            onnx_files[("int8", ORT_INT8)] = q
+    if b.enabled:
+        x = np.random.default_rng(0).standard_normal((1, *next(iter(torch_rts.values())).input_shape))
+        x = x.astype(np.float32)
+        times = time_interleaved({k: (lambda rt=rt: rt.predict_logits(x)) for k, rt in torch_rts.items()}, 5,
+                                 b.repeats, 20.0)
+        for name, t in times.items():
+            stages[name]["latency"][PYTORCH] = stats(t, 1)["p50_ms"]
+        ort = compare_onnx({f"{n}|{r}": f for (n, r), f in onnx_files.items()}, (1,), threads, b.repeats)
+        for key, per in ort.items():
+            name, runtime = key.split("|")
+            stages[name]["latency"][runtime] = per["1"]["p50_ms"]
+    deploy = dict((p.results.get("quantize") or {}).get("deploy") or {})
+    if deploy:
+        row = "int8" if deploy.get("choice") == ORT_INT8 else "finetuned"
+        if row in stages:
+            deploy["stage"] = row
+            deploy["latency_ms"] = stages[row]["latency"].get(deploy["choice"])
+            deploy["top1"] = stages[row]["top1"]
+            stages[row]["latency_ms"] = deploy["latency_ms"]
+    out = {"stages": stages, "deploy": deploy, "load_avg": load_average() if b.enabled else None,
+           "threads": threads}
+    write_json(d / "evaluate.json", out)
+    return out
 
 
 def _predict(p: Pipeline, d: Path) -> dict[str, Any]:
@@ -185,8 +230,8 @@ class Pipeline:
             Stage("surgery", ("prune",), (), _surgery),
             Stage("finetune", ("surgery", "train"), ("finetune", "train", "data", "seed"), _finetune),
             Stage("export", ("finetune",), ("export",), _export),
-            Stage("quantize", ("export",), ("quantize", "data"), _quantize),
-            Stage("evaluate", ("train", "prune", "finetune", "quantize"), ("data", "bench"), _evaluate),
+            Stage("quantize", ("export",), ("quantize", "data", "bench"), _quantize),
+            Stage("evaluate", ("train", "prune", "finetune", "export", "quantize"), ("data", "bench"), _evaluate),
             Stage("predict", ("export", "quantize"), ("predict", "data"), _predict),
             Stage("report", ("train", "prune", "surgery", "finetune", "export", "quantize", "evaluate", "predict"),
                   (), _report),

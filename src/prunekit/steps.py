@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import DataCfg, ModelCfg, QuantizeCfg, RunConfig, StageTrainCfg, dump_config
+from .config import BenchCfg, DataCfg, ModelCfg, QuantizeCfg, RunConfig, StageTrainCfg, dump_config
 from .data import DataBundle, adapt, load_data, num_batches
 from .errors import PrunekitError
 from .io import write_json, write_text
@@ -478,7 +478,7 @@ class Surgery:
     layers: str | list[str] = "pointwise"
     exclude: str | None = None
     scope: str = "local"
-    round_to: int = 1
+    round_to: int = 8  # as prune.round_to: multiples of 8 run faster in ONNX Runtime (benchmarks/round_to_bench.py)
     seed: int = 0
 
 
@@ -548,31 +548,92 @@ def export(model_ref: str | Path, out: str | Path, fmt: str = "onnx", *, opset: 
     return {**res, "size_bytes": Path(out).stat().st_size}
 
 
+def quant_settings(q: QuantizeCfg):
+    """The int8 settings of ``q`` for this machine's CPU: each ``auto`` value chosen from the CPU class."""
+    from .deploy.cpu import settings_for
+
+    return settings_for(cpu_class=q.cpu, activations=q.activations, weights=q.weights, reduce_range=q.reduce_range,
+                        per_channel=q.per_channel)
+
+
+def _batch_for(shape: Sequence[int], batch_size: int, budget: int) -> int:
+    """``batch_size`` capped so that one batch holds at most ``budget`` input values (224x224 models)."""
+    return max(1, min(batch_size, budget // max(1, int(np.prod(shape)))))
+
+
 def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *, batch_size: int = 64,
-             evaluate: bool = False, seed: int = 0) -> dict[str, Any]:
-    """int8 static quantization of an fp32 ONNX model, calibrated on ``q.calib_samples`` training images
-    preprocessed as the model says; with ``evaluate``, fp32 vs int8 top-1 on the test split."""
-    from .deploy import calibration_batches, load_onnx_proto, onnx_meta, quantize_onnx
+             evaluate: bool = False, seed: int = 0, bench: BenchCfg | None = None, bundle: DataBundle | None = None,
+             log: Log | None = None) -> dict[str, Any]:
+    """int8 static quantization of an fp32 ONNX model with settings for this machine's CPU, calibrated on
+    ``q.calib_samples`` training images preprocessed as the model says.
+
+    With ``evaluate``: fp32 and int8 top-1 on the held-out slice (the first ``q.eval_samples`` test images);
+    when int8 loses more than ``q.tolerance`` points, the guard keeps the most sensitive layers in fp32
+    (:mod:`prunekit.deploy.guard`); then both files are timed on this machine (ONNX Runtime, batch 1 and
+    ``q.throughput_batch``, interleaved) and ``deploy`` names the file to ship for ``q.objective`` and why
+    (:func:`prunekit.deploy.choose`). Both files are kept either way."""
+    from .deploy import Int8Builder, calibration_batches, load_onnx_proto, onnx_meta
+    from .deploy.artifact import FP32, INT8, Candidate, choose
+    from .deploy.guard import guard, layer_sensitivity, write_candidate
+    from .inference.bench import compare_onnx
     from .inference.runtime import evaluate_runtime, load_onnx
 
     src = Path(src)
     proto = load_onnx_proto(src)
     meta = onnx_meta(src, {p.key: p.value for p in proto.metadata_props})
     del proto
-    bundle = model_data(meta.spec(), data, seed)
-    res = quantize_onnx(src, out, calibration_batches(bundle, q.calib_samples, batch_size), method=q.method,
-                        per_channel=q.per_channel, calib_source=f"{data.name} train")
+    bundle = model_data(meta.spec(), data, seed, bundle)
+    settings = quant_settings(q)
+    b = bench or BenchCfg()
+    threads = b.threads or None
+    calib_batch = _batch_for(meta.input_shape, batch_size, 1 << 21)
+    eval_batch = _batch_for(meta.input_shape, max(batch_size, 256), 1 << 23)
+    limit = q.eval_samples or None
+    with Int8Builder(src, calibration_batches(bundle, q.calib_samples, calib_batch), method=q.method,
+                     settings=settings, calib_source=f"{data.name} train") as builder:
+        if not evaluate:
+            res = builder.write(builder.build(), out)
+            g = None
+        else:
+            fp32_ev = evaluate_runtime(load_onnx(src, threads), bundle, "test", eval_batch, limit)
+            evals: dict[int, dict[str, Any]] = {}
+
+            def top1(candidate) -> float:
+                path = write_candidate(candidate, builder.dir)
+                evals[id(candidate)] = evaluate_runtime(load_onnx(path, threads), bundle, "test", eval_batch, limit)
+                return evals[id(candidate)]["top1"]
+
+            def rank(candidate) -> list[dict[str, Any]]:
+                return layer_sensitivity(candidate, builder.fp32_graph(), builder.kept, builder.input_name)
+
+            g = guard(builder.build, top1, fp32_ev["top1"], q.tolerance, q.max_fp32_layers if q.guard else 0, rank,
+                      log)
+            res = builder.write(g.proto, out)
+            int8_ev = evals[id(g.proto)]
     res["fp32_size_bytes"], res["size_bytes"] = src.stat().st_size, Path(out).stat().st_size
+    res["settings_reason"] = settings.reason
     if q.calib_samples > len(bundle.train):
         res["note"] = f"calib_samples {q.calib_samples} > {len(bundle.train)} training images: used all of them"
-    if evaluate:
-        preds = {}
-        for name, path in (("fp32", src), ("int8", Path(out))):
-            ev = evaluate_runtime(load_onnx(path), bundle, "test", max(batch_size, 256))
-            res[name] = {"top1": ev["top1"], "top5": ev["top5"], "n": ev["n"]}
-            preds[name] = ev["predictions"]
-        res["agreement"] = 100.0 * float((preds["fp32"] == preds["int8"]).mean())
-        res["top1_drop"] = res["fp32"]["top1"] - res["int8"]["top1"]
+    if not evaluate:
+        return res
+    for name, ev in (("fp32", fp32_ev), ("int8", int8_ev)):
+        res[name] = {"top1": ev["top1"], "top5": ev["top5"], "n": ev["n"]}
+    res["agreement"] = 100.0 * float((fp32_ev["predictions"] == int8_ev["predictions"]).mean())
+    res["top1_drop"] = res["fp32"]["top1"] - res["int8"]["top1"]
+    res["guard"] = {**g.to_dict(), "summary": g.summary(), "enabled": q.guard}
+    if log:
+        log(f"timing fp32 and int8 on this machine (batch 1 and {q.throughput_batch}) ...")
+    lat = compare_onnx({FP32: src, INT8: out}, (1, q.throughput_batch), threads, b.repeats)
+    res["latency"] = lat
+    tb = str(q.throughput_batch)
+    cand = {k: Candidate(k, str(p), p.stat().st_size, res[n]["top1"], lat[k]["1"]["p50_ms"], lat[k][tb]["img_per_s"])
+            for k, p, n in ((FP32, src, "fp32"), (INT8, Path(out), "int8"))}
+    note = g.summary() if len(g.tries) > 1 else ""
+    res["deploy"] = choose(cand[FP32], cand[INT8], q.objective, q.tolerance, q.min_speedup, q.throughput_batch,
+                           note).to_dict()
+    from .inference.bench import load_average
+
+    res["load_avg"] = load_average()
     return res
 
 

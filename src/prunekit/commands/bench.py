@@ -2,10 +2,12 @@
 ONNX Runtime int8, side by side (ratios relative to the first --model).
 
 For each model: parameters, MACs, file sizes (model.safetensors, fp32 ONNX, int8 ONNX — exported and
-quantized into MODEL/.bench/, reused while the model is unchanged), batch latency p50/p90 at the smallest
---batch and throughput (images/s) at the largest. Warm-up runs precede --repeats timed runs; --threads sets
-torch.set_num_threads and ONNX Runtime's intra-op threads. The JSON records the machine (CPU, cores,
-platform, versions). Close other programs for stable numbers.
+quantized into MODEL/.bench/ with the int8 settings `prunekit quantize` picks for this CPU, reused while the
+model is unchanged), batch latency p50/p90 at the smallest --batch and throughput (images/s) at the largest,
+and int8's speed-up over fp32 within ONNX Runtime (the two are timed in alternating rounds). Warm-up runs
+precede --repeats timed runs; --threads sets torch.set_num_threads and ONNX Runtime's intra-op threads. The
+JSON records the machine (CPU, its int8 class, cores, load average, platform, versions). Ratios between
+runtimes are not given: compare within a row. Close other programs for stable numbers.
 
 example:
   prunekit bench --model runs/dense/model --model runs/shrunk

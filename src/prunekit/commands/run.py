@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..pipeline import Pipeline
-    from ..report.html import collect, summary_rows, text_table
+    from ..report.html import collect, deploy_line, summary_rows, text_table
 
     sets = list(args.set) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(args.config, sets)
@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         doc = collect(pipe)
         print()
         print(text_table(summary_rows(doc)))
+        print("latency: batch 1 on this machine, one column per runtime; (N.NNx) = speed-up vs dense in that column")
+        dep = deploy_line(doc)
+        if dep:
+            print(dep)
         s = doc["surgery"]
         if s.get("max_abs_diff") is not None:
             print(f"surgery verified (max abs diff {s['max_abs_diff']:.1e}); params {s['params_before']:,} -> "

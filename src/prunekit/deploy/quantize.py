@@ -3,26 +3,34 @@
 Calibration batches come from prunekit's own data pipeline (training split, no augmentation, normalised with
 the model's mean/std read from the ONNX metadata), so calibration sees exactly what the model saw in
 training. The model is first run through ``quant_pre_process`` (shape inference + ORT graph optimisation),
-which fuses what BatchNorm/activation folding left and gives the quantizer a cleaner graph. Activations are
-uint8 and weights int8 (U8S8), the combination ONNX Runtime's x86 kernels are fastest with; weights get one
+which fuses what BatchNorm/activation folding left and gives the quantizer a cleaner graph. The activation
+and weight types and ``reduce_range`` suit the CPU it runs on (:mod:`prunekit.deploy.cpu`: U8S8 on x86 with
+VNNI/AMX, U8S8 + reduce_range on AVX2/AVX-512 without VNNI, S8S8 on ARM), each overridable; weights get one
 scale per output channel, which matters for depthwise convolutions whose channel ranges differ widely.
-The int8 file keeps the fp32 model's metadata (precision set to int8) and gets its own sidecar.
+The int8 file keeps the fp32 model's metadata (precision set to int8, plus the settings and why they were
+chosen) and gets its own sidecar. :class:`Int8Builder` quantizes the same model again with some layers kept
+in fp32 without pre-processing or calibrating again (the accuracy guard, :mod:`prunekit.deploy.guard`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import inspect
 import io
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import PrunekitError
+from .cpu import QuantSettings, settings_for
 from .metadata import write_model_file
 from .onnx import load_onnx_proto, onnx_meta, ort_session, set_metadata
 
@@ -78,70 +86,165 @@ def _quiet():
         root.setLevel(level)
 
 
-def quantize_onnx(src: str | os.PathLike, out: str | os.PathLike, calibration: Iterable[np.ndarray], *,
-                  method: str = "minmax", per_channel: bool = True, preprocess: bool = True,
-                  calib_source: str = "") -> dict:
-    """Quantize ``src`` (fp32 ONNX exported by prunekit) to ``out`` (int8 QDQ) with static calibration.
+class Int8Builder:
+    """Quantizes one fp32 ONNX model, as often as needed (e.g. with a few layers kept in fp32 by the accuracy
+    guard): the model is pre-processed once and calibrated once (ONNX Runtime's calibration cache).
 
-    Nothing is written unless quantization succeeds and ONNX Runtime loads the result.
+    >>> with Int8Builder("model.onnx", batches, settings=settings_for()) as b:   # doctest: +SKIP
+    ...     b.write(b.build(exclude=["node_Conv_12"]), "model.int8.onnx")
     """
-    from onnxruntime import quantization as q
 
-    if method not in METHODS:
-        raise PrunekitError(f"unknown calibration method '{method}'; valid: {', '.join(METHODS)}")
-    t0 = time.perf_counter()
-    src = Path(src)
-    proto = load_onnx_proto(src)
-    meta = onnx_meta(src, {p.key: p.value for p in proto.metadata_props})
-    if meta.precision != "fp32" or any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node):
-        raise PrunekitError(f"{src} is already quantized ({meta.precision}); give the fp32 ONNX model")
-    input_name = proto.graph.input[0].name
-    del proto
-    calib_method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-                    "percentile": q.CalibrationMethod.Percentile}[method]
-    # a real CalibrationDataReader subclass (duck typing works today; isinstance checks may come)
-    reader = type("CalibrationReader", (_Reader, q.CalibrationDataReader), {})(input_name, calibration)
-    note = None
-    with tempfile.TemporaryDirectory(prefix="prunekit-quant-") as tmp:
-        model_in = src
+    def __init__(self, src: str | os.PathLike, calibration: Iterable[np.ndarray], *, method: str = "minmax",
+                 settings: QuantSettings | None = None, preprocess: bool = True, calib_source: str = "",
+                 keep_samples: int = 64):
+        from onnxruntime import quantization as q
+
+        if method not in METHODS:
+            raise PrunekitError(f"unknown calibration method '{method}'; valid: {', '.join(METHODS)}")
+        self.src = Path(src)
+        proto = load_onnx_proto(self.src)
+        self.meta = onnx_meta(self.src, {p.key: p.value for p in proto.metadata_props})
+        if self.meta.precision != "fp32" or any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node):
+            raise PrunekitError(f"{self.src} is already quantized ({self.meta.precision}); give the fp32 ONNX model")
+        self.input_name = proto.graph.input[0].name
+        del proto
+        self.method, self.calib_source = method, calib_source
+        self.settings = settings or settings_for()
+        self._q = q
+        self._tmp = tempfile.TemporaryDirectory(prefix="prunekit-quant-")
+        self.dir = Path(self._tmp.name)
+        self.kept: list[np.ndarray] = []  # the first calibration images (for the guard's sensitivity measurement)
+        self._cache = self.dir / "calibration.json"
+        self._cache_supported = "calibration_cache_path" in inspect.signature(q.quantize_static).parameters
+        self._replay: list[np.ndarray] | None = None
+        if not self._cache_supported:
+            calibration = self._replay = list(calibration)
+        self._reader = self._new_reader(self._keep(calibration, keep_samples))
+        self.note = None
+        self.model_in = self.src
         if preprocess:
-            pre = Path(tmp) / "pre.onnx"
+            pre = self.dir / "pre.onnx"
             try:
                 with _quiet():
-                    q.shape_inference.quant_pre_process(str(src), str(pre))
-                model_in = pre
+                    q.shape_inference.quant_pre_process(str(self.src), str(pre))
+                self.model_in = pre
             except Exception as e:  # pre-processing is an optimisation, not a requirement
-                note = f"quant_pre_process skipped ({type(e).__name__})"
-        q_path = Path(tmp) / "model.int8.onnx"
+                self.note = f"quant_pre_process skipped ({type(e).__name__})"
+        self.builds = 0
+        self.seconds = 0.0
+
+    def _new_reader(self, batches: Iterable[np.ndarray]) -> _Reader:
+        """A real ``CalibrationDataReader`` subclass (duck typing works today; isinstance checks may come)."""
+        return type("CalibrationReader", (_Reader, self._q.CalibrationDataReader), {})(self.input_name, batches)
+
+    def _keep(self, batches: Iterable[np.ndarray], n: int) -> Iterator[np.ndarray]:
+        for x in batches:
+            have = sum(len(k) for k in self.kept)
+            if have < n:
+                self.kept.append(np.asarray(x[: n - have], dtype=np.float32))
+            yield x
+
+    def __enter__(self) -> Int8Builder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    @property
+    def calib_samples(self) -> int:
+        return self._reader.count
+
+    def fp32_graph(self):
+        """The (pre-processed) fp32 graph that is quantized: node names here are what ``exclude`` takes."""
+        import onnx
+
+        return onnx.load(str(self.model_in))
+
+    def build(self, exclude: Sequence[str] = ()):
+        """The int8 QDQ model (an ``onnx.ModelProto`` with prunekit metadata), nodes in ``exclude`` kept fp32."""
+        import onnx
+
+        q, s = self._q, self.settings
+        t0 = time.perf_counter()
+        calib_method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+                        "percentile": q.CalibrationMethod.Percentile}[self.method]
+        qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
+        kw: dict[str, Any] = {}
+        reader: Any = self._reader
+        if self._cache_supported:
+            kw["calibration_cache_path"] = str(self._cache)
+            if self.builds:
+                reader = None  # the ranges come from the cache written by the first build
+        elif self.builds:  # an ONNX Runtime without calibration cache: calibrate again on the same images
+            reader = self._new_reader(iter(self._replay or []))
+        out = self.dir / f"int8_{self.builds}.onnx"
         try:
             with _quiet():
-                q.quantize_static(str(model_in), str(q_path), reader, quant_format=q.QuantFormat.QDQ,
-                                  per_channel=per_channel, activation_type=q.QuantType.QUInt8,
-                                  weight_type=q.QuantType.QInt8, calibrate_method=calib_method)
+                q.quantize_static(str(self.model_in), str(out), reader, quant_format=q.QuantFormat.QDQ,
+                                  per_channel=s.per_channel, reduce_range=s.reduce_range,
+                                  activation_type=qtype[s.activations], weight_type=qtype[s.weights],
+                                  calibrate_method=calib_method, nodes_to_exclude=list(exclude), **kw)
         except PrunekitError:
             raise
         except Exception as e:
-            s = str(e).strip()
-            raise PrunekitError(f"quantization failed: {type(e).__name__}: {s.splitlines()[0] if s else ''}") from None
-        if reader.count == 0:
+            if self._reader.count == 0:
+                raise PrunekitError("quantization got no calibration images (empty dataset?)") from None
+            msg = str(e).strip()
+            raise PrunekitError(f"quantization failed: {type(e).__name__}: {msg.splitlines()[0] if msg else ''}") \
+                from None
+        if self._reader.count == 0:
             raise PrunekitError("quantization got no calibration images (empty dataset?)")
-        import onnx
+        self.builds += 1
+        self.seconds += time.perf_counter() - t0
+        proto = onnx.load(str(out))
+        out.unlink()
+        meta = copy.deepcopy(self.meta)
+        meta.precision = "int8"
+        meta.info = {**{k: v for k, v in meta.info.items() if k in ("exporter",)},
+                     "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                                      "method": self.method, **s.to_dict(), "fp32_nodes": list(exclude),
+                                      "calib_samples": self._reader.count, "calib_data": self.calib_source,
+                                      "preprocessed": self.model_in != self.src, "fp32_source": self.src.name,
+                                      **({"note": self.note} if self.note else {})}}
+        set_metadata(proto, meta)
+        return proto
 
-        qproto = onnx.load(str(q_path))
-    meta.precision = "int8"
-    meta.info = {**{k: v for k, v in meta.info.items() if k in ("exporter",)},
-                 "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                                  "method": method, "per_channel": per_channel, "activations": "uint8",
-                                  "weights": "int8", "calib_samples": reader.count, "calib_data": calib_source,
-                                  "preprocessed": model_in != src, "fp32_source": src.name,
-                                  **({"note": note} if note else {})}}
-    set_metadata(qproto, meta)
-    data = qproto.SerializeToString()
-    ort_session(data, what="quantized model")  # must load before anything is written
-    side = write_model_file(out, data, meta)
-    return {"path": str(out), "sidecar": str(side), "bytes": len(data), "fp32_bytes": src.stat().st_size,
-            "size_ratio": len(data) / src.stat().st_size, "method": method, "per_channel": per_channel,
-            "calib_samples": reader.count, "calib_data": calib_source, "seconds": time.perf_counter() - t0}
+    def write(self, proto, out: str | os.PathLike) -> dict[str, Any]:
+        """Write an int8 model from :meth:`build` to ``out`` (+ sidecar) once ONNX Runtime has loaded it."""
+        from .metadata import META_KEY, DeployMeta
+
+        data = proto.SerializeToString()
+        ort_session(data, what="quantized model")  # must load before anything is written
+        meta = DeployMeta.from_json({p.key: p.value for p in proto.metadata_props}[META_KEY], "int8 model")
+        side = write_model_file(out, data, meta)
+        fp32_bytes = self.src.stat().st_size
+        info = meta.info["quantization"]
+        return {"path": str(out), "sidecar": str(side), "bytes": len(data), "fp32_bytes": fp32_bytes,
+                "size_ratio": len(data) / fp32_bytes, "method": self.method, "per_channel": info["per_channel"],
+                "settings": self.settings.to_dict(), "fp32_nodes": info["fp32_nodes"],
+                "calib_samples": self._reader.count, "calib_data": self.calib_source, "seconds": self.seconds}
+
+
+def quantize_onnx(src: str | os.PathLike, out: str | os.PathLike, calibration: Iterable[np.ndarray], *,
+                  method: str = "minmax", per_channel: bool | None = None, preprocess: bool = True,
+                  calib_source: str = "", settings: QuantSettings | None = None,
+                  exclude: Sequence[str] = ()) -> dict:
+    """Quantize ``src`` (fp32 ONNX exported by prunekit) to ``out`` (int8 QDQ) with static calibration.
+
+    ``settings`` (activation/weight types, reduce_range, per-channel) default to what suits this machine's CPU
+    (:func:`prunekit.deploy.cpu.settings_for`); ``per_channel`` overrides theirs. The settings and the reason
+    for them are recorded in the int8 model's metadata. Nothing is written unless quantization succeeds and
+    ONNX Runtime loads the result.
+    """
+    settings = settings or settings_for()
+    if per_channel is not None:
+        settings = dataclasses.replace(settings, per_channel=per_channel)
+    with Int8Builder(src, calibration, method=method, settings=settings, preprocess=preprocess,
+                     calib_source=calib_source) as b:
+        return b.write(b.build(exclude), out)
 
 
 def default_int8_path(src: str | os.PathLike) -> Path:

@@ -7,7 +7,9 @@ settings; a temporary directory when the model directory is read-only). int8 cal
 Fashion-MNIST training images when the model takes 1x28x28 Fashion-MNIST input, otherwise synthetic images
 of the right shape (calibration quality does not change speed or size). A masked model is benchmarked in its
 shrunk form (what export deploys). Timing: warm-up runs, then ``repeats`` timed runs per batch size (capped
-by ``max_seconds``), with ``torch.set_num_threads(N)`` and ORT ``intra_op_num_threads=N``.
+by ``max_seconds``), with ``torch.set_num_threads(N)`` and ORT ``intra_op_num_threads=N``; ONNX Runtime fp32
+and int8 are timed in alternating rounds (their ratio is what the int8 decision rests on). int8 settings
+suit this machine's CPU (:mod:`prunekit.deploy.cpu`), as ``prunekit quantize`` chooses them by default.
 """
 
 from __future__ import annotations
@@ -76,12 +78,23 @@ def cpu_flags() -> frozenset[str]:
         pass
     return frozenset()
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (a loaded machine gives slow, noisy timings); None where unknown."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):  # pragma: no cover - non-Unix
+        return None
+
 
 def machine_info() -> dict[str, Any]:
     import onnxruntime as ort
 
+    from ..deploy.cpu import detect
+
+    cpu = detect()
     return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(),
-            "logical_cores": os.cpu_count(), "available_cores": available_cores(),
+            "cpu_class": cpu.cls, "cpu_int8_flags": list(cpu.flags), "logical_cores": os.cpu_count(),
+            "available_cores": available_cores(), "load_avg": load_average(),
             "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
             "numpy": np.__version__, "prunekit": __version__}
 
@@ -101,6 +114,47 @@ def time_runs(fn: Callable[[], Any], warmup: int, repeats: int, max_seconds: flo
     return np.asarray(times)
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int,
+                     max_seconds: float) -> dict[str, np.ndarray]:
+    """Per-run wall times (s) of several functions timed in alternating rounds (order reversed every other
+    round), so that a change in machine load affects all of them alike: the fair way to compare two models
+    on a shared machine. At least 3 rounds; stops after ``repeats`` rounds or ``max_seconds``."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    start = time.perf_counter()
+    for r in range(repeats):
+        for k in order if r % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t)
+        if r >= 2 and time.perf_counter() - start > max_seconds:
+            break
+    return {k: np.asarray(v) for k, v in times.items()}
+
+
+def compare_onnx(files: dict[str, str | os.PathLike], batches: Sequence[int] = (1, 32), threads: int | None = None,
+                 repeats: int = 50, warmup: int = 5, max_seconds: float = 20.0) -> dict[str, dict[str, Any]]:
+    """Latency/throughput of ONNX files on this machine, timed interleaved: ``{label: {str(batch): stats}}``.
+
+    Every file gets the same random input; each batch size is timed for at most ``max_seconds``."""
+    from .runtime import load_onnx
+
+    rts = {k: load_onnx(p, threads) for k, p in files.items()}
+    shape = next(iter(rts.values())).input_shape
+    g = np.random.default_rng(0)
+    out: dict[str, dict[str, Any]] = {k: {} for k in rts}
+    for b in batches:
+        x = g.standard_normal((b, *shape)).astype(np.float32)
+        times = time_interleaved({k: (lambda rt=rt, x=x: rt.predict_logits(x)) for k, rt in rts.items()}, warmup, repeats,
+                                 max_seconds)
+        for k, t in times.items():
+            out[k][str(b)] = stats(t, b)
+    return out
+
+
 def stats(times: np.ndarray, batch: int) -> dict[str, Any]:
     p50 = float(np.percentile(times, 50))
     return {"batch": batch, "runs": int(len(times)), "p50_ms": 1e3 * p50, "p90_ms": 1e3 * float(np.percentile(times, 90)),
@@ -115,8 +169,15 @@ def _model_key(directory: Path, s: BenchSettings) -> str:
         if f.is_file():
             h.update(name.encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
-    h.update(f"{__version__}|opset{s.opset}|calib{s.calib_samples}".encode())
+    h.update(f"{__version__}|opset{s.opset}|calib{s.calib_samples}|{_quant_settings().label}".encode())
     return h.hexdigest()[:16]
+
+
+def _quant_settings():
+    """int8 settings for this machine's CPU (the same choice as ``prunekit quantize`` with defaults)."""
+    from ..deploy.cpu import settings_for
+
+    return settings_for()
 
 
 def _cache_dir(directory: Path, s: BenchSettings) -> tuple[Path, bool]:
@@ -172,10 +233,10 @@ def prepare(directory: str | os.PathLike, s: BenchSettings, log: Callable[[str],
         if log:
             log(f"quantizing {directory} to int8 ...")
         batches, calib_desc = _calibration(meta, s.calib_samples)
-        quantize_onnx(fp32, int8, batches, calib_source=calib_desc)
-    if calib_desc is None:
-        side = read_sidecar(int8)
-        calib_desc = side.info.get("quantization", {}).get("calib_data") if side else None
+        quantize_onnx(fp32, int8, batches, calib_source=calib_desc, settings=_quant_settings())
+    side = read_sidecar(int8)
+    qinfo = side.info.get("quantization", {}) if side else {}
+    calib_desc = calib_desc or qinfo.get("calib_data")
     weights = directory / "model.safetensors"
     full = directory.resolve()
     return {"name": full.parent.name if full.name == "model" else full.name,
@@ -184,6 +245,7 @@ def prepare(directory: str | os.PathLike, s: BenchSettings, log: Callable[[str],
             "sizes": {"safetensors": weights.stat().st_size, "onnx_fp32": fp32.stat().st_size,
                       "onnx_int8": int8.stat().st_size},
             "files": {"onnx_fp32": str(fp32), "onnx_int8": str(int8)}, "calibration": calib_desc,
+            "quantization": {k: qinfo.get(k) for k in ("label", "cpu_class", "reason")},
             "cache": str(cache), "cache_temporary": temporary}
 
 
@@ -198,15 +260,16 @@ def bench_model(directory: str | os.PathLike, s: BenchSettings, log: Callable[[s
                 "ort_int8": load_onnx(prep["files"]["onnx_int8"], threads)}
     g = np.random.default_rng(0)
     inputs = {b: g.standard_normal((b, *prep["meta"].input_shape)).astype(np.float32) for b in s.batches}
-    results: dict[str, Any] = {}
-    for name, rt in runtimes.items():
+    results: dict[str, Any] = {name: {} for name in runtimes}
+    # PyTorch alone; the two ONNX Runtime models interleaved, so that their ratio is fair on a shared machine
+    for group in (("pytorch_fp32",), ("ort_fp32", "ort_int8")):
         if log:
-            log(f"timing {prep['name']}: {RUNTIME_LABELS[name]} ...")
-        per_batch = {}
+            log(f"timing {prep['name']}: {', '.join(RUNTIME_LABELS[n] for n in group)} ...")
         for b, x in inputs.items():
-            times = time_runs(lambda rt=rt, x=x: rt.predict_logits(x), s.warmup, s.repeats, s.max_seconds)
-            per_batch[str(b)] = stats(times, b)
-        results[name] = per_batch
+            times = time_interleaved({n: (lambda rt=runtimes[n], x=x: rt.predict_logits(x)) for n in group},
+                                     s.warmup, s.repeats, s.max_seconds)
+            for n, t in times.items():
+                results[n][str(b)] = stats(t, b)
     if prep["cache_temporary"]:
         shutil.rmtree(prep["cache"], ignore_errors=True)
     out = {k: v for k, v in prep.items() if k not in ("model", "meta", "files", "cache_temporary")}
@@ -223,6 +286,10 @@ def headline(m: dict[str, Any], s: BenchSettings) -> dict[str, Any]:
         h[f"{r}_p50_ms"] = m["runtimes"][r][b_lat]["p50_ms"]
         h[f"{r}_p90_ms"] = m["runtimes"][r][b_lat]["p90_ms"]
         h[f"{r}_img_per_s"] = m["runtimes"][r][b_thr]["img_per_s"]
+    # int8 vs fp32 within one runtime (ONNX Runtime), on this machine: > 1 means int8 is faster
+    h["int8_speedup_p50"] = h["ort_fp32_p50_ms"] / h["ort_int8_p50_ms"] if h["ort_int8_p50_ms"] else None
+    h["int8_speedup_img_per_s"] = (h["ort_int8_img_per_s"] / h["ort_fp32_img_per_s"]
+                                   if h["ort_fp32_img_per_s"] else None)
     return h
 
 
@@ -259,7 +326,8 @@ def bench(model_dirs: Sequence[str | os.PathLike], settings: BenchSettings | Non
     ratios = []
     for m, h in zip(models[1:], heads[1:], strict=True):
         ratios.append({"model": m["name"], "vs": models[0]["name"],
-                       **{k: (v / heads[0][k] if heads[0][k] else None) for k, v in h.items()}})
+                       **{k: (v / heads[0][k] if heads[0][k] and not k.startswith("int8_speedup") else None)
+                          for k, v in h.items()}})
     return {"machine": machine_info(), "settings": {**asdict(s), "threads": threads,
                                                       "latency_batch": min(s.batches),
                                                       "throughput_batch": max(s.batches)},
@@ -289,6 +357,8 @@ def _rows(result: dict[str, Any]) -> list[tuple[str, str, Callable[[float], str]
         rows.append((f"{lab} p50 @{bl} (ms)", f"{r}_p50_ms", lambda v: f"{v:.3f}"))
         rows.append((f"{lab} p90 @{bl} (ms)", f"{r}_p90_ms", lambda v: f"{v:.3f}"))
         rows.append((f"{lab} @{bt} (img/s)", f"{r}_img_per_s", lambda v: f"{v:,.0f}"))
+    rows.append((f"ORT int8 speed-up vs ORT fp32 @{bl}", "int8_speedup_p50", lambda v: f"{v:.2f}x"))
+    rows.append((f"ORT int8 speed-up vs ORT fp32 @{bt}", "int8_speedup_img_per_s", lambda v: f"{v:.2f}x"))
     return rows
 
 
@@ -299,10 +369,11 @@ def _table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         header += [m["name"], f"{m['name']}/{models[0]['name']}"]
     body = []
     for label, key, fmt in _rows(result):
-        row = [label, fmt(models[0]["headline"][key])]
+        f = lambda v, fmt=fmt: "-" if v is None else fmt(v)  # noqa: E731
+        row = [label, f(models[0]["headline"][key])]
         for m, r in zip(models[1:], ratios, strict=True):
             v = r.get(key)
-            row += [fmt(m["headline"][key]), "-" if v is None else f"{v:.3g}x"]
+            row += [f(m["headline"][key]), "-" if v is None else f"{v:.3g}x"]
         body.append(row)
     return header, body
 
@@ -315,9 +386,13 @@ def format_table(result: dict[str, Any]) -> str:
     mach = result["machine"]
     st = result["settings"]
     out = [line(header), "-" * len(line(header)), *[line(r) for r in body], "",
-           f"machine: {mach['cpu']} ({mach['available_cores']}/{mach['logical_cores']} cores), {mach['platform']}; "
-           f"torch {mach['torch']}, onnxruntime {mach['onnxruntime']}; threads {st['threads']}, "
-           f"up to {st['repeats']} timed runs after {st['warmup']} warm-up"]
+           f"machine: {mach['cpu']} ({mach.get('cpu_class', '?')}, {mach['available_cores']}/"
+           f"{mach['logical_cores']} cores), {mach['platform']}; torch {mach['torch']}, onnxruntime "
+           f"{mach['onnxruntime']}; threads {st['threads']}, up to {st['repeats']} timed runs after {st['warmup']} "
+           f"warm-up; load average {mach.get('load_avg')}"]
+    q = result["models"][0].get("quantization") or {}
+    if q.get("label"):
+        out.append(f"int8: {q['label']} QDQ for {q.get('reason')}")
     for m in result["models"]:
         if m.get("note"):
             out.append(f"note ({m['name']}): benchmarked the shrunk form of a masked model")

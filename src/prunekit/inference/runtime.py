@@ -154,13 +154,19 @@ def load_runtime(ref: str | os.PathLike, threads: int | None = None) -> Runtime:
     raise PrunekitError(f"{p}: unknown model format '{suffix or p.name}'; give a model directory, .onnx, .ts or .pt2")
 
 
-def evaluate_runtime(rt: Runtime, bundle, split: str = "test", batch_size: int = 256) -> dict[str, Any]:
-    """Top-1/top-5 accuracy (%) of any runtime on a data split (normalised as the bundle says)."""
+def evaluate_runtime(rt: Runtime, bundle, split: str = "test", batch_size: int = 256,
+                     limit: int | None = None) -> dict[str, Any]:
+    """Top-1/top-5 accuracy (%) of any runtime on a data split (normalised as the bundle says); ``limit``: only
+    its first ``limit`` images (a held-out slice)."""
     from ..data import iterate_batches
 
     c1 = c5 = n = 0
     preds = []
     for x, y in iterate_batches(bundle, split, batch_size, train=False):
+        if limit is not None:
+            if n >= limit:
+                break
+            x, y = x[: limit - n], y[: limit - n]
         logits = rt.predict_logits(x.numpy())
         k = min(5, logits.shape[1])
         top = np.argsort(-logits, axis=1, kind="stable")[:, :k]

@@ -1,4 +1,11 @@
-"""The pipeline report: ``report.md``, a self-contained ``report.html`` (plots inlined) and ``report.json``."""
+"""The pipeline report: ``report.md``, a self-contained ``report.html`` (plots inlined) and ``report.json``.
+
+Latency is given per runtime (``stages.<stage>.latency`` = ``{"pytorch": ms, "onnxruntime-fp32": ms,
+"onnxruntime-int8": ms}``, null where a stage has no such form or timing is off) and speed-ups only within one
+runtime (``stages.<stage>.speedup[runtime]`` = dense / stage). ``deploy`` = ``{choice, reason, path,
+latency_ms, ...}`` names the file to ship and why; ``latency_ms`` is kept for that deploy artifact only (in
+``deploy`` and on its stage).
+"""
 
 from __future__ import annotations
 
@@ -43,6 +50,8 @@ def collect(p) -> dict[str, Any]:
                     "device": str(p.ctx.device)},
         "config": p.cfg.to_dict(),
         "stages": {k: ev[k] for k in ("dense", "pruned", "finetuned", "int8") if k in ev},
+        "deploy": (r.get("evaluate") or {}).get("deploy") or (r.get("quantize") or {}).get("deploy") or {},
+        "latency_load_avg": (r.get("evaluate") or {}).get("load_avg"),
         "surgery": {"max_abs_diff": surg.get("max_abs_diff"), "params_before": surg.get("params_before"),
                     "params_after": surg.get("params_after"), "macs_before": surg.get("macs_before"),
                     "macs_after": surg.get("macs_after"), "channels_removed": surg.get("channels_removed")},
@@ -52,15 +61,18 @@ def collect(p) -> dict[str, Any]:
                     "pytorch": pred.get("pytorch"), "onnx": pred.get("onnx"), "int8": pred.get("int8")},
         "budget": _budget_summary((r.get("prune") or {}).get("budget")),
         "export": r.get("export"),
-        "quantize": {k: v for k, v in (r.get("quantize") or {}).items() if not isinstance(v, (dict, list))},
+        "quantize": {**{k: v for k, v in (r.get("quantize") or {}).items() if not isinstance(v, (dict, list))},
+                     **{k: (r.get("quantize") or {}).get(k) for k in ("settings", "guard", "latency")
+                        if (r.get("quantize") or {}).get(k) is not None}},
         "seconds": {k: v.get("seconds") for k, v in r.items() if isinstance(v, dict) and "seconds" in v},
     }
     if dense:
+        base = dense.get("latency") or {}
         for s in doc["stages"].values():
             s["params_ratio"] = s["params"] / dense["params"] if dense.get("params") else None
             s["size_ratio"] = s["size_bytes"] / dense["size_bytes"] if dense.get("size_bytes") else None
-            if s.get("latency_ms") and dense.get("latency_ms"):
-                s["speedup"] = dense["latency_ms"] / s["latency_ms"]
+            lat = s.get("latency") or {}
+            s["speedup"] = {rt: base[rt] / ms for rt, ms in lat.items() if ms and base.get(rt)}  # same runtime only
     return doc
 
 
@@ -95,13 +107,36 @@ def _plots(p, doc: dict[str, Any], assets: Path) -> dict[str, bytes]:
     return out
 
 
+RUNTIME_COLUMNS = (("pytorch", "PyTorch"), ("onnxruntime-fp32", "ORT fp32"), ("onnxruntime-int8", "ORT int8"))
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3f} ms" if v < 1 else f"{v:.2f} ms"
+
+
 def summary_rows(doc: dict[str, Any]) -> list[list[str]]:
-    rows = [["stage", "top-1", "top-5", "params", "MACs", "size", "latency (b=1)", "runtime"]]
+    """The stage table: batch-1 latency in one column per runtime, "(N.NNx)" = speed-up vs dense in that column."""
+    rows = [["stage", "top-1", "top-5", "params", "MACs", "size",
+             *(f"{label} b=1" for _, label in RUNTIME_COLUMNS), "deploy"]]
+    deployed = (doc.get("deploy") or {}).get("stage")
     for k, s in doc["stages"].items():
-        lat = f"{s['latency_ms']:.2f} ms" if s.get("latency_ms") else "-"
+        lat, up = s.get("latency") or {}, s.get("speedup") or {}
+        cells = []
+        for rt, _ in RUNTIME_COLUMNS:
+            ms = lat.get(rt)
+            cells.append("-" if not ms else _ms(ms) + (f" ({up[rt]:.2f}x)" if k != "dense" and up.get(rt) else ""))
         rows.append([k, f"{s['top1']:.2f}%", f"{s['top5']:.2f}%", human(s["params"]), human(s["macs"]),
-                     human(s["size_bytes"], "B"), lat, s.get("runtime", "")])
+                     human(s["size_bytes"], "B"), *cells, "yes" if k == deployed else ""])
     return rows
+
+
+def deploy_line(doc: dict[str, Any]) -> str | None:
+    """Which file to ship and why (the reason is built from this run's measurements)."""
+    d = doc.get("deploy") or {}
+    if not d.get("choice"):
+        return None
+    where = f" ({Path(str(d['path'])).name})" if d.get("path") else ""
+    return f"Deploy: {d['choice']}{where}. {d.get('reason', '')}".rstrip()
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -128,7 +163,7 @@ def _headline(doc: dict[str, Any]) -> list[str]:
         d, q = st["dense"], st["int8"]
         lines.append(f"The int8 model is {d['size_bytes'] / q['size_bytes']:.1f}x smaller than the dense fp32 model "
                      f"(top-1 {q['top1']:.2f}%).")
-    lat = _latency_line(st)
+    lat = _latency_line(st, doc.get("latency_load_avg"))
     if lat:
         lines.append(lat)
     b = doc.get("budget")
@@ -138,27 +173,37 @@ def _headline(doc: dict[str, Any]) -> list[str]:
                      f"{b['measured']:.4g} after pruning: {'met' if b['met'] else 'NOT met'}. The searched allocation "
                      f"scored {a.get('top1', float('nan')):.2f}% top-1 before training (adaptive BN, held-out training "
                      f"images) where uniform pruning to the same budget scored {u.get('top1', float('nan')):.2f}%.")
+    q = doc.get("quantize") or {}
+    if q.get("settings"):
+        guard = (q.get("guard") or {}).get("summary")
+        lines.append(f"int8 settings: {q['settings'].get('label')} QDQ, for {q['settings'].get('reason')}"
+                     + (f"; {guard}" if guard else "") + ".")
+    dep = deploy_line(doc)
+    if dep:
+        lines.append(dep)
     if doc["surgery"].get("max_abs_diff") is not None:
         lines.append(f"Surgery verified: the shrunk model reproduces the masked model to "
                      f"{doc['surgery']['max_abs_diff']:.1e} (max abs diff, fp32).")
     return lines
 
 
-def _latency_line(st: dict[str, Any]) -> str | None:
-    """Batch-1 latencies grouped by runtime: PyTorch eager and ONNX Runtime are not comparable with each other."""
-    ms = lambda v: f"{v:.2f} ms" if v >= 0.1 else f"{v:.3f} ms"  # noqa: E731
-    eager = [f"{k} {ms(st[k]['latency_ms'])}" for k in ("dense", "pruned", "finetuned")
-             if k in st and st[k].get("latency_ms") and st[k].get("runtime", "").startswith("pytorch")]
-    ort = []
-    if st.get("finetuned", {}).get("latency_ms_onnx_fp32"):
-        ort.append(f"finetuned fp32 {ms(st['finetuned']['latency_ms_onnx_fp32'])}")
-    if st.get("int8", {}).get("latency_ms"):
-        ort.append(f"int8 {ms(st['int8']['latency_ms'])}")
-    parts = ([f"PyTorch eager: {', '.join(eager)}"] if eager else []) + (
-        [f"ONNX Runtime: {', '.join(ort)}"] if ort else [])
+def _latency_line(st: dict[str, Any], load: list | None = None) -> str | None:
+    """Batch-1 latencies grouped by runtime, speed-ups only within one runtime."""
+    parts = []
+    for rt, label in (("pytorch", "PyTorch eager"), ("onnxruntime-fp32", "ONNX Runtime fp32"),
+                      ("onnxruntime-int8", "ONNX Runtime int8")):
+        cells = []
+        for k, s in st.items():
+            ms = (s.get("latency") or {}).get(rt)
+            if ms:
+                up = (s.get("speedup") or {}).get(rt)
+                cells.append(f"{k} {_ms(ms)}" + (f" ({up:.2f}x vs dense)" if up and k != "dense" else ""))
+        if cells:
+            parts.append(f"{label}: {', '.join(cells)}")
     if not parts:
         return None
-    return f"Batch-1 latency on this machine's CPU. {'; '.join(parts)} (compare within a runtime)."
+    where = f" (load average {load[0]:.2f})" if load else ""
+    return f"Batch-1 latency on this machine's CPU{where}. {'; '.join(parts)}. Speed-ups compare within one runtime."
 
 
 def write_report(p, out: Path) -> dict[str, Path]:

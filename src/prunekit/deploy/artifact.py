@@ -1,0 +1,108 @@
+"""Which file to deploy, fp32 or int8, from measurements on this machine and the user's objective.
+
+Both candidates run in the same runtime (ONNX Runtime, CPU) on the same machine, so their latencies compare.
+Objectives:
+
+* ``latency`` (default): the faster at batch 1, among the candidates within ``tolerance`` top-1 points of fp32;
+* ``throughput``: the same with images/s at the throughput batch;
+* ``size``: the smaller file within the tolerance (int8), even when it is slower (which is then said);
+* ``fp32`` / ``int8``: that one, whatever the measurements (quantizing here for another machine).
+
+int8 counts as faster only when it is at least ``min_speedup`` times faster: a smaller difference is within
+timing noise, and then fp32 is kept (it is the exact model). So with the default objective an int8 model slower
+than its fp32 model is never the deploy artifact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import unknown
+
+OBJECTIVES = ("latency", "throughput", "size", "fp32", "int8")
+FP32, INT8 = "onnxruntime-fp32", "onnxruntime-int8"
+
+
+@dataclass
+class Candidate:
+    """One deployable file and what was measured of it on this machine."""
+
+    runtime: str  # onnxruntime-fp32 | onnxruntime-int8
+    path: str
+    size_bytes: int
+    top1: float | None = None  # on the held-out slice
+    latency_ms: float | None = None  # batch-1 p50
+    img_per_s: float | None = None  # at the throughput batch
+
+
+@dataclass
+class Choice:
+    choice: str  # the runtime label of the deploy artifact
+    path: str
+    reason: str
+    objective: str
+    int8_speedup_b1: float | None = None  # fp32 time / int8 time (> 1: int8 faster)
+    int8_speedup_throughput: float | None = None
+    top1_drop: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3f} ms" if v < 10 else f"{v:.1f} ms"
+
+
+def _speed(word: str, x: float | None, a: str, b: str, min_speedup: float) -> str:
+    """'int8 is 1.8x faster at batch 1 (a vs b)' / '... slower ...' / '... within noise ...'."""
+    if x is None:
+        return f"int8 {word}: not measured"
+    if x >= min_speedup:
+        return f"int8 is {x:.2f}x faster {word} ({a} vs {b} fp32)"
+    if x <= 1 / min_speedup:
+        return f"int8 is slower {word}: {a} vs {b} fp32 ({1 / x:.2f}x slower)"
+    return f"int8 and fp32 are within noise {word} ({a} vs {b}; less than {min_speedup:g}x apart)"
+
+
+def choose(fp32: Candidate, int8: Candidate | None, objective: str = "latency", tolerance: float = 0.5,
+           min_speedup: float = 1.05, throughput_batch: int | None = None, int8_note: str = "") -> Choice:
+    """The deploy artifact and a one-line reason built from the measurements (see the module docstring).
+
+    >>> f = Candidate(FP32, "m.onnx", 1000, 90.0, 0.103, 9000)
+    >>> q = Candidate(INT8, "m.int8.onnx", 300, 89.9, 0.110, 9500)
+    >>> choose(f, q).choice
+    'onnxruntime-fp32'
+    """
+    if objective not in OBJECTIVES:
+        raise unknown("objective", objective, OBJECTIVES)
+    if int8 is None:
+        return Choice(FP32, fp32.path, f"no int8 model{': ' + int8_note if int8_note else ''}", objective)
+    s1 = (fp32.latency_ms / int8.latency_ms) if fp32.latency_ms and int8.latency_ms else None
+    st = (int8.img_per_s / fp32.img_per_s) if fp32.img_per_s and int8.img_per_s else None
+    drop = (fp32.top1 - int8.top1) if fp32.top1 is not None and int8.top1 is not None else None
+    tb = f"at batch {throughput_batch}" if throughput_batch else "at the throughput batch"
+    lat = _speed("at batch 1", s1, _ms(int8.latency_ms or 0), _ms(fp32.latency_ms or 0), min_speedup)
+    thr = _speed(tb, st, f"{int8.img_per_s or 0:,.0f} img/s", f"{fp32.img_per_s or 0:,.0f} img/s", min_speedup)
+    acc = (f"top-1 {int8.top1:.2f}% vs {fp32.top1:.2f}% (drop {drop:+.2f} pt, tolerance {tolerance:g})"
+           if drop is not None else "accuracy not measured")
+    note = f"; {int8_note}" if int8_note else ""
+
+    def pick(which: Candidate, why: str) -> Choice:
+        return Choice(which.runtime, which.path, why + note, objective, s1, st, drop)
+
+    if objective == "fp32":
+        return pick(fp32, f"fp32 requested (quantize.objective=fp32); {lat}; {acc}")
+    if objective == "int8":
+        return pick(int8, f"int8 requested (quantize.objective=int8); {lat}; {acc}")
+    if drop is None:
+        return pick(fp32, f"int8 accuracy was not measured, so fp32 is kept; {lat}")
+    if drop > tolerance:
+        return pick(fp32, f"int8 loses {drop:.2f} top-1 points (> tolerance {tolerance:g}); {lat}")
+    if objective == "size":
+        return pick(int8, f"smallest file within tolerance: int8 is {fp32.size_bytes / int8.size_bytes:.1f}x "
+                          f"smaller; {lat}; {acc}")
+    x, text = (s1, lat) if objective == "latency" else (st, thr)
+    if x is not None and x >= min_speedup:
+        return pick(int8, f"{text}; {acc}")
+    return pick(fp32, f"{text}; fp32 kept")

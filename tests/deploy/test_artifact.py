@@ -1,0 +1,120 @@
+"""Choosing the deploy artifact: the rule on given measurements, then end to end with an int8 model made slower
+(or faster) than its fp32 model for real, so that nothing depends on this machine's int8 speed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import run_cli
+from prunekit.deploy.artifact import FP32, INT8, OBJECTIVES, Candidate, choose
+
+
+def cands(int8_ms=0.110, fp32_ms=0.103, int8_top1=89.9, fp32_top1=90.0, int8_ips=9000.0, fp32_ips=10000.0):
+    return (Candidate(FP32, "m.onnx", 1000, fp32_top1, fp32_ms, fp32_ips),
+            Candidate(INT8, "m.int8.onnx", 300, int8_top1, int8_ms, int8_ips))
+
+
+def test_slower_int8_is_never_the_default_artifact():
+    c = choose(*cands(int8_ms=0.110, fp32_ms=0.103))  # the issue's AMD EPYC numbers
+    assert c.choice == FP32 and c.path == "m.onnx"
+    assert "int8 is slower at batch 1: 0.110 ms vs 0.103 ms fp32" in c.reason
+    assert c.int8_speedup_b1 == pytest.approx(0.103 / 0.110)
+
+
+def test_faster_int8_within_tolerance_is_chosen():
+    c = choose(*cands(int8_ms=0.40, fp32_ms=0.70))
+    assert c.choice == INT8 and c.path == "m.int8.onnx"
+    assert "int8 is 1.75x faster at batch 1" in c.reason and "drop +0.10 pt" in c.reason
+
+
+def test_within_noise_keeps_fp32_and_says_so():
+    c = choose(*cands(int8_ms=0.100, fp32_ms=0.103), min_speedup=1.05)
+    assert c.choice == FP32 and "within noise" in c.reason
+    assert choose(*cands(int8_ms=0.100, fp32_ms=0.103), min_speedup=1.0).choice == INT8
+
+
+def test_accuracy_tolerance_overrides_speed():
+    c = choose(*cands(int8_ms=0.2, fp32_ms=0.7, int8_top1=89.0), tolerance=0.5)
+    assert c.choice == FP32 and "loses 1.00 top-1 points" in c.reason
+    assert choose(*cands(int8_ms=0.2, fp32_ms=0.7, int8_top1=89.0), tolerance=1.0).choice == INT8
+
+
+def test_objectives():
+    # throughput: img/s at the throughput batch decides, not batch 1
+    c = choose(*cands(int8_ms=0.2, fp32_ms=0.1, int8_ips=20000, fp32_ips=10000), "throughput", throughput_batch=32)
+    assert c.choice == INT8 and "2.00x faster at batch 32" in c.reason
+    assert choose(*cands(int8_ms=0.05, fp32_ms=0.1, int8_ips=5000), "throughput").choice == FP32
+    # size: the smaller file, and a slower int8 is said plainly
+    c = choose(*cands(int8_ms=0.110, fp32_ms=0.103), "size")
+    assert c.choice == INT8 and "3.3x smaller" in c.reason and "int8 is slower at batch 1" in c.reason
+    assert choose(*cands(int8_top1=80.0), "size").choice == FP32
+    # forced
+    c = choose(*cands(int8_ms=0.110, fp32_ms=0.103, int8_top1=80.0), "int8")
+    assert c.choice == INT8 and "int8 is slower" in c.reason and "drop +10.00 pt" in c.reason
+    assert choose(*cands(int8_ms=0.01), "fp32").choice == FP32
+    assert choose(cands()[0], None, int8_note="guard gave up").reason == "no int8 model: guard gave up"
+    assert set(OBJECTIVES) == {"latency", "throughput", "size", "fp32", "int8"}
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifact") / "m.onnx"
+    rc, so, se = run_cli("export", "--model", tiny_model_dir, "--out", out)
+    assert rc == 0, se
+    return out
+
+
+@pytest.fixture
+def slow(monkeypatch):
+    """Make ONNX Runtime inference of one precision 2 ms slower (real wall time, measured by the real timer)."""
+    from prunekit.inference.runtime import OnnxRuntime
+
+    run = OnnxRuntime._run
+
+    def which(precision):
+        def _run(self, x):
+            if self.precision == precision:
+                time.sleep(0.002)
+            return run(self, x)
+
+        monkeypatch.setattr(OnnxRuntime, "_run", _run)
+
+    return which
+
+
+def _quantize(fp32_model, tmp_path, *extra):
+    out = tmp_path / "m.int8.onnx"
+    rc, so, se = run_cli("quantize", "--model", fp32_model, "--data", "bundled", "--calib-samples", "128",
+                         "--eval-samples", "300", "--repeats", "5", "--throughput-batch", "4", "--tolerance", "5",
+                         "--out", out, *extra)
+    assert rc == 0, se
+    return out, so
+
+
+def test_a_slower_int8_model_is_not_deployed(fp32_model, tmp_path, slow):
+    slow("int8")
+    out, so = _quantize(fp32_model, tmp_path)
+    last = so.strip().splitlines()[-1]
+    assert last.startswith(f"deploy: {FP32} ({fp32_model})") and "int8 is slower at batch 1" in last
+    assert out.is_file()  # both files are kept
+    _, js = _quantize(fp32_model, tmp_path, "--overwrite", "--json")
+    res = json.loads(js)
+    lat = res["latency"]
+    assert set(lat) == {FP32, INT8} and set(lat[INT8]) == {"1", "4"}
+    assert lat[INT8]["1"]["p50_ms"] > lat[FP32]["1"]["p50_ms"] + 1.5  # the 2 ms were measured
+    d = res["deploy"]
+    assert d["choice"] == FP32 and d["int8_speedup_b1"] < 1 and d["objective"] == "latency"
+    # the size objective ships int8 anyway and says that it is slower
+    _, js = _quantize(fp32_model, tmp_path, "--overwrite", "--json", "--objective", "size")
+    d = json.loads(js)["deploy"]
+    assert d["choice"] == INT8 and "int8 is slower" in d["reason"]
+
+
+def test_a_faster_int8_model_is_deployed(fp32_model, tmp_path, slow):
+    slow("fp32")
+    out, so = _quantize(fp32_model, tmp_path)
+    last = so.strip().splitlines()[-1]
+    assert last.startswith(f"deploy: {INT8} ({out})") and "faster at batch 1" in last

@@ -1,0 +1,127 @@
+"""The accuracy guard on a model with a deliberately quantization-sensitive layer: a channel scaled by 1000 just
+before the classifier (and the classifier's weights divided by 1000, so fp32 computes the same function) makes
+per-tensor int8 scales wipe out every other feature. The guard must find that layer by measurement, keep it in
+fp32 and meet the tolerance; without the guard (or with too small a budget) fp32 is deployed, and said."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from conftest import run_cli
+from prunekit.deploy.guard import _nsr, _score, guard
+
+K = 1000.0
+
+
+def make_sensitive(src, dst):
+    m = onnx.load(str(src))
+    g = m.graph
+    gemm = next(n for n in g.node if n.op_type == "Gemm")
+    inits = {i.name: i for i in g.initializer}
+    w = numpy_helper.to_array(inits[gemm.input[1]]).copy()
+    trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+    scale = np.ones((1, w.shape[1] if trans_b else w.shape[0]), np.float32)
+    scale[0, 0] = K
+    if trans_b:
+        w[:, 0] /= K
+    else:
+        w[0, :] /= K
+    inits[gemm.input[1]].CopyFrom(numpy_helper.from_array(w, gemm.input[1]))
+    g.initializer.append(numpy_helper.from_array(scale, "outlier_scale"))
+    g.node.insert(list(g.node).index(gemm), helper.make_node("Mul", [gemm.input[0], "outlier_scale"], ["outlier_out"],
+                                                             name="outlier_mul"))
+    gemm.input[0] = "outlier_out"
+    onnx.save(m, str(dst))  # metadata_props (input size, mean/std, classes) are kept
+    return dst
+
+
+@pytest.fixture(scope="module")
+def sensitive(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("guard")
+    rc, so, se = run_cli("export", "--model", tiny_model_dir, "--out", d / "m.onnx")
+    assert rc == 0, se
+    dst = make_sensitive(d / "m.onnx", d / "sensitive.onnx")
+    from prunekit.inference import load_runtime
+
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    a, b = load_runtime(d / "m.onnx").predict_logits(x), load_runtime(dst).predict_logits(x)
+    assert np.abs(a - b).max() < 1e-3  # the same function in fp32
+    return dst
+
+
+def _quantize(model, out, *extra):
+    rc, so, se = run_cli("quantize", "--model", model, "--data", "bundled", "--calib-samples", "256",
+                         "--eval-samples", "500", "--repeats", "3", "--throughput-batch", "2", "--out", out,
+                         "--json", *extra)
+    assert rc == 0, se
+    return json.loads(so)
+
+
+def test_guard_keeps_the_sensitive_layer_in_fp32(sensitive, tmp_path):
+    out = tmp_path / "s.int8.onnx"
+    res = _quantize(sensitive, out)
+    g = res["guard"]
+    first = g["tries"][0]
+    assert first["fp32_nodes"] == 0 and first["drop"] > 20  # fully int8 is broken ...
+    assert g["ok"] and g["drop"] <= 0.5 and len(g["tries"]) > 1  # ... and the guard repaired it
+    assert "outlier_mul" in g["fp32_nodes"] and len(g["fp32_nodes"]) <= 2
+    assert g["ranking"][0]["node"] == "outlier_mul"  # found by measurement: ranked first
+    assert res["int8"]["top1"] == pytest.approx(g["top1"]) and res["top1_drop"] <= 0.5
+    # the int8 file is the repaired one: the Mul gets fp32 inputs, the convolutions int8 weights
+    q = onnx.load(str(out))
+    prod = {o: n for n in q.graph.node for o in n.output}
+    mul = next(n for n in q.graph.node if n.name == "outlier_mul")
+    assert all(prod.get(i) is None or prod[i].op_type != "DequantizeLinear" for i in mul.input)
+    assert sum(n.op_type == "DequantizeLinear" for n in q.graph.node) > 20
+    info = json.loads(out.with_name(out.name + ".json").read_text())["info"]["quantization"]
+    assert info["fp32_nodes"] == g["fp32_nodes"]
+    assert "in fp32" in g["summary"] and "outlier_scale" in g["summary"]
+
+
+def test_without_the_guard_fp32_is_deployed(sensitive, tmp_path):
+    out = tmp_path / "s.int8.onnx"
+    res = _quantize(sensitive, out, "--no-guard")
+    assert len(res["guard"]["tries"]) == 1 and res["top1_drop"] > 20
+    d = res["deploy"]
+    assert d["choice"] == "onnxruntime-fp32" and "loses" in d["reason"] and out.is_file()
+
+
+def test_guard_gives_up_beyond_its_budget(sensitive, tmp_path):
+    res = _quantize(sensitive, tmp_path / "s.int8.onnx", "--max-fp32-layers", "1")
+    g = res["guard"]  # the Mul alone in fp32 is not enough: the classifier still quantizes the outlier tensor
+    assert not g["ok"] and [t["fp32_nodes"] for t in g["tries"]] == [0, 1]
+    assert res["deploy"]["choice"] == "onnxruntime-fp32"
+    assert "even with 1 layer in fp32" in res["deploy"]["reason"]
+
+
+def test_per_channel_score_sees_what_a_tensor_snr_hides():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (16, 8))
+    x[:, 0] *= K
+    step = x.max() / 255
+    y = np.round(x / step) * step  # per-tensor uint8: the small channels round to 0
+    noise, signal = _nsr(x, y, 1)
+    assert noise.sum() / signal.sum() < 1e-4  # whole-tensor: looks near perfect
+    assert _score(noise, signal) > 0.8  # per channel: 7 of 8 channels destroyed
+    assert _score(np.zeros(3), np.zeros(3)) == 0.0
+
+
+def test_guard_loop_doubles_and_stops_at_the_budget():
+    built = []
+
+    def build(exclude):
+        built.append(list(exclude))
+        return tuple(exclude)
+
+    ranking = [{"node": f"n{i}", "layer": f"l{i}", "score": 1.0 - i / 10} for i in range(10)]
+    acc = {(): 50.0, ("n0",): 60.0, ("n0", "n1"): 70.0}
+    g = guard(build, lambda p: acc.get(p, 89.8), 90.0, 0.5, 8, lambda p: ranking)
+    assert built == [[], ["n0"], ["n0", "n1"], ["n0", "n1", "n2", "n3"]] and g.ok and g.fp32_layers[-1] == "l3"
+    built.clear()
+    g = guard(build, lambda p: 50.0 + len(p), 90.0, 0.5, 6, lambda p: ranking)
+    assert [len(b) for b in built] == [0, 1, 2, 4, 6] and not g.ok and len(g.fp32_nodes) == 6

@@ -1,0 +1,73 @@
+"""The report's latency fields and sentences on given measurements: one column per runtime, speed-ups only
+within a runtime, and the deploy sentence built from what was measured (no fixed claims)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from prunekit.report.html import _headline, collect, deploy_line, summary_rows
+
+FP32, INT8 = "onnxruntime-fp32", "onnxruntime-int8"
+
+
+def stage(top1, params, lat, **kw):
+    return {"top1": top1, "top5": 99.0, "params": params, "macs": params * 10, "size_bytes": params * 4,
+            "latency": {"pytorch": None, FP32: None, INT8: None, **lat}, **kw}
+
+
+def fake_pipeline(deploy, int8_ms=0.110):
+    stages = {"dense": stage(90.0, 3_000_000, {"pytorch": 7.25, FP32: 0.674}),
+              "pruned": stage(80.0, 200_000, {"pytorch": 2.4, FP32: 0.11}),
+              "finetuned": stage(89.0, 200_000, {"pytorch": 2.37, FP32: 0.103}),
+              "int8": stage(88.9, 200_000, {INT8: int8_ms})}
+    quantize = {"deploy": deploy, "settings": {"label": "U8S8", "reason": "x86-vnni (detected from /proc/cpuinfo)"},
+                "guard": {"summary": "int8 top-1 88.90% vs fp32 89.00%"}, "path": "model.int8.onnx"}
+    results = {"evaluate": {"stages": stages, "deploy": deploy, "load_avg": [3.5, 3.0, 2.0]}, "surgery": {},
+               "predict": {}, "quantize": quantize}
+    cfg = SimpleNamespace(to_dict=lambda: {})
+    return SimpleNamespace(results=results, ctx=SimpleNamespace(device="cpu"), cfg=cfg,
+                           stage_dir=lambda name: __import__("pathlib").Path("/nonexistent") / name)
+
+
+SLOWER = {"choice": FP32, "path": "/run/stages/export/model.onnx", "stage": "finetuned", "latency_ms": 0.103,
+          "reason": "int8 is slower at batch 1: 0.110 ms vs 0.103 ms fp32 (1.07x slower); fp32 kept"}
+
+
+def test_speedups_only_within_one_runtime():
+    doc = collect(fake_pipeline(SLOWER))
+    st = doc["stages"]
+    assert st["finetuned"]["speedup"] == pytest.approx({"pytorch": 7.25 / 2.37, FP32: 0.674 / 0.103})
+    assert st["int8"]["speedup"] == {}  # the int8 model is never compared with the dense PyTorch model
+    assert doc["deploy"]["choice"] == FP32 and doc["latency_load_avg"] == [3.5, 3.0, 2.0]
+
+
+def test_summary_table_has_a_column_per_runtime():
+    rows = summary_rows(collect(fake_pipeline(SLOWER)))
+    assert rows[0] == ["stage", "top-1", "top-5", "params", "MACs", "size", "PyTorch b=1", "ORT fp32 b=1",
+                       "ORT int8 b=1", "deploy"]
+    by = {r[0]: r for r in rows[1:]}
+    assert by["dense"][6:9] == ["7.25 ms", "0.674 ms", "-"]
+    assert by["finetuned"][6:9] == ["2.37 ms (3.06x)", "0.103 ms (6.54x)", "-"]
+    assert by["int8"][6:9] == ["-", "-", "0.110 ms"]  # no ratio: there is no dense int8 model
+    assert [r[0] for r in rows[1:] if r[-1] == "yes"] == ["finetuned"]
+
+
+def test_sentences_follow_the_measurements():
+    doc = collect(fake_pipeline(SLOWER))
+    text = "\n".join(_headline(doc))
+    assert "PyTorch eager: dense 7.25 ms, pruned 2.40 ms (3.02x vs dense), finetuned 2.37 ms (3.06x vs dense)" in text
+    assert "ONNX Runtime fp32: dense 0.674 ms, pruned 0.110 ms (6.13x vs dense), finetuned 0.103 ms" in text
+    assert "ONNX Runtime int8: int8 0.110 ms. Speed-ups compare within one runtime" in text
+    assert "load average 3.50" in text
+    assert "int8 settings: U8S8 QDQ, for x86-vnni (detected from /proc/cpuinfo); int8 top-1 88.90%" in text
+    assert doc["quantize"]["settings"]["label"] == "U8S8" and doc["quantize"]["path"] == "model.int8.onnx"
+    assert deploy_line(doc) == f"Deploy: {FP32} (model.onnx). {SLOWER['reason']}"
+    assert "int8 is slower" in text and "faster" not in deploy_line(doc)
+    faster = {"choice": INT8, "path": "/run/stages/quantize/model.int8.onnx", "stage": "int8", "latency_ms": 0.05,
+              "reason": "int8 is 2.06x faster at batch 1 (0.050 ms vs 0.103 ms fp32); top-1 88.90% vs 89.00%"}
+    doc = collect(fake_pipeline(faster, int8_ms=0.05))
+    assert deploy_line(doc).startswith(f"Deploy: {INT8} (model.int8.onnx). int8 is 2.06x faster")
+    assert [r[0] for r in summary_rows(doc)[1:] if r[-1] == "yes"] == ["int8"]
+    assert deploy_line({"deploy": {}}) is None
