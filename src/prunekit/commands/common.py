@@ -91,6 +91,21 @@ def positive_int(name: str, allow_zero: bool = False):
     return conv
 
 
+def image_side(name: str):
+    """A positive image side in pixels, at most the input-size limit of model files (4096)."""
+    from ..models.limits import MAX_INPUT_SIDE
+
+    base = positive_int(name)
+
+    def conv(s: str) -> int:
+        v = base(s)
+        if v > MAX_INPUT_SIDE:
+            raise argparse.ArgumentTypeError(f"{name} must be at most {MAX_INPUT_SIDE}, got {s}")
+        return v
+
+    return conv
+
+
 def model_data(loaded, data: str, data_dir: str | None, seed: int = 0):
     """The dataset converted to what a loaded model expects (channels, size, ImageNet-style resize)."""
     from ..config import DataCfg

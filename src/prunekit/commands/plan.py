@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_json_arg, positive_int, print_json
+from .common import add_json_arg, image_side, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,19 +18,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default="pointwise", help="pointwise (default), all, or a regex over layer names")
     p.add_argument("--exclude", help="regex of layers never to prune")
     p.add_argument("--leaf", action="append", default=[], metavar="MODULE", help="do not trace into MODULE")
-    p.add_argument("--image-size", type=positive_int("--image-size"), help="input size (default: the model's)")
+    p.add_argument("--image-size", type=image_side("--image-size"), help="input size (default: the model's)")
     add_json_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..api import resolve
     from ..graph import DependencyGraph
+    from ..memory import check_one_image
     from ..pruning.pruner import strip_copy
 
     loaded = resolve(args.model)
     shape = loaded.input_shape if not args.image_size else (loaded.spec.input.channels, args.image_size,
                                                             args.image_size)
     model = strip_copy(loaded.model) if loaded.pruner else loaded.model
+    check_one_image(model, shape, "plan")
     graph = DependencyGraph(model, shape, args.leaf)
     graph.select(args.layers, args.exclude)  # raises a clear error when nothing matches
     plan = graph.plan(args.layers, args.exclude)

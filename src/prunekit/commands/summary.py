@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_json_arg, positive_int, print_json
+from .common import add_json_arg, image_side, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory or torchvision:NAME")
-    p.add_argument("--image-size", type=positive_int("--image-size"), help="input size for MACs (default: the "
+    p.add_argument("--image-size", type=image_side("--image-size"), help="input size for MACs (default: the "
                    "model's)")
     add_json_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..api import resolve
+    from ..memory import check_one_image
     from ..pruning.pruner import strip_copy
     from ..report.summary import format_table, human, profile
 
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     shape = loaded.input_shape if not args.image_size else (loaded.spec.input.channels, args.image_size,
                                                             args.image_size)
     model = strip_copy(loaded.model) if loaded.pruner else loaded.model
+    check_one_image(model, shape, "summary")
     prof = profile(model, shape)
     masked = None
     if loaded.pruner:

@@ -202,6 +202,11 @@ def synthetic(num_classes: int = 10, train_size: int = 512, test_size: int = 256
         raise PrunekitError(f"synthetic data needs at least 2 classes, got {num_classes}")
     g = torch.Generator().manual_seed(seed)
     h, w = size
+    from ..memory import require
+
+    # float32 temporaries: the grating, the noise, their sum and clamp, per image
+    require(max(train_size, test_size) * channels * h * w * 4 * 4 + 8 * h * w * 4,
+            f"generating {train_size:,} + {test_size:,} synthetic {channels}x{h}x{w} images", "use a smaller size")
 
     def make(n: int) -> TensorSplit:
         labels = torch.arange(n) % num_classes
@@ -220,6 +225,22 @@ def synthetic(num_classes: int = 10, train_size: int = 512, test_size: int = 256
                       channels, [h, w], [0.5] * channels, [0.25] * channels, source="synthetic")
 
 
+def _check_conversion_memory(bundle: DataBundle, channels: int, size: Sequence[int]) -> None:
+    """The converted in-memory splits (uint8) plus one chunk of float temporaries must fit, before converting."""
+    from ..memory import require
+
+    splits = [s for s in (bundle.train, bundle.test) if isinstance(s, TensorSplit)]
+    if not splits:
+        return
+    h, w = int(size[0]), int(size[1])
+    n = sum(len(s) for s in splits)
+    chunk = min(2048, max(len(s) for s in splits))
+    in_pixels = max(s.images[0].numel() if len(s) else 0 for s in splits)
+    need = n * channels * h * w + chunk * 4 * 2 * (3 * in_pixels + channels * h * w)
+    require(need, f"converting the {bundle.name} images ({n:,}) to {channels}x{h}x{w}",
+            "use a smaller input size (the model's input.size, or data.image_size)")
+
+
 def adapt(bundle: DataBundle, channels: int | None = None, size: Sequence[int] | None = None) -> DataBundle:
     """Convert in-memory splits to the model's input channels (1<->3) and size (bilinear, antialiased)."""
     channels = channels or bundle.channels
@@ -228,6 +249,7 @@ def adapt(bundle: DataBundle, channels: int | None = None, size: Sequence[int] |
         return bundle
     if channels not in (1, 3, bundle.channels):
         raise PrunekitError(f"cannot convert {bundle.channels}-channel images to {channels} channels")
+    _check_conversion_memory(bundle, channels, size)
 
     def conv(s):
         if not isinstance(s, TensorSplit):  # streaming splits are sized/converted at decode time
