@@ -221,8 +221,9 @@ def check_training(model: nn.Module, input_shape: Sequence[int], batch: int, wha
             "use a smaller batch size, input size or model")
 
 
-def check_one_image(model: nn.Module, input_shape: Sequence[int], what: str) -> None:
+def check_one_image(model: nn.Module, input_shape: Sequence[int], what: str,
+                    hint: str = "use a smaller --image-size") -> None:
     """Refuse a pass over one image that keeps every activation (profiling, shape propagation) if it cannot fit."""
     a = activations(model, input_shape)
     shape = "x".join(str(int(s)) for s in input_shape)
-    require(a.input + a.total + a.params + OVERHEAD, f"{what} (one {shape} input)", "use a smaller --image-size")
+    require(a.input + a.total + a.params + OVERHEAD, f"{what} (one {shape} input)", hint)
