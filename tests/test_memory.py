@@ -81,7 +81,7 @@ def test_estimate_allocates_nothing_and_matches_shapes():
     assert memory.activations(meta, (1, 28, 28)) == a  # works on the meta device too
 
 
-def test_create_model_refuses_parameters_that_cannot_fit(monkeypatch):
+def test_create_model_refuses_parameters_that_cannot_fit(address_space_cap, monkeypatch):
     monkeypatch.setenv(memory.ENV, "1G")
     # width 16: 16384 features; a million classes: a 64 GiB classifier. Counted on meta, refused in milliseconds.
     with pytest.raises(PrunekitError, match=r"building 'mobilenet_v1' \(17,189,811,776 parameters\) needs about "
@@ -91,7 +91,7 @@ def test_create_model_refuses_parameters_that_cannot_fit(monkeypatch):
         create_model("mobilenet_v1", num_classes=10**9)
 
 
-def test_training_and_evaluation_batches_are_checked(monkeypatch, tmp_path):
+def test_training_and_evaluation_batches_are_checked(address_space_cap, monkeypatch, tmp_path):
     """A config within its own limits (1024 px, batch 128) whose training batch cannot fit: refused before the
     first step, with nothing left in --out."""
     monkeypatch.setenv(memory.ENV, "3G")
@@ -102,7 +102,7 @@ def test_training_and_evaluation_batches_are_checked(monkeypatch, tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def test_data_conversion_is_checked(monkeypatch):
+def test_data_conversion_is_checked(address_space_cap, monkeypatch):
     from prunekit.data import load_data
 
     monkeypatch.setenv(memory.ENV, "1G")

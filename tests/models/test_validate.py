@@ -130,7 +130,7 @@ def test_input_within_the_limits_but_beyond_memory_is_refused(saved, tmp_path, b
     assert "of memory but only 2.0 GiB is available (--max-memory)" in r.stderr
 
 
-def test_library_call_is_fast_and_allocates_nothing(saved, tmp_path):
+def test_library_call_is_fast_and_allocates_nothing(address_space_cap, saved, tmp_path):
     m = edited(saved, tmp_path / "m", lambda d: d["layers"]["classifier"].update(in_features=65536,
                                                                                  out_features=65536))
     t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def test_library_call_is_fast_and_allocates_nothing(saved, tmp_path):
     (lambda d: d.update(extra={"pruning": {"input_shape": [1, 60000, 60000]}}), "extra.pruning.input_shape"),
     (lambda d: d.update(stats={"x": json.loads("[" * 40 + "]" * 40)}), "nested more than 32 levels"),
 ])
-def test_size_like_fields_are_bounded(saved, tmp_path, mutate, msg):
+def test_size_like_fields_are_bounded(address_space_cap, saved, tmp_path, mutate, msg):
     m = edited(saved, tmp_path / "m", mutate)
     with pytest.raises(PrunekitError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("+", r"\+")):
@@ -197,7 +197,7 @@ def _rewrite_header(path: Path, edit) -> None:
     (lambda h: h["classifier.weight"].update(dtype="F99"), "bad header entry for tensor 'classifier.weight'"),
     (lambda h: h.update(extra={"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}), "overlap or leave gaps"),
 ])
-def test_lying_safetensors_header(saved, tmp_path, edit, msg):
+def test_lying_safetensors_header(address_space_cap, saved, tmp_path, edit, msg):
     m = shutil.copytree(saved, tmp_path / "m")
     _rewrite_header(m / "model.safetensors", edit)
     with pytest.raises(PrunekitError, match=msg):
@@ -280,7 +280,7 @@ def test_runtime_refuses_a_batch_that_cannot_fit(monkeypatch, tmp_path):
     rt.check_memory(1, "predict")  # one image fits in 4 GiB (peak ~1 GiB)
 
 
-def test_pruning_plan_input_shape_is_checked(tmp_path, monkeypatch):
+def test_pruning_plan_input_shape_is_checked(address_space_cap, tmp_path, monkeypatch):
     """A masked model's plan is traced at its recorded input shape: a lie there is refused before tracing."""
     from prunekit import api
     from prunekit.pruning import PruningConfig, prune_
