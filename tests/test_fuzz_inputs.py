@@ -2,7 +2,8 @@
 embedded in ONNX) and run config either works (exit 0) or is refused with exit 2 and exactly one line on stderr,
 never a traceback, a crash or a kill, in a fresh process under a 6 GiB address-space limit.
 
-The default suite runs a fixed-seed sample spread over all targets and mutation kinds (cheap commands only);
+The default suite runs 30 mutations: the two cases of issue 21, a 5000-deep sidecar and a YAML alias bomb, plus
+a fixed-seed sample spread over all targets and mutation kinds (cheap commands only: no `prunekit run`);
 the slow test runs many more over every command (``PRUNEKIT_FUZZ_N``, default 400) and prints the counts per
 outcome class. ``benchmarks/fuzz_model_files.py`` records the same counts with the machine and versions.
 """
@@ -17,7 +18,12 @@ import pytest
 
 import fuzz_inputs as fz
 
-DEFAULT_N = 30
+DEFAULT_N = 26
+# always in the default sample: the two cases of issue 21, the deepest nesting, and a YAML alias bomb
+FIXED = [fz.Mutation("model.json", ("layers", "blocks.0.pw.conv", "out_channels"), "huge"),
+         fz.Mutation("model.json", ("input", "size", 0), "huge"),
+         fz.Mutation("sidecar", (), "very-deep"),
+         fz.Mutation("config", ("model", "kwargs"), "alias-bomb")]
 QUICK = {**fz.COMMANDS,  # `run` trains every stage (~20 s): slow suite only
          "config": [["train", "--config", "{M}", "--out", "{OUT}/t"]]}
 
@@ -65,7 +71,10 @@ def test_classify():
 
 @pytest.fixture(scope="module")
 def default_outcomes(world, tmp_path_factory) -> dict[str, fz.Outcome]:
-    sample = fz.pick(fz.all_mutations(world), DEFAULT_N, seed=0)
+    ids = {m.id for m in fz.all_mutations(world)}
+    assert all(m.id in ids for m in FIXED)
+    sample = FIXED + [m for m in fz.pick(fz.all_mutations(world), DEFAULT_N + len(FIXED), seed=0)
+                      if m not in FIXED][:DEFAULT_N]
     outs = fz.run_all(world, sample, tmp_path_factory.mktemp("fuzz_runs"), workers=2, commands=QUICK)
     return {o.mutation: o for o in outs}
 
@@ -74,7 +83,7 @@ def test_fuzzed_inputs_never_crash(default_outcomes):
     s = fz.summarise(list(default_outcomes.values()))
     print(f"\nfuzz (default, seed 0): {s['tried']} mutated inputs; outcomes {s['outcomes']}; "
           f"refused by {s['refused_by']}")
-    assert s["tried"] == DEFAULT_N
+    assert s["tried"] == DEFAULT_N + len(FIXED)
     assert not s["failures"], json.dumps(s["failures"], indent=1)
     assert set(s["outcomes"]) <= {"ok", "exit-2"}
 
