@@ -130,3 +130,22 @@ def tiny_untrained_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("mem") / "m"
     save_model(s.build(), d, s)
     return d
+
+
+def test_estimate_leaves_a_masked_model_unchanged():
+    """A real model runs the empty batch with its own tensors: mask caches never see a stand-in."""
+    from prunekit.pruning import PruningConfig, prune_
+
+    torch.manual_seed(0)
+    m = create_model("mobilenet_v1", width=0.25, num_classes=10, in_channels=1, small_input=True).eval()
+    pruner = prune_(m, PruningConfig(schedule={"kind": "one_shot", "target_sparsity": 0.5}), (1, 28, 28))
+    pruner.step(0)
+    x = torch.randn(2, 1, 28, 28)
+    from prunekit.pruning.masks import MASK_MODULE
+
+    with torch.no_grad():
+        before = m(x)
+        cached = getattr(m, MASK_MODULE)._flat  # the masks, concatenated and cached by buffer version
+        assert memory.activations(m, (1, 28, 28)).exact
+        assert getattr(m, MASK_MODULE)._flat is cached  # not recomputed from stand-ins
+        assert torch.equal(m(x), before)
