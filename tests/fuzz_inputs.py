@@ -323,10 +323,11 @@ def _limit_memory():  # runs in the child between fork and exec
 
 
 def run_one(w: World, m: Mutation, index: int, workdir: Path, timeout: float = TIME_LIMIT,
-            commands: dict[str, list[list[str]]] | None = None) -> Outcome:
+            commands: dict[str, list[list[str]]] | None = None, name: str | None = None) -> Outcome:
+    """Run mutation ``m`` through the ``index``-th command of its target (cyclically), in ``workdir/name``."""
     cmds = (commands or COMMANDS)[m.target]
     template = cmds[index % len(cmds)]
-    where = workdir / f"m{index:05d}"
+    where = workdir / (name or f"{m.target}-{index:05d}")
     target = materialise(w, m, where)
     (where / "out").mkdir()
     args = [a.replace("{M}", str(target)).replace("{OUT}", str(where / "out")).replace("{IMG}", str(w.image))
@@ -355,15 +356,13 @@ def run_all(w: World, selected: Sequence[Mutation], workdir: Path, workers: int 
     """Run the mutations, ``workers`` processes at a time; the command is chosen round-robin per target."""
     per_target: Counter = Counter()
     jobs = []
-    for m in selected:
-        jobs.append((m, per_target[m.target]))
+    for n, m in enumerate(selected):
+        jobs.append((m, per_target[m.target], f"m{n:05d}"))
         per_target[m.target] += 1
-    # the index both picks the command and names the work directory: make it unique across targets
-    jobs = [(m, i * 8 + sorted(COMMANDS).index(m.target)) for m, i in jobs]
 
     def one(job):
-        m, i = job
-        o = run_one(w, m, i, workdir, commands=commands)
+        m, i, name = job
+        o = run_one(w, m, i, workdir, commands=commands, name=name)
         if progress:
             progress(o)
         return o

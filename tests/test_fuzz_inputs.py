@@ -81,6 +81,8 @@ def default_outcomes(world, tmp_path_factory) -> dict[str, fz.Outcome]:
 
 def test_fuzzed_inputs_never_crash(default_outcomes):
     s = fz.summarise(list(default_outcomes.values()))
+    used = {o.command for o in default_outcomes.values()}
+    assert used == {c[0] for cs in QUICK.values() for c in cs}, used  # every command got some mutations
     print(f"\nfuzz (default, seed 0): {s['tried']} mutated inputs; outcomes {s['outcomes']}; "
           f"refused by {s['refused_by']}")
     assert s["tried"] == DEFAULT_N + len(FIXED)
