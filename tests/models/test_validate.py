@@ -152,7 +152,7 @@ def test_library_call_is_fast_and_allocates_nothing(address_space_cap, saved, tm
     (lambda d: d["kwargs"].update(num_classes=10**7), "kwargs.num_classes must be between 1 and 1,000,000"),
     (lambda d: d["kwargs"].update(in_channels=5), "kwargs.in_channels must be between 1 and 4"),
     (lambda d: d["kwargs"].update(width=float("inf")), "kwargs.width must be a finite number"),
-    (lambda d: d["kwargs"].update(bn_eps=[[[[[1e-5]]]]]), "nested more than 4 levels"),
+    (lambda d: d["kwargs"].update(bn_eps=json.loads("[" * 9 + "1e-5" + "]" * 9)), "nested more than 8 levels"),
     (lambda d: d["input"].update(size=[28, 4097]), "input.size must be at most 4096"),
     (lambda d: d["input"].update(channels=5, mean=[0.5] * 5, std=[0.5] * 5), "input.channels must be at most 4"),
     (lambda d: d["input"].update(resize=5000), "input.resize must be at most 4096"),

@@ -10,7 +10,8 @@ The caps are far above any real model and far below what would exhaust a machine
   (VGG's classifier 25088 -> 4096 is in_features 25088 < 2^16); a 2^16 x 2^16 linear layer is 16 GiB.
 * classes <= 10^6: ImageNet-21k has 21841; a million classes is a 4 GB classifier at 1024 features.
 * any other integer builder argument (depth, width per group, image size, patch size ...) |v| <= 65536, floats
-  finite; builder arguments nest at most 4 deep and hold at most 1024 items per container.
+  finite; builder arguments nest at most 8 deep (an architecture described as a list of block specs needs 5)
+  and hold at most 1024 items per container.
 * JSON documents: <= 64 MiB, <= 32 levels of nesting, <= 4 million values (a million class names fit).
 """
 
@@ -29,7 +30,7 @@ MAX_CLASSES = 1_000_000
 MAX_NAME_CHARS = 1000
 MAX_ARCH_CHARS = 200
 MAX_KWARG_INT = 1 << 16
-MAX_KWARG_DEPTH = 4
+MAX_KWARG_DEPTH = 8
 MAX_KWARG_ITEMS = 1024
 MAX_TENSOR_DIMS = 8
 MAX_JSON_BYTES = 64 << 20
