@@ -121,3 +121,18 @@ def shrunk_model_dir(pruned_model_dir, tmp_path_factory) -> Path:
     rc, so, se = run_cli("surgery", "--model", pruned_model_dir, "--out", out)
     assert rc == 0, se
     return out
+
+
+@pytest.fixture
+def address_space_cap():
+    """Cap this process's address space at its current size + 3 GiB for one test (soft RLIMIT_AS, restored
+    after): a test of a memory check that regresses then fails with an allocation error instead of letting the
+    machine's OOM killer pick a victim."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 30), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

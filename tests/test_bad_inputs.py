@@ -94,6 +94,15 @@ def w(tmp_path_factory) -> dict[str, Path]:
     p["m_channels"] = _edited_model(m, root / "m_channels",
                                     lambda d: d["input"].update(channels=3, mean=[0.5] * 3, std=[0.25] * 3))
     p["m_classes"] = _edited_model(m, root / "m_classes", lambda d: d.update(class_names=["cat", "dog"]))
+    # model files that lie about sizes (issue 21): refused before anything of that size is allocated
+    p["m_huge_layer"] = _edited_model(m, root / "m_huge_layer",
+                                      lambda d: d["layers"]["blocks.0.pw.conv"].update(out_channels=10**9))
+    p["m_huge_input"] = _edited_model(m, root / "m_huge_input", lambda d: d["input"].update(size=[60000, 60000]))
+    p["m_huge_linear"] = _edited_model(m, root / "m_huge_linear", lambda d: d["layers"]["classifier"].update(
+        in_features=65536, out_features=65536))
+    # within the limits, ~6 GiB for one image: refused by the estimate against --max-memory 1G (should the check
+    # regress, the real allocation still fits on a test machine)
+    p["m_big_input"] = _edited_model(m, root / "m_big_input", lambda d: d["input"].update(size=[2048, 2048]))
     badjson = shutil.copytree(m, root / "m_badjson")
     (badjson / "model.json").write_text('{"format": "prunekit-model", "arch": ')
     p["m_badjson"] = badjson
@@ -247,6 +256,14 @@ CASES = [
          "input.channels is 3 but"),
     Case("model/classes-vs-data", lambda w: ["eval", "--model", w["m_classes"], "--data", "bundled"],
          "the model has 2 classes but"),
+    Case("model/json-huge-layer", lambda w: ["eval", "--model", w["m_huge_layer"]],
+         "out_channels must be positive integer(s) <= 65536, got 1000000000"),
+    Case("model/json-huge-input", lambda w: ["eval", "--model", w["m_huge_input"]],
+         "input.size must be at most 4096 pixels per side, got [60000, 60000]"),
+    Case("model/json-layers-vs-weights-header", lambda w: ["summary", "--model", w["m_huge_linear"]],
+         "the architecture expects [65536, 65536]"),
+    Case("model/memory-estimate", lambda w: ["--max-memory", "1G", "summary", "--model", w["m_big_input"]],
+         "of memory but only 1.0 GiB is available (--max-memory)"),
     # configs
     Case("config/unknown-key", _train("--out", "@new_out", "--set", "train.bogus=1"),
          "unknown config key 'train.bogus'"),
@@ -286,6 +303,8 @@ CASES = [
          "--batch-size must be an integer"),
     Case("cli/unknown-command", lambda w: ["trian", "--out", w["new_out"]], "invalid choice: 'trian'"),
     Case("cli/unknown-choice", _prune("--criterion", "magic"), "invalid choice: 'magic'"),
+    Case("cli/bad-max-memory", lambda w: ["--max-memory", "lots", "summary", "--model", w["model"]],
+         "--max-memory must be a size like 8G"),
     Case("cli/unknown-device", lambda w: ["eval", "--model", w["model"], "--device", "tpu9"], "unknown device"),
     Case("cli/out-is-a-file", _train("--out", "@m_file"), "exists and is not a directory",
          lambda w: [w["m_file"]]),
@@ -414,8 +433,8 @@ def test_rgb_folder_is_converted_for_a_grayscale_model(w, tmp_path):
 def test_near_total_sparsity_is_clamped_to_one_channel_per_layer(w, tmp_path):
     """`surgery --sparsity 0.999999` never empties a layer: every pruned group keeps >= 1 channel
     (--min-channels, default 1), and the shrunk model still runs and matches the masked one."""
-    rc, so, se = run_cli("surgery", "--model", w["model"], "--sparsity", "0.999999", "--out", tmp_path / "s",
-                         "--json")
+    rc, so, se = run_cli("surgery", "--model", w["model"], "--sparsity", "0.999999", "--round-to", "1",
+                         "--out", tmp_path / "s", "--json")
     assert rc == 0, se
     from prunekit.saved import load
 

@@ -34,11 +34,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _size(s: str) -> int:
+    from .memory import parse_size
+
+    try:
+        return parse_size(s, "--max-memory")
+    except PrunekitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunekit", description="Structured channel pruning for CNNs: train, prune, shrink, "
                      "fine-tune, export, quantize, predict, benchmark.",
                      epilog="Run `prunekit COMMAND --help` for the options of a command.")
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
+    parser.add_argument("--max-memory", type=_size, metavar="SIZE", help="refuse work estimated to need more memory "
+                        "than SIZE (e.g. 8G, 512M; default: what the machine has available; also "
+                        "$PRUNEKIT_MAX_MEMORY)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module, help_ in COMMANDS:
         try:
@@ -73,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     from .commands.common import CREATED_DIRS
 
     CREATED_DIRS.clear()  # only directories created by *this* command may be removed on failure
+    from .memory import set_max_memory
+
+    set_max_memory(args.max_memory)
     try:
         rc = args.func(args)
         CREATED_DIRS.clear()

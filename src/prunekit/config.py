@@ -26,6 +26,7 @@ from .schema import describe as _describe
 from .train import TrainConfig
 
 CONFIG_VERSION = 1
+MAX_YAML_BYTES = 1 << 20  # configs are a few KB
 
 
 @dataclass
@@ -257,6 +258,11 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as e:
             raise PrunekitError(f"--set {key}: cannot parse value '{raw}': {e}") from None
+        except RecursionError:
+            raise PrunekitError(f"--set {key}: value nested too deeply") from None
+        from .models.limits import check_tree
+
+        check_tree(value, f"--set {key}", max_depth=16, max_nodes=100_000)
         set_path(d, key, value)
     return d
 
@@ -265,6 +271,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise PrunekitError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise PrunekitError(f"{path}: a config file larger than {MAX_YAML_BYTES >> 20} MiB")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -272,10 +280,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise PrunekitError(f"{path}: invalid YAML ({first})") from None
     except UnicodeDecodeError:
         raise PrunekitError(f"{path}: not a text file") from None
+    except RecursionError:
+        raise PrunekitError(f"{path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise PrunekitError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    from .models.limits import check_tree
+
+    check_tree(data, str(path), max_depth=16, max_nodes=100_000)  # also YAML alias bombs (`&a [*b, *b, ...]`)
     return data
 
 

@@ -90,15 +90,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+MAX_JSON_BYTES = 64 << 20  # model.json with a million class names is ~30 MB
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Read JSON with a one-line error for missing or malformed files."""
+    """Read JSON with a one-line error for missing, oversized, too deeply nested or malformed files."""
     path = Path(path)
     if not path.is_file():
         raise PrunekitError(f"{what} not found: {path}")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise PrunekitError(f"{what} {path} is larger than {MAX_JSON_BYTES >> 20} MiB")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PrunekitError(f"{what} {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise PrunekitError(f"{what} {path} is nested too deeply") from None
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -670,11 +670,13 @@ def plan(model_ref: str | Path, layers: str | list[str] = "pointwise", exclude: 
          leaf: Sequence[str] = (), image_size: int | None = None) -> dict[str, Any]:
     """Every channel group, which ones ``layers`` selects, and why the others are left alone."""
     from .graph import DependencyGraph
+    from .memory import check_one_image
     from .pruning import strip
 
     loaded = resolve(model_ref)
     shape = loaded.input_shape if not image_size else (loaded.spec.input.channels, image_size, image_size)
     model = strip(loaded.model, copy=True) if loaded.pruner else loaded.model
+    check_one_image(model, shape, "plan")
     graph = DependencyGraph(model, shape, list(leaf))
     graph.select(layers, exclude)  # raises a clear error when nothing matches
     return {"model": str(model_ref), **graph.plan(layers, exclude)}
@@ -683,11 +685,13 @@ def plan(model_ref: str | Path, layers: str | list[str] = "pointwise", exclude: 
 def summary(model_ref: str | Path, image_size: int | None = None) -> dict[str, Any]:
     """Per-layer parameters and MACs, and for a masked model the kept/total channels of each group."""
     from .cost import profile
+    from .memory import check_one_image
     from .pruning import strip
 
     loaded = resolve(model_ref)
     shape = loaded.input_shape if not image_size else (loaded.spec.input.channels, image_size, image_size)
     model = strip(loaded.model, copy=True) if loaded.pruner else loaded.model
+    check_one_image(model, shape, "summary")
     prof = profile(model, shape)
     masked = None
     if loaded.pruner:

@@ -168,5 +168,20 @@ def fraction(flag: str):
     return number(flag, lo=0, hi=1, hi_open=True)
 
 
+def image_side(name: str):
+    """A positive image side in pixels, at most the input-size limit of model files (4096)."""
+    from ..models.limits import MAX_INPUT_SIDE
+
+    base = positive_int(name)
+
+    def conv(s: str) -> int:
+        v = base(s)
+        if v > MAX_INPUT_SIDE:
+            raise argparse.ArgumentTypeError(f"{name} must be at most {MAX_INPUT_SIDE}, got {s}")
+        return v
+
+    return conv
+
+
 def image_shape(loaded, image_size: int | None) -> tuple[int, int, int]:
     return loaded.input_shape if not image_size else (loaded.spec.input.channels, image_size, image_size)

@@ -25,7 +25,7 @@ from .common import (
     add_device_arg,
     add_json_arg,
     config_flag,
-    positive_int,
+    image_side,
     print_json,
     run_config,
 )
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     config_flag(p, "--layers", "prune.layers", help="pointwise (default), all, or a regex over layer names")
     config_flag(p, "--exclude", "prune.exclude", help="regex of layers never to prune")
     p.add_argument("--leaf", action="append", default=[], metavar="MODULE", help="do not trace into MODULE")
-    p.add_argument("--image-size", type=positive_int("--image-size"), help="input size (default: the model's)")
+    p.add_argument("--image-size", type=image_side("--image-size"), help="input size (default: the model's)")
     b = p.add_argument_group("budget (optional)")
     add_budget_args(b)
     config_flag(b, "--criterion", "prune.criterion", help="channel importance (default l1)")

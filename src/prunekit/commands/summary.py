@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_json_arg, positive_int, print_json
+from .common import add_json_arg, image_side, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory, torchvision:NAME or timm:NAME")
-    p.add_argument("--image-size", type=positive_int("--image-size"), help="input size for MACs (default: the "
+    p.add_argument("--image-size", type=image_side("--image-size"), help="input size for MACs (default: the "
                    "model's)")
     add_json_arg(p)
 

@@ -173,6 +173,20 @@ def _augment_share(x: torch.Tensor, n_global: int, rank: int, world: int, pad: i
     xp = torch.gather(xp, 2, rows[:, None, :, None].expand(n, c, h, xp.shape[3]))
     return torch.gather(xp, 3, cols[:, None, None, :].expand(n, c, h, w))
 
+def _check_conversion_memory(bundle: DataBundle, channels: int, size: Sequence[int]) -> None:
+    """The converted in-memory splits (uint8) plus one chunk of float temporaries must fit, before converting."""
+    from ..memory import require
+
+    splits = [s for s in (bundle.train, bundle.test) if isinstance(s, TensorSplit)]
+    if not splits:
+        return
+    h, w = int(size[0]), int(size[1])
+    n = sum(len(s) for s in splits)
+    chunk = min(2048, max(len(s) for s in splits))
+    in_pixels = max(s.images[0].numel() if len(s) else 0 for s in splits)
+    need = n * channels * h * w + chunk * 4 * 2 * (3 * in_pixels + channels * h * w)
+    require(need, f"converting the {bundle.name} images ({n:,}) to {channels}x{h}x{w}",
+            "use a smaller input size (the model's input.size, or data.image_size)")
 
 
 def adapt(bundle: DataBundle, channels: int | None = None, size: Sequence[int] | None = None) -> DataBundle:
@@ -183,6 +197,7 @@ def adapt(bundle: DataBundle, channels: int | None = None, size: Sequence[int] |
         return bundle
     if channels not in (1, 3, bundle.channels):
         raise PrunekitError(f"cannot convert {bundle.channels}-channel images to {channels} channels")
+    _check_conversion_memory(bundle, channels, size)
 
     def conv(s):
         if not isinstance(s, TensorSplit):  # streaming splits are sized/converted at decode time

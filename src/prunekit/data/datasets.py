@@ -79,6 +79,11 @@ def synthetic(num_classes: int = 10, train_size: int = 512, test_size: int = 256
         raise PrunekitError(f"synthetic data needs at least 2 classes, got {num_classes}")
     g = torch.Generator().manual_seed(seed)
     h, w = size
+    from ..memory import require
+
+    # float32 temporaries: the grating, the noise, their sum and clamp, per image
+    require(max(train_size, test_size) * channels * h * w * 4 * 4 + 8 * h * w * 4,
+            f"generating {train_size:,} + {test_size:,} synthetic {channels}x{h}x{w} images", "use a smaller size")
 
     def make(n: int) -> TensorSplit:
         labels = torch.arange(n) % num_classes

@@ -93,6 +93,9 @@ def export_model(loaded, fmt: str, out: str | os.PathLike, *, opset: int = DEFAU
         raise unknown("export format", fmt, FORMATS)
     model, note = deployable(loaded)
     meta = DeployMeta.from_spec(loaded.spec, fmt)
+    from ..memory import check_inference
+
+    check_inference(model, meta.input_shape, 3, "export (verified at batch 1 and 3)")  # before tracing
     if loaded.spec.class_names is None:
         import torch
 

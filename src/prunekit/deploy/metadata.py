@@ -74,11 +74,13 @@ class DeployMeta:
         if d.get("version") != META_VERSION:
             raise PrunekitError(f"{where}: unsupported metadata version {d.get('version')!r} (this prunekit reads "
                                 f"{META_VERSION})")
+        check_deploy_doc(d, where)
         try:
-            inp = InputSpec.from_dict(dict(d["input"]))
+            try:
+                inp = InputSpec.from_dict(dict(d["input"]))
+            except PrunekitError as e:
+                raise PrunekitError(f"{where}: {e}") from None
             names = d.get("class_names")
-            if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-                raise PrunekitError(f"{where}: class_names must be a list of strings")
             return cls(str(d["arch"]), dict(d.get("kwargs") or {}), inp, names, str(d.get("format", "onnx")),
                        str(d.get("precision", "fp32")), str(d.get("prunekit_version", "?")), d.get("opset"),
                        dict(d.get("info") or {}))
@@ -87,10 +89,16 @@ class DeployMeta:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> DeployMeta:
+        from ..io import MAX_JSON_BYTES
+
+        if len(text) > MAX_JSON_BYTES:
+            raise PrunekitError(f"{where}: prunekit metadata is larger than {MAX_JSON_BYTES >> 20} MiB")
         try:
             d = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PrunekitError(f"{where}: prunekit metadata is not valid JSON ({e})") from None
+        except RecursionError:
+            raise PrunekitError(f"{where}: prunekit metadata is nested too deeply") from None
         return cls.from_dict(d, where)
 
     def onnx_props(self) -> dict[str, str]:
@@ -100,6 +108,27 @@ class DeployMeta:
                 "precision": self.precision, "class_names": json.dumps(self.class_names),
                 "input_channels": str(inp.channels), "input_size": json.dumps(inp.size),
                 "mean": json.dumps(inp.mean), "std": json.dumps(inp.std), "resize": json.dumps(inp.resize)}
+
+
+def check_deploy_doc(d: dict[str, Any], where: str) -> None:
+    """Bounds on the size-like fields of deployment metadata (see :mod:`prunekit.models.limits`)."""
+    from ..models import limits
+
+    limits.check_tree(d, where)
+    limits.check_arch(d.get("arch"), where)
+    limits.check_kwargs(d.get("kwargs") or {}, where)
+    limits.check_class_names(d.get("class_names"), where)
+    if not isinstance(d.get("input"), dict):
+        raise PrunekitError(f"{where}: 'input' must be a mapping")
+    opset = d.get("opset")
+    if opset is not None and not limits.bounded_int(opset, 1, 100):
+        raise PrunekitError(f"{where}: opset must be an integer in 1..100 or null, got {opset!r}"[:300])
+    for key in ("format", "precision", "prunekit_version"):
+        v = d.get(key)
+        if v is not None and not (isinstance(v, str) and len(v) <= limits.MAX_ARCH_CHARS):
+            raise PrunekitError(f"{where}: {key} must be a short string, got {v!r}"[:300])
+    if not isinstance(d.get("info") or {}, dict):
+        raise PrunekitError(f"{where}: 'info' must be a mapping")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -255,9 +255,15 @@ def bench_model(directory: str | os.PathLike, s: BenchSettings, log: Callable[[s
 
     prep = prepare(directory, s, log)
     threads = s.resolved_threads()
-    runtimes = {"pytorch_fp32": TorchRuntime(Path(directory), prep["meta"], prep["model"].eval(), "pytorch"),
+    from ..memory import activations
+
+    torch_rt = TorchRuntime(Path(directory), prep["meta"], prep["model"].eval(), "pytorch")
+    torch_rt.activations = activations(prep["model"], prep["meta"].input_shape)
+    runtimes = {"pytorch_fp32": torch_rt,
                 "ort_fp32": load_onnx(prep["files"]["onnx_fp32"], threads),
                 "ort_int8": load_onnx(prep["files"]["onnx_int8"], threads)}
+    for rt in runtimes.values():  # the largest batch must fit in every runtime, before any timing
+        rt.check_memory(max(s.batches), "bench")
     g = np.random.default_rng(0)
     inputs = {b: g.standard_normal((b, *prep["meta"].input_shape)).astype(np.float32) for b in s.batches}
     results: dict[str, Any] = {name: {} for name in runtimes}

@@ -77,6 +77,7 @@ def predict(rt: Runtime, images: Sequence[str | os.PathLike], topk: int = 5, bat
     """Top-``topk`` labels for each image file."""
     if not images:
         raise PrunekitError("no images given")
+    rt.check_memory(min(batch_size, len(images)), "predict")
     results: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])

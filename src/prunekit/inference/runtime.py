@@ -18,6 +18,7 @@ import torch
 
 from ..deploy.metadata import DeployMeta
 from ..errors import PrunekitError
+from ..memory import Activations
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
@@ -31,6 +32,7 @@ class Runtime:
     meta: DeployMeta
     kind: str = ""  # pytorch | onnxruntime | torchscript | exported-program
     info: dict[str, Any] = field(default_factory=dict)
+    activations: Activations | None = None  # per-image memory estimate (set by load_runtime)
 
     @property
     def precision(self) -> str:
@@ -54,6 +56,14 @@ class Runtime:
 
             return imagenet_classes()
         return [f"class_{i}" for i in range(num_classes)]
+
+    def check_memory(self, batch: int, what: str = "inference") -> None:
+        """Refuse a batch of ``batch`` images that would not fit in memory (call before the work starts)."""
+        from ..memory import check_inference
+
+        if self.activations is None:
+            self.activations = deploy_activations(self.meta)
+        check_inference(self.activations, self.input_shape, batch, f"{what} with {self.path}")
 
     def predict_logits(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
@@ -121,20 +131,47 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> OnnxRuntim
     return OnnxRuntime(path, meta, session)
 
 
+def deploy_activations(meta: DeployMeta) -> Activations:
+    """Per-image memory estimate for a deployed model: its architecture (``arch`` + ``kwargs`` of the metadata)
+    built on ``meta``. Pruning only removes channels, so the unpruned architecture bounds the deployed one; when
+    it cannot be built there, only the input is counted."""
+    from ..memory import activations
+    from ..models.validate import meta_build
+
+    try:
+        model = meta_build(meta.arch, meta.kwargs, "metadata")
+    except PrunekitError:
+        model = None
+    if model is None:
+        c, h, w = meta.input_shape
+        return Activations(4 * c * h * w, 0, 0, 0, 0, exact=False)
+    return activations(model, meta.input_shape)
+
+
 def load_runtime(ref: str | os.PathLike, threads: int | None = None) -> Runtime:
-    """Load any model form behind one interface (see the module docstring)."""
+    """Load any model form behind one interface (see the module docstring); refuses a model that cannot run
+    one image in the memory available."""
+    rt = _load_runtime(ref, threads)
+    rt.check_memory(1, "loading")
+    return rt
+
+
+def _load_runtime(ref: str | os.PathLike, threads: int | None = None) -> Runtime:
     from ..deploy.metadata import read_sidecar
 
     p = Path(ref)
     if not p.exists():
         raise PrunekitError(f"model not found: {p}")
     if p.is_dir():
+        from ..memory import activations
         from ..saved import load
 
         loaded = load(p)
         meta = DeployMeta.from_spec(loaded.spec, "pytorch")
         info = {"masked": loaded.pruner is not None}
-        return TorchRuntime(p, meta, loaded.model.eval(), "pytorch", info)
+        rt = TorchRuntime(p, meta, loaded.model.eval(), "pytorch", info)
+        rt.activations = activations(loaded.model, loaded.input_shape)
+        return rt
     suffix = p.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         raise PrunekitError(f"{p}: pickled checkpoints are not loaded (they can run arbitrary code); give a model "
@@ -160,6 +197,7 @@ def evaluate_runtime(rt: Runtime, bundle, split: str = "test", batch_size: int =
     its first ``limit`` images (a held-out slice)."""
     from ..data import iterate_batches
 
+    rt.check_memory(max(1, min(batch_size, len(getattr(bundle, split, ()) or ()))), "evaluation")
     c1 = c5 = n = 0
     preds = []
     for x, y in iterate_batches(bundle, split, batch_size, train=False):

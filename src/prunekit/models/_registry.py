@@ -78,6 +78,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     >>> type(m).__name__
     'MobileNetV1'
     """
+    from .validate import check_build, on_meta
+
+    if not on_meta():  # bounded arguments, and parameters that fit in memory, before allocating them
+        check_build(name, kwargs)
     if name.startswith(TORCHVISION_PREFIX):
         return _create_torchvision(name[len(TORCHVISION_PREFIX):], **kwargs)
     if name.startswith(TIMM_PREFIX):

@@ -44,7 +44,7 @@ class InputSpec:
             isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.size)
         if not ok_size:
             raise PrunekitError(f"input.size must be [height, width] of positive integers, got {self.size!r}")
-        if not (isinstance(self.channels, int) and self.channels >= 1):
+        if not (isinstance(self.channels, int) and not isinstance(self.channels, bool) and self.channels >= 1):
             raise PrunekitError(f"input.channels must be a positive integer, got {self.channels!r}")
         for key in ("mean", "std"):
             v = getattr(self, key)
@@ -55,6 +55,9 @@ class InputSpec:
             raise PrunekitError(f"input.std must be positive, got {self.std!r}")
         if self.resize is not None and not (isinstance(self.resize, int) and self.resize >= 1):
             raise PrunekitError(f"input.resize must be a positive integer or null, got {self.resize!r}")
+        from .limits import check_input
+
+        check_input(self.size, self.channels, self.resize)
         self.size = [int(s) for s in self.size]
         self.mean = [float(x) for x in self.mean]
         self.std = [float(x) for x in self.std]
@@ -185,7 +188,11 @@ def read_spec(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
         raise PrunekitError(f"{directory / MODEL_JSON}: 'class_names' must be a list of strings")
     extra = doc.get("extra", {}) or {}
     _check_keys(f"{directory / MODEL_JSON} extra", extra, _EXTRA_KEYS)
-    spec = ModelSpec(arch, kwargs, InputSpec.from_dict(doc.get("input", {})), names, extra)
+    try:
+        inp = InputSpec.from_dict(doc.get("input", {}))
+    except PrunekitError as e:
+        raise PrunekitError(f"{directory / MODEL_JSON}: {e}") from None
+    spec = ModelSpec(arch, kwargs, inp, names, extra)
     return spec, doc
 
 
@@ -193,6 +200,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild a saved model (never unpickles). Raises ``PrunekitError`` on any mismatch."""
     directory = Path(directory)
     spec, doc = read_spec(directory)
+    from .validate import validate_model_dir
+
+    validate_model_dir(directory, spec, doc)  # sizes, header vs architecture and memory, before allocating
     weights = load_tensors(directory / WEIGHTS, "model weights")
     model = spec.build()
     apply_layer_shapes(model, doc.get("layers", {}))
@@ -240,7 +250,7 @@ def _resize_plain_tensors(model: nn.Module, weights: dict[str, torch.Tensor], sh
         owner_name, _, attr = key.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model
         old = getattr(owner, attr)
-        new = torch.empty(shape, dtype=old.dtype)
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
         if isinstance(old, nn.Parameter):
             setattr(owner, attr, nn.Parameter(new, requires_grad=old.requires_grad))
         else:

@@ -318,6 +318,12 @@ def restore(model: nn.Module, plan: dict[str, Any], masks: dict[str, torch.Tenso
         shape = plan["input_shape"]
     except (KeyError, TypeError) as e:
         raise PrunekitError(f"pruning plan is incomplete: missing {e}") from None
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and s >= 1 for s in shape)):
+        raise PrunekitError(f"pruning plan: input_shape must be [channels, height, width], got {shape!r}"[:300])
+    from ..memory import check_one_image
+
+    check_one_image(model, shape, "tracing the saved pruning plan",  # the graph is traced at this shape
+                    "the plan's input_shape (extra.pruning in model.json) is too large")
     pruner = Pruner(model, cfg, shape, group_names=names)
     alive = {}
     for g in pruner.groups:

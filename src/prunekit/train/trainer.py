@@ -88,10 +88,15 @@ def evaluate(model: nn.Module, data: DataBundle, split: str = "test", batch_size
              max_batches: int = 0) -> dict[str, float]:
     """Top-1/top-5 accuracy (percent) and mean loss over a split (reduced across ranks under DDP)."""
     ctx = ctx or DistContext()
+    device = torch.device(device)
+    if device.type == "cpu":  # refuse a batch that cannot fit before the first one is built
+        from ..memory import check_inference
+
+        n = len(getattr(data, split, ()) or ())
+        check_inference(model, (data.channels, *data.size), max(1, min(batch_size, n)), "evaluation")
     was = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)
-    device = torch.device(device)
     for i, (x, y) in enumerate(iterate_batches(data, split, batch_size, train=False, device=device,
                                                rank=ctx.rank, world=ctx.world)):
         if max_batches and i >= max_batches:
@@ -147,6 +152,12 @@ class _Run:
         if self.steps_per_epoch == 0:
             raise PrunekitError(f"batch size {cfg.batch_size} is larger than the training set ({len(data.train)} "
                                 "images)")
+        if self.device.type == "cpu":  # refuse batches that cannot fit before the first step
+            from ..memory import check_inference, check_training
+
+            shape = (data.channels, *data.size)
+            check_training(model, shape, cfg.batch_size)
+            check_inference(model, shape, max(1, min(cfg.eval_batch_size, len(data.test))), "evaluation")
         self.total = int(round(cfg.epochs * self.steps_per_epoch))
         self.stop = min(self.total, cfg.max_steps) if cfg.max_steps else self.total  # the LR schedule stays
         self.warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
