@@ -193,13 +193,13 @@ def build_world(root: Path) -> World:
     import torch
     from PIL import Image
 
-    from prunekit.saved import save
     from prunekit.config import ModelCfg
     from prunekit.data import load_data
     from prunekit.deploy import export_model
     from prunekit.deploy.metadata import sha256_file, sidecar_doc, sidecar_path
     from prunekit.io import write_json
     from prunekit.pruning import OneShot, PruningConfig, prune_
+    from prunekit.saved import save
     from prunekit.steps import build_model
 
     root.mkdir(parents=True, exist_ok=True)

@@ -317,7 +317,14 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     shape = loaded.input_shape
     runtime = None
     if budget.kind == "latency_ms":
-        from .inference.latency import LatencyCost, LatencyTable, Timer, align, default_threads, measure_model
+        from .inference.latency import (
+            LatencyCost,
+            LatencyTable,
+            Timer,
+            align,
+            default_threads,
+            measure_model,
+        )
         from .surgery import shrink
 
         # channel counts the runtime's kernels are fast at (see inference/latency.py): the search only chooses
@@ -332,7 +339,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
             removed = {g.name: list(range(int(k), g.size)) for g, k in zip(pruner.groups, keep, strict=True)
                        if int(k) < g.size}
             small = shrink(dense, shape, removed, graph=pruner.graph, check=False).model
-            return measure_model(small, shape, timer)
+            return measure_model(small, shape, timer.careful())
 
         cost = LatencyCost(dense, shape, ChannelFractions(pruner.graph, pruner.groups), table,
                            round_to=limits.round_to, progress=log, measure=measure)

@@ -283,8 +283,7 @@ def test_runtime_refuses_a_batch_that_cannot_fit(monkeypatch, tmp_path):
 def test_pruning_plan_input_shape_is_checked(address_space_cap, tmp_path, monkeypatch):
     """A masked model's plan is traced at its recorded input shape: a lie there is refused before tracing."""
     from prunekit import saved as api
-    from prunekit.pruning import OneShot
-    from prunekit.pruning import PruningConfig, prune_
+    from prunekit.pruning import OneShot, PruningConfig, prune_
 
     s = spec()
     m = s.build()
