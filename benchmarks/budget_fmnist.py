@@ -61,6 +61,8 @@ def run_config(c: dict, seed: int, budget: str | None = None, extra: dict | None
                    "search_candidates": c["candidates"], "round_to": 8, "schedule": {"end_epoch": 0.6 *
                                                                                       c["prune_epochs"]}},
          "finetune": {"epochs": c["finetune_epochs"]}}
+    if c.get("distill"):  # the pruned arms learn from the dense model too (the scratch baselines have none)
+        d["prune"]["distill"] = d["finetune"]["distill"] = c["distill"]
     for k, v in (extra or {}).items():
         d.setdefault(k, {}).update(v)
     return parse_config(d)
@@ -76,13 +78,14 @@ def measure(model, shape) -> dict[str, Any]:
     return {"params": p.params, "macs": p.macs, "latency_ms_b32": ms}
 
 
-def finish(name, seed, pruned_dir, cfg, bundle, work, t0) -> dict[str, Any]:
+def finish(name, seed, pruned_dir, cfg, bundle, work, t0, dense_dir) -> dict[str, Any]:
     """surgery -> fine-tune -> test top-1 and costs."""
     from prunekit import steps
     from prunekit.saved import load
 
     s = steps.surgery(pruned_dir, work / f"{name}_s{seed}" / "shrunk")
-    ft = steps.finetune(cfg, s.model_dir, work / f"{name}_s{seed}" / "ft", data=bundle, log=C.log)
+    teacher = load(dense_dir / "model").model.eval() if cfg.finetune.distill > 0 else None
+    ft = steps.finetune(cfg, s.model_dir, work / f"{name}_s{seed}" / "ft", data=bundle, log=C.log, teacher=teacher)
     model = load(ft.model_dir).model
     return {"top1": ft.test["top1"], "n": ft.test["n"], **measure(model, (1, 28, 28)),
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -135,10 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--budgets", default=",".join(BUDGETS))
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--distill", type=float, default=0.0, help="distillation weight from the dense model in the "
+                    "pruned arms' prune and fine-tune stages (default 0: none)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     c = dict(MODES[mode])
+    c["distill"] = args.distill
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = args.budgets.split(",")
     C.setup_threads(args.threads or None)
@@ -151,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = DistContext(device=device)
     env = C.environment(device)
     work = C.WORK / f"budget_fmnist_{mode}"
+    dense_dir = work / "dense"  # shared by the --distill variant, whose arms run in their own directory
+    if args.distill:
+        work = C.WORK / f"budget_fmnist_{mode}_distill{round(args.distill * 100)}"
     t_all = time.perf_counter()
     bundle = C.load_fmnist(args.data_dir, c["train_subset"])
     with C.LoadSampler() as ls:
         cfg0 = run_config(c, 0)
-        dense_dir = work / "dense"
         if not (dense_dir / "model" / "model.json").is_file():
             C.log(f"dense: MobileNet V1 {c['width']}, {c['dense_epochs']} epochs")
             steps.train(cfg0, dense_dir, data=bundle, ctx=ctx, log=C.log)
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                         scfg = run_config(c, seed, budget)
                         pr = steps.prune(scfg, dense_dir / "model", work / f"{tag}_s{seed}" / "prune", data=bundle,
                                          ctx=ctx, log=C.log, plan=arm)
-                    rec = finish(tag, seed, pr.model_dir, run_config(c, seed, budget), bundle, work, t0)
+                    rec = finish(tag, seed, pr.model_dir, run_config(c, seed, budget), bundle, work, t0, dense_dir)
                     rec["budget_check"] = {k: (pr.budget or {}).get(k) for k in ("predicted", "measured", "met")}
                     entry["methods"].setdefault(name, []).append({"seed": seed, **rec})
                     C.log(f"{budget} {name} seed {seed}: top-1 {rec['top1']:.2f}% MACs {rec['macs']:,} "
@@ -235,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
 def _prefix(args, mode: str) -> Path:
     if args.out:
         return Path(args.out)
-    return (C.WORK if mode == "smoke" else C.RESULTS) / ("budget_fmnist" if mode == "full" else f"budget_fmnist_{mode}")
+    suffix = f"_distill{round(args.distill * 100)}" if args.distill else ""
+    return (C.WORK if mode == "smoke" else C.RESULTS) / (("budget_fmnist" if mode == "full" else
+                                                          f"budget_fmnist_{mode}") + suffix)
 
 
 def _doc(c, env, dense, results, ls, t_all, seeds, partial=False) -> dict[str, Any]:
@@ -260,8 +270,10 @@ def markdown(doc: dict) -> str:
              f"MobileNet V1 width {c['width']}, {c['train_subset'] or 60000} training images, full 10k test set; "
              f"dense {c['dense_epochs']} epochs, then prune {c['prune_epochs']} + fine-tune {c['finetune_epochs']}; "
              f"the width baseline trains {c['dense_epochs'] + c['prune_epochs'] + c['finetune_epochs']} epochs from "
-             f"scratch. Seeds {doc['seeds']}. Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} "
-             f"MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
+             f"scratch. Seeds {doc['seeds']}."
+             + (f" The pruned arms distil from the dense model (weight {c['distill']:g}) while pruning and "
+                "fine-tuning; the scratch baselines have no teacher." if c.get("distill") else "")
+             + f" Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
              "| budget | method | top-1 per seed | mean ± SE | searched − method (± SE) | MACs | latency b32 (ms) | "
              "budget met |", "|---|---|---|---|---|---:|---:|---|"]
     for e in doc["results"]:
