@@ -120,3 +120,19 @@ def test_a_large_train_test_gap_is_reported_once():
     late, w2 = [], [False]
     _gap_warning({"train_top1": 80.0, "test_top1": 12.0}, 4, w2, late.append, epochs=40)  # a quarter not reached
     assert late == []
+
+
+def test_resume_with_another_pruning_allocation_is_refused(tmp_path, data):
+    """A checkpoint holds the masks of its allocation: a pruner with another allocation (same training config)
+    must not silently continue from it."""
+    from prunekit.pruning import OneShot, PruningConfig, prune_
+
+    def run(allocation, resume):
+        m = tiny()
+        p = prune_(m, PruningConfig(schedule=OneShot(0.5), allocation=allocation), (1, 28, 28))
+        fit(m, data, cfg(max_steps=3), tmp_path, callbacks=[p], resume=resume, progress=False, log=lambda s: None)
+
+    run(None, False)
+    run(None, True)  # the same setup resumes
+    with pytest.raises(PrunekitError, match="different training config"):
+        run({"blocks.0.pw.conv": 0.25}, True)

@@ -227,6 +227,11 @@ class Pruner:
         return n
 
     # -- checkpoints --
+    def fingerprint(self) -> str:
+        """The pruning setup a training checkpoint was written with (config, resolved schedule, groups): a run
+        with another allocation or schedule must not resume it."""
+        return repr((self.config, self.schedule, [g.name for g in self.groups]))
+
     def state_dict(self) -> dict[str, Any]:
         t = self._taylor
         return {"last_step": self.last_step, "history": list(self.history),

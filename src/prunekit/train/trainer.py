@@ -133,11 +133,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fingerprint(cfg: TrainConfig, data: DataBundle) -> dict[str, Any]:
+def _fingerprint(cfg: TrainConfig, data: DataBundle, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """What a checkpoint must have been written with to be resumed: the training config, the augmentation and
+    each callback's own fingerprint (a pruner's config and allocation: another allocation must not resume)."""
     d = asdict(cfg)
     for k in ("num_workers", "eval_batch_size", "checkpoint_every", "compile", "max_steps"):
         d.pop(k)
     d["data_augment"] = asdict(data.augment)
+    fps = [cb.fingerprint() for cb in callbacks if callable(getattr(cb, "fingerprint", None))]
+    if fps:
+        d["callbacks"] = fps
     return d
 
 
@@ -172,7 +177,7 @@ class _Run:
             return
         torch_save(self.ckpt, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                                "step": self.step, "callbacks": [cb.state_dict() for cb in self.callbacks],
-                               "rng": _rng_state(), "fingerprint": _fingerprint(self.cfg, self.data),
+                               "rng": _rng_state(), "fingerprint": _fingerprint(self.cfg, self.data, self.callbacks),
                                "metrics_rows": self.n_rows})
 
     def resume(self) -> int | None:
@@ -181,7 +186,7 @@ class _Run:
         if not (isinstance(ck, dict) and {"model", "optimizer", "step", "rng", "fingerprint"} <= set(ck)):
             raise PrunekitError(f"{self.ckpt} is not a prunekit training checkpoint; use a new --out directory or "
                                 "run without --resume")
-        if ck.get("fingerprint") != _fingerprint(self.cfg, self.data):
+        if ck.get("fingerprint") != _fingerprint(self.cfg, self.data, self.callbacks):
             raise PrunekitError(f"{self.ckpt} was written with a different training config; use a new --out "
                                 "directory or run without --resume")
         try:  # same training config but another model (e.g. a different --width) or pruning setup
