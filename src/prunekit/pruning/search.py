@@ -86,12 +86,23 @@ def _scaled(sizes: Sequence[int], direction: np.ndarray, cost: CostModel, target
     return Allocation(names, list(sizes), keep, cost(np.array(keep)), method)
 
 
+def infeasible(names: list[str], sizes: Sequence[int], cost: CostModel, target: float,
+               limits: Limits) -> PrunekitError:
+    """The one-line error for a budget below the cheapest allowed model, with that model's cost (the floor)."""
+    floor = cost(np.array([limits.keep(n, limits.max_sparsity) for n in sizes]))
+    dense = getattr(cost, "dense", None)
+    rel = f" = {floor / dense:.2f}x of the dense model" if dense else ""
+    return PrunekitError(f"the budget ({target:.4g} {cost.kind}) cannot be met: the cheapest allowed allocation "
+                         f"(every selected group at max_sparsity {limits.max_sparsity}, multiples of "
+                         f"{limits.round_to}) costs {floor:.4g}{rel}; select more layers, relax the budget or raise "
+                         "prune.max_sparsity")
+
+
 def uniform(names: list[str], sizes: Sequence[int], cost: CostModel, target: float, limits: Limits) -> Allocation:
     """The same sparsity in every group, as small as meets the budget."""
     a = _scaled(sizes, np.ones(len(sizes)), cost, target, limits, "uniform", names)
     if a is None:
-        raise PrunekitError(f"the budget ({target:.4g} {cost.kind}) cannot be met even at max_sparsity "
-                            f"{limits.max_sparsity} in every selected group; select more layers or relax the budget")
+        raise infeasible(names, sizes, cost, target, limits)
     return a
 
 
@@ -118,8 +129,7 @@ def greedy(sens: Sensitivity, names: list[str], sizes: Sequence[int], cost: Cost
             if ratio < best_ratio:
                 best, best_ratio = i, ratio
         if best is None:
-            raise PrunekitError(f"the budget ({target:.4g} {cost.kind}) cannot be met within max_sparsity "
-                                f"{limits.max_sparsity}; select more layers or relax the budget")
+            raise infeasible(names, sizes, cost, target, limits)
         pos[best] += 1
         keep[best] = levels[best][pos[best]]
         current = cost(keep)
