@@ -24,7 +24,7 @@ COMMANDS = [
     ("quantize", "quantize", "int8 static quantization of an ONNX model with ONNX Runtime"),
     ("predict", "predict", "top-k labels for images"),
     ("bench", "bench", "size, MACs, latency and throughput across runtimes, side by side"),
-    ("import", "importer", "import Keras or timm MobileNet V1 weights into a prunekit model directory"),
+    ("import", "importer", "import Keras MobileNet V1 or timm weights (any timm architecture) into a model directory"),
 ]
 
 
