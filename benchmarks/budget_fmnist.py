@@ -68,14 +68,25 @@ def run_config(c: dict, seed: int, budget: str | None = None, extra: dict | None
     return parse_config(d)
 
 
+REFERENCE: dict[str, Any] = {}  # the dense model: every latency is timed interleaved with it
+
+
 def measure(model, shape) -> dict[str, Any]:
+    """MACs and parameters; ORT fp32 batch-32 latency timed interleaved with the dense model, reported as the
+    ratio to it and on the dense model's first measurement's scale (ratio x that), so the machine's drift
+    between arms cancels."""
     from prunekit.cost import profile
-    from prunekit.inference.latency import Timer, measure_model
+    from prunekit.inference.latency import Timer, measure_models
 
     p = profile(model, shape)
-    ms = measure_model(model, shape, Timer("onnxruntime-fp32", LATENCY_BATCH, torch.get_num_threads(),
-                                           max_seconds=3.0, repeats=30))
-    return {"params": p.params, "macs": p.macs, "latency_ms_b32": ms}
+    timer = Timer("onnxruntime-fp32", LATENCY_BATCH, torch.get_num_threads()).careful()
+    if "model" not in REFERENCE:
+        REFERENCE["model"] = model
+        REFERENCE["ms"] = measure_models([model], shape, timer)[0]
+        return {"params": p.params, "macs": p.macs, "latency_ms_b32": REFERENCE["ms"], "latency_vs_dense": 1.0}
+    ms, dense_ms = measure_models([model, REFERENCE["model"]], shape, timer)
+    return {"params": p.params, "macs": p.macs, "latency_ms_b32": ms / dense_ms * REFERENCE["ms"],
+            "latency_vs_dense": ms / dense_ms, "latency_ms_b32_raw": ms, "dense_ms_b32_raw": dense_ms}
 
 
 def finish(name, seed, pruned_dir, cfg, bundle, work, t0, dense_dir) -> dict[str, Any]:
@@ -92,11 +103,12 @@ def finish(name, seed, pruned_dir, cfg, bundle, work, t0, dense_dir) -> dict[str
 
 
 def width_for(kind: str, target: float, c: dict, cache: dict) -> float:
-    """The largest width (2 decimals) whose MobileNet V1 meets the target (MACs counted, latency measured)."""
+    """The largest width (2 decimals) whose MobileNet V1 meets the target (MACs counted; latency: ``target`` is
+    the budget's ratio to the dense model, measured interleaved with it)."""
     def cost(w: float) -> float:
         if (kind, w) not in cache:
             m = C.mobilenet(w, 0).eval()
-            cache[(kind, w)] = measure(m, (1, 28, 28))["macs" if kind == "macs" else "latency_ms_b32"]
+            cache[(kind, w)] = measure(m, (1, 28, 28))["macs" if kind == "macs" else "latency_vs_dense"]
         return cache[(kind, w)]
 
     lo, hi = 0.05, c["width"]
@@ -184,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             plan_s = time.perf_counter() - t0
             dense_cost = plan.dense_cost
-            w = width_for(budget.split("=")[0], plan.target, c, width_cache)
+            kind = budget.split("=")[0]
+            w = width_for(kind, plan.target / dense_cost if kind == "latency_ms" else plan.target, c, width_cache)
             entry = {"budget": budget, "target": plan.target, "dense_cost": dense_cost, "plan_seconds": plan_s,
                      "predicted": plan.allocation.cost, "allocation": plan.allocation.to_dict(),
                      "uniform_allocation": plan.uniform.to_dict(), "width": w, "methods": {}}
@@ -261,7 +274,10 @@ def _doc(c, env, dense, results, ls, t_all, seeds, partial=False) -> dict[str, A
             "seconds_total": round(time.perf_counter() - t_all, 1), "partial": partial,
             "notes": ["The dense start is trained once (seed 0); seeds vary pruning/fine-tuning and the scratch "
                       "baseline's initialisation.", "Latency: ONNX Runtime fp32, batch 32, this machine's threads; "
-                      "a latency budget is met within a 5% measurement allowance."]}
+                      "a latency budget is met within a 5% measurement allowance. Every latency is timed interleaved with the "
+                      "dense model (rounds alternate between the two) and reported as the ratio to it, and on the "
+                      "scale of the dense model's first measurement: this machine's speed drifts by up to a third "
+                      "over minutes, which the ratio cancels."]}
 
 
 def markdown(doc: dict) -> str:
@@ -275,10 +291,10 @@ def markdown(doc: dict) -> str:
                 "fine-tuning; the scratch baselines have no teacher." if c.get("distill") else "")
              + f" Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
              "| budget | method | top-1 per seed | mean ± SE | searched − method (± SE) | MACs | latency b32 (ms) | "
-             "budget met |", "|---|---|---|---|---|---:|---:|---|"]
+             "latency / dense | budget met |", "|---|---|---|---|---|---:|---:|---:|---|"]
     for e in doc["results"]:
         if "error" in e:
-            lines.append(f"| {e['budget']} | (not run: {e['error']}) | | | | | | |")
+            lines.append(f"| {e['budget']} | (not run: {e['error']}) | | | | | | | |")
             continue
         for k, st in e["stats"].items():
             rows = e["methods"][k]
@@ -291,6 +307,7 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {e['budget']} | {name} | {per_seed} | {st['mean']:.2f} ± {st['se']:.2f} | {diff} | "
                          f"{int(np.mean([r['macs'] for r in rows])):,} | "
                          f"{np.mean([r['latency_ms_b32'] for r in rows]):.2f} | "
+                         f"{np.mean([r.get('latency_vs_dense', float('nan')) for r in rows]):.2f} | "
                          f"{'yes' if all(met) else ('-' if all(m is None for m in met) else 'NO')} |")
     lines += ["", f"Total {doc['seconds_total'] / 60:.0f} min; load average {doc['load']}.", ""]
     lines += [f"- {n}" for n in doc["notes"]]

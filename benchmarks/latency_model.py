@@ -35,7 +35,7 @@ MODELS = {
 
 def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dict:
     from prunekit import shrink
-    from prunekit.inference.latency import LatencyCost, LatencyTable, Timer, align, measure_model
+    from prunekit.inference.latency import LatencyCost, LatencyTable, Timer, align, measure_models
     from prunekit.models import create_model
     from prunekit.pruning import OneShot, PruningConfig, prune_, strip
     from prunekit.pruning.budget import ChannelFractions
@@ -47,7 +47,7 @@ def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dic
     sizes = np.array([g.size for g in pruner.groups])
     a = align()
     dense_model = strip(model, copy=True)
-    timer = Timer("onnxruntime-fp32", batch, threads, max_seconds=3.0, repeats=30)
+    timer = Timer("onnxruntime-fp32", batch, threads, max_seconds=1.0, repeats=30, rounds=5)
 
     def pruned(keep):
         removed = {g.name: list(range(int(k), g.size)) for g, k in zip(pruner.groups, keep, strict=True)
@@ -61,7 +61,7 @@ def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dic
     t0 = time.perf_counter()
     cost = LatencyCost(dense_model, shape, ChannelFractions(pruner.graph, pruner.groups), table,
                        grid=grid, round_to=a, progress=C.log,
-                       measure=lambda keep: measure_model(pruned(keep), shape, table.timer))
+                       build=pruned)
     table_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     configs = {"dense": sizes.copy()}
@@ -70,8 +70,14 @@ def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dic
     for i in range(n_random):
         configs[f"random {i + 1}"] = aligned(sizes * (1 - rng.uniform(0, 0.8, len(sizes))))
     rows = []
+    # every allocation timed interleaved with the others (and the dense model): the machine's drift cancels in
+    # their ratios; each is put on the calibration's scale through the dense model (measured x dense at
+    # calibration / dense now)
+    names = list(configs)
+    times = measure_models([pruned(configs[n]) if n != "dense" else dense_model for n in names], shape, timer)
+    scale = cost.dense_measured / times[names.index("dense")]
     for name, keep in configs.items():
-        measured = measure_model(pruned(keep), shape, timer)
+        measured = times[names.index(name)] * scale
         predicted = cost(keep)
         rows.append({"config": name, "predicted_ms": predicted, "measured_ms": measured,
                      "error": (predicted - measured) / measured})

@@ -234,7 +234,8 @@ class BudgetPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "runtime": self.runtime, "dense_cost": self.dense_cost, "target": self.target,
                 "predicted": self.allocation.cost, "allocation": self.allocation.to_dict(),
-                "uniform": self.uniform.to_dict(), "candidates": self.candidates, "seconds": self.seconds}
+                "uniform": self.uniform.to_dict(), "candidates": self.candidates, "seconds": self.seconds,
+                "calibration": getattr(self.cost_model, "calibration", None)}
 
 
 def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: torch.device):
@@ -317,32 +318,23 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     shape = loaded.input_shape
     runtime = None
     if budget.kind == "latency_ms":
-        from .inference.latency import (
-            LatencyCost,
-            LatencyTable,
-            Timer,
-            align,
-            default_threads,
-            measure_model,
-        )
+        from .inference.latency import LatencyCost, LatencyTable, Timer, align, default_threads
         from .surgery import shrink
 
         # channel counts the runtime's kernels are fast at (see inference/latency.py): the search only chooses
         # among those, and the latency table is measured on them
         limits = dataclasses.replace(limits, round_to=max(limits.round_to, align()))
         runtime = p.budget_runtime
-        timer = Timer(runtime, p.budget_batch, default_threads(p.budget_threads))
-        table = LatencyTable(timer)
+        table = LatencyTable(Timer(runtime, p.budget_batch, default_threads(p.budget_threads)))
         dense = strip(pruner.model, copy=True).cpu()
 
-        def measure(keep: np.ndarray) -> float:  # the model with the last channels of every group removed
+        def build(keep: np.ndarray) -> nn.Module:  # the model with the last channels of every group removed
             removed = {g.name: list(range(int(k), g.size)) for g, k in zip(pruner.groups, keep, strict=True)
                        if int(k) < g.size}
-            small = shrink(dense, shape, removed, graph=pruner.graph, check=False).model
-            return measure_model(small, shape, timer.careful())
+            return shrink(dense, shape, removed, graph=pruner.graph, check=False).model
 
         cost = LatencyCost(dense, shape, ChannelFractions(pruner.graph, pruner.groups), table,
-                           round_to=limits.round_to, progress=log, measure=measure)
+                           round_to=limits.round_to, progress=log, build=build)
         log(f"latency model on {runtime} (batch {p.budget_batch}): dense {cost.dense:.3f} ms measured, "
             f"{table.measured} layer timings made ({len(table.entries)} in the cache)")
     else:
@@ -372,21 +364,30 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     return plan
 
 
-def measure_cost(plan_or_budget: Any, model: nn.Module, input_shape: Sequence[int], cfg: RunConfig) -> float:
-    """A plain model's cost in the budget's unit, as measured (MACs/params counted; latency timed here)."""
+def measure_cost(plan_or_budget: Any, model: nn.Module, input_shape: Sequence[int], cfg: RunConfig,
+                 dense: nn.Module | None = None) -> dict[str, float]:
+    """A plain model's cost in the budget's unit, as measured: ``{"measured": ...}`` (MACs/params counted;
+    latency timed here). A relative latency budget with the ``dense`` model (and a plan's ``dense_cost``) times
+    both interleaved and converts their ratio to the plan's units (``measured = ratio x dense_cost``), so a
+    machine that got slower or faster since planning does not decide the check; ``ratio``, ``model_ms`` and
+    ``dense_ms`` are recorded too."""
     from .cost import profile
     from .pruning.budget import Budget
 
     budget = Budget.parse(plan_or_budget.budget if hasattr(plan_or_budget, "budget") else plan_or_budget)
     if budget.kind == "latency_ms":
-        from .inference.latency import Timer, default_threads, measure_model
+        from .inference.latency import Timer, default_threads, measure_models
 
         p = cfg.prune
-        return measure_model(model, input_shape, Timer(p.budget_runtime, p.budget_batch,
-                                                        default_threads(p.budget_threads), max_seconds=2.0,
-                                                        repeats=50))
+        timer = Timer(p.budget_runtime, p.budget_batch, default_threads(p.budget_threads)).careful()
+        dense_cost = getattr(plan_or_budget, "dense_cost", None)
+        if dense is not None and budget.relative and dense_cost:
+            model_ms, dense_ms = measure_models([model, dense], input_shape, timer)
+            return {"measured": model_ms / dense_ms * dense_cost, "ratio": model_ms / dense_ms,
+                    "model_ms": model_ms, "dense_ms": dense_ms}
+        return {"measured": measure_models([model], input_shape, timer)[0]}
     prof = profile(model, input_shape)
-    return float(prof.macs if budget.kind == "macs" else prof.params)
+    return {"measured": float(prof.macs if budget.kind == "macs" else prof.params)}
 
 
 # --- prune -----------------------------------------------------------------------------------------------
@@ -462,11 +463,13 @@ def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataB
             "totals"]
     budget = None
     if plan is not None:  # the final model must meet the budget as measured
+        from .pruning import strip
+
         small = pruner.shrink(check=False).model.eval()
-        measured = measure_cost(plan, small, loaded.input_shape, cfg)
+        m = measure_cost(plan, small, loaded.input_shape, cfg, dense=strip(model, copy=True))
+        measured = m["measured"]
         allowance = 1.05 if plan.runtime else 1.0 + 1e-9
-        budget = {**plan.to_dict(), "measured": measured, "met": measured <= plan.target * allowance,
-                  "allowance": allowance}
+        budget = {**plan.to_dict(), **m, "met": measured <= plan.target * allowance, "allowance": allowance}
         write_json(out / "budget.json", budget)
         log(f"budget {plan.budget}: predicted {plan.allocation.cost:.4g}, measured {measured:.4g}, target "
             f"{plan.target:.4g}: {'met' if budget['met'] else 'NOT met'}")

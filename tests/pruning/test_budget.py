@@ -190,7 +190,7 @@ def test_sensitivity_measures_each_group_and_leaves_the_model_as_it_was():
 class FakeTimer:
     """A deterministic 'runtime': milliseconds proportional to the layer's MACs."""
 
-    runtime, batch, threads = "onnxruntime-fp32", 1, 1
+    runtime, batch, threads, rounds = "onnxruntime-fp32", 1, 1, 1
 
     def __init__(self):
         self.calls = 0
@@ -200,6 +200,9 @@ class FakeTimer:
 
     def careful(self):
         return self
+
+    def interleaved_ms(self, modules, example):
+        return [self.model_ms(m, example) for m in modules]
 
     def model_ms(self, module, example):
         self.calls += 1
@@ -227,13 +230,16 @@ def test_latency_model_is_calibrated_on_measured_whole_models(tmp_path):
     dense_model = strip(m, copy=True)
     sizes = np.array([g.size for g in p.groups])
 
-    def measure(keep):
+    def build(keep):
         removed = {g.name: list(range(int(k), g.size)) for g, k in zip(p.groups, keep, strict=True) if k < g.size}
-        return L.measure_model(shrink(dense_model, SHAPE, removed, graph=p.graph, check=False).model, SHAPE, timer)
+        return shrink(dense_model, SHAPE, removed, graph=p.graph, check=False).model
+
+    def measure(keep):
+        return L.measure_model(build(keep), SHAPE, timer)
 
     fr = ChannelFractions(p.graph, p.groups)
     cost = L.LatencyCost(dense_model, SHAPE, fr, L.LatencyTable(timer, cache=tmp_path), grid=4, round_to=4,
-                         measure=measure)
+                         build=build)
     naive = L.LatencyCost(dense_model, SHAPE, fr, L.LatencyTable(timer, cache=tmp_path), grid=4, round_to=4)
     assert cost.slope == pytest.approx(0.5, rel=0.05) and naive.slope == 1.0
     assert [c["model"] for c in cost.calibration] == ["dense", "uniform 0.5", "uniform 0.75"]
@@ -298,6 +304,54 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     assert rc == 0 and json.loads(out)["macs_after"] == b["measured"]
 
 
+class DriftingTimer:
+    """A deterministic runtime whose speed drifts: each later timing of whole models runs 10% slower, as this
+    machine does over minutes (the per-layer table is timed in one go). Whole models are 0.6 of their layers'
+    sum (fusion)."""
+
+    clock = [1.0]
+
+    def __init__(self, runtime, batch, threads, max_seconds=0.25, repeats=15, rounds=1):
+        self.runtime, self.batch, self.threads, self.rounds = runtime, batch, threads, rounds
+
+    def version(self):
+        return "drift"
+
+    def careful(self):
+        return self
+
+    def _ms(self, module, example):
+        from prunekit.cost import profile
+
+        whole = sum(isinstance(m, torch.nn.Conv2d) for m in module.modules()) > 1
+        return (0.6 if whole else 1.0) * 1e-5 * profile(module, tuple(example.shape[1:])).macs + 0.01
+
+    def model_ms(self, module, example):
+        return self._ms(module, example)
+
+    def interleaved_ms(self, modules, example):
+        self.clock[0] *= 1.1
+        return [self.clock[0] * self._ms(m, example) for m in modules]
+
+
+def test_prune_to_a_latency_budget_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
+    """plan -> prune -> check for latency_ms=0.5x: the table is calibrated on whole models (fusion), and the
+    check times the pruned and dense models interleaved, so the machine's drift since planning cancels."""
+    from prunekit.inference import latency as L
+
+    monkeypatch.setattr(L, "Timer", DriftingTimer)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
+                           "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--epochs", "0.25", "--out", tmp_path / "p")
+    assert rc == 0, err
+    b = json.loads((tmp_path / "p" / "budget.json").read_text())
+    assert b["runtime"] == "onnxruntime-fp32" and b["target"] == pytest.approx(0.5 * b["dense_cost"])
+    assert b["met"] and b["measured"] == pytest.approx(b["ratio"] * b["dense_cost"])
+    assert b["model_ms"] > b["measured"]  # drifted: the raw time alone would have failed the check
+    assert b["predicted"] == pytest.approx(b["measured"], rel=0.05)  # calibrated on whole models
+
+
 def test_sensitivity_command_writes_json_and_plot_and_is_cached(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     args = ["sensitivity", "--model", tiny_model_dir, "--layers", r"blocks\.(1|7)\.pw", "--images", "64",
@@ -309,3 +363,25 @@ def test_sensitivity_command_writes_json_and_plot_and_is_cached(tiny_model_dir, 
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000 and "blocks.7.pw.conv" in out
     rc, out, err = run_cli(*args, "--json")
     assert rc == 0 and "cached" in err and json.loads(out)["groups"] == doc["groups"]
+
+
+def test_greedy_walks_through_a_cost_that_does_not_fall_with_every_step():
+    """Measured latency tables are not monotone: a step that saves nothing (here group 0's first step costs
+    more) must not end the search while the budget is reachable further down."""
+    names, sizes, _, sens = _toy()
+
+    class Bumpy:
+        kind = "latency_ms"
+
+        def __call__(self, keep):
+            k = np.asarray(keep, dtype=float)
+            bump = 40.0 if 0 < sizes[0] - k[0] <= 4 else 0.0  # group 0 one step below dense costs more
+            return float(k.sum() + bump)
+
+    limits = Limits(round_to=4, max_sparsity=0.75)
+    floor = Bumpy()([limits.keep(n, 0.75) for n in sizes])
+    target = floor + 2.0
+    a = greedy(sens, names, sizes, Bumpy(), target, limits)
+    assert a.cost <= target
+    with pytest.raises(PrunekitError, match="cannot be met"):
+        greedy(sens, names, sizes, Bumpy(), floor - 1.0, limits)

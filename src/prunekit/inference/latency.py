@@ -160,13 +160,14 @@ def _quantized(onnx_bytes: bytes, example: torch.Tensor) -> bytes:
 class Timer:
     """Times callables on one runtime, batch size and thread count (median of short runs)."""
 
-    def __init__(self, runtime: str, batch: int, threads: int, max_seconds: float = 0.25, repeats: int = 15):
+    def __init__(self, runtime: str, batch: int, threads: int, max_seconds: float = 0.25, repeats: int = 15,
+                 rounds: int = 1):
         if runtime not in RUNTIMES:
             from ..errors import unknown
 
             raise unknown("budget runtime", runtime, RUNTIMES)
         self.runtime, self.batch, self.threads = runtime, batch, threads
-        self.max_seconds, self.repeats = max_seconds, repeats
+        self.max_seconds, self.repeats, self.rounds = max_seconds, repeats, max(1, rounds)
 
     def version(self) -> str:
         if self.runtime == "pytorch":
@@ -177,30 +178,49 @@ class Timer:
 
     def careful(self) -> Timer:
         """This runtime, batch and threads with longer runs, for whole models (budgets are set and checked on
-        them): 1 s / 30 runs rather than the layers' 0.25 s / 15."""
-        return Timer(self.runtime, self.batch, self.threads, max(1.0, self.max_seconds), max(30, self.repeats))
+        them): 3 rounds of up to 1 s / 30 runs rather than the layers' one round of 0.25 s / 15."""
+        return Timer(self.runtime, self.batch, self.threads, max(1.0, self.max_seconds), max(30, self.repeats),
+                     max(3, self.rounds))
 
-    def model_ms(self, module: nn.Module, example: torch.Tensor) -> float:
-        """Median milliseconds of one call of ``module`` on ``example`` on this runtime."""
+    def runner(self, module: nn.Module, example: torch.Tensor) -> Callable[[], Any]:
+        """One call of ``module`` on ``example`` on this runtime (exported and loaded once)."""
         module = module.eval().cpu()
         if self.runtime == "pytorch":
-            old = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            try:
-                with torch.inference_mode():
-                    times = time_runs(lambda: module(example), 2, self.repeats, self.max_seconds)
-            finally:
-                torch.set_num_threads(old)
-        else:
-            from ..deploy.onnx import ort_session
+            def run() -> Any:
+                old = torch.get_num_threads()
+                torch.set_num_threads(self.threads)
+                try:
+                    with torch.inference_mode():
+                        return module(example)
+                finally:
+                    torch.set_num_threads(old)
 
-            data = _onnx_bytes(module, example)
-            if self.runtime == "onnxruntime-int8":
-                data = _quantized(data, example)
-            sess = ort_session(data, threads=self.threads, what="latency probe")
-            feed = {sess.get_inputs()[0].name: example.numpy()}
-            times = time_runs(lambda: sess.run(None, feed), 2, self.repeats, self.max_seconds)
-        return stats(times, self.batch)["p50_ms"]
+            return run
+        from ..deploy.onnx import ort_session
+
+        data = _onnx_bytes(module, example)
+        if self.runtime == "onnxruntime-int8":
+            data = _quantized(data, example)
+        sess = ort_session(data, threads=self.threads, what="latency probe")
+        feed = {sess.get_inputs()[0].name: example.numpy()}
+        return lambda: sess.run(None, feed)
+
+    def _round(self, run: Callable[[], Any]) -> float:
+        return stats(time_runs(run, 2, self.repeats, self.max_seconds), self.batch)["p50_ms"]
+
+    def model_ms(self, module: nn.Module, example: torch.Tensor) -> float:
+        """Milliseconds of one call of ``module`` on ``example`` on this runtime: the median of a round of runs
+        (the fastest round's, with several rounds)."""
+        run = self.runner(module, example)
+        return min(self._round(run) for _ in range(self.rounds))
+
+    def interleaved_ms(self, modules: Sequence[nn.Module], example: torch.Tensor) -> list[float]:
+        """Each module's milliseconds, timed in alternation (round r times every module once): a machine whose
+        speed drifts over seconds (frequency, neighbours) shifts them alike, so their ratios hold. Each value is
+        the median over rounds of the round medians."""
+        runs = [self.runner(m, example) for m in modules]
+        rounds = [[self._round(r) for r in runs] for _ in range(max(3, self.rounds))]
+        return [float(np.median([row[i] for row in rounds])) for i in range(len(runs))]
 
 
 class LatencyTable:
@@ -263,10 +283,10 @@ class LatencyCost:
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], fractions: Any, table: LatencyTable,
                  grid: int = 6, round_to: int = 1, progress: Callable[[str], None] | None = None,
-                 measure: Callable[[np.ndarray], float] | None = None, anchors: Sequence[float] = (0.5, 0.75)):
-        """``measure(keep)``: the measured latency (ms) of the model pruned to ``keep`` channels per group; with
-        it the table's sum is calibrated on the dense model and on uniform pruning at each of ``anchors``
-        (without it: slope 1, intercept from the dense model alone)."""
+                 build: Callable[[np.ndarray], nn.Module] | None = None, anchors: Sequence[float] = (0.5, 0.75)):
+        """``build(keep)``: the model pruned to ``keep`` channels per group (a plain module); with it the table's
+        sum is calibrated on the dense model and on uniform pruning at each of ``anchors``, all timed
+        interleaved (without it: slope 1, intercept from the dense model alone)."""
         self.fractions, self.table = fractions, table
         self.specs = layer_specs(model, input_shape)
         self.input_shape = tuple(input_shape)
@@ -287,12 +307,13 @@ class LatencyCost:
         table.save()
         sizes = np.asarray(fractions.sizes)
         self.layers_dense = self._layers(sizes)
-        self.dense_measured = measure_model(model, input_shape, table.timer.careful())
-        self.dense = self.dense_measured
-        points = [("dense", self.layers_dense, self.dense_measured)]
-        for s in anchors if measure is not None else ():
-            keep = np.maximum(round_to, np.round(sizes * (1 - s) / round_to) * round_to).clip(max=sizes)
-            points.append((f"uniform {s:g}", self._layers(keep), float(measure(keep))))
+        keeps = [np.maximum(round_to, np.round(sizes * (1 - a) / round_to) * round_to).clip(max=sizes)
+                 for a in (anchors if build is not None else ())]
+        measured = measure_models([model, *(build(k) for k in keeps)], input_shape, table.timer.careful())
+        self.dense_measured = self.dense = measured[0]
+        points = [("dense", self.layers_dense, measured[0])]
+        used = list(anchors)[:len(keeps)]  # none without ``build``
+        points += [(f"uniform {a:g}", self._layers(k), m) for a, k, m in zip(used, keeps, measured[1:], strict=True)]
         self.slope, self.intercept = _fit([p[1] for p in points], [p[2] for p in points])
         self.calibration = [{"model": n, "layers_sum_ms": x, "measured_ms": y,
                              "predicted_ms": self.slope * x + self.intercept} for n, x, y in points]
@@ -334,9 +355,19 @@ def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 def measure_model(model: nn.Module, input_shape: Sequence[int], timer: Timer) -> float:
     """Latency (ms) of a whole model (a plain module, no masks) on the timer's runtime."""
+    return measure_models([model], input_shape, timer)[0] if timer.rounds > 1 else _measure(
+        lambda ex: [timer.model_ms(model, ex)], input_shape, timer)[0]
+
+
+def measure_models(models: Sequence[nn.Module], input_shape: Sequence[int], timer: Timer) -> list[float]:
+    """Latencies (ms) of whole models timed interleaved (:meth:`Timer.interleaved_ms`): compare them by ratio."""
+    return _measure(lambda ex: timer.interleaved_ms(models, ex), input_shape, timer)
+
+
+def _measure(fn: Callable[[torch.Tensor], list[float]], input_shape: Sequence[int], timer: Timer) -> list[float]:
     example = torch.randn(timer.batch, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
-        return timer.model_ms(model, example)
+        return fn(example)
     except PrunekitError:
         raise
     except Exception as e:  # an exporter/runtime failure is the user's model, reported in one line

@@ -114,20 +114,23 @@ def greedy(sens: Sensitivity, names: list[str], sizes: Sequence[int], cost: Cost
     keep = np.array([lv[0] for lv in levels])
     current = cost(keep)
     while current > target:
-        best, best_ratio = None, np.inf
+        best, best_ratio, flat, flat_loss = None, np.inf, None, np.inf
         for i, lv in enumerate(levels):
             if pos[i] + 1 >= len(lv):
                 continue
             trial = keep.copy()
             trial[i] = lv[pos[i] + 1]
             saved = current - cost(trial)
-            if saved <= 0:
-                continue
             s_now, s_next = 1 - keep[i] / sizes[i], 1 - trial[i] / sizes[i]
             dloss = sens.loss_increase(names[i], s_next) - sens.loss_increase(names[i], s_now)
+            if saved <= 0:  # a measured cost need not fall with every step (latency tables are not monotone)
+                if dloss < flat_loss:
+                    flat, flat_loss = i, dloss
+                continue
             ratio = max(dloss, 1e-6) / saved
             if ratio < best_ratio:
                 best, best_ratio = i, ratio
+        best = best if best is not None else flat  # no single step saves: take the cheapest in accuracy, go on
         if best is None:
             raise infeasible(names, sizes, cost, target, limits)
         pos[best] += 1
