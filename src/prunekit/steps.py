@@ -230,12 +230,13 @@ class BudgetPlan:
     candidates: list[dict[str, Any]]
     seconds: float
     cost_model: Any = None
+    checks: list[dict[str, Any]] = field(default_factory=list)  # latency: allocations built and timed while planning
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "runtime": self.runtime, "dense_cost": self.dense_cost, "target": self.target,
                 "predicted": self.allocation.cost, "allocation": self.allocation.to_dict(),
                 "uniform": self.uniform.to_dict(), "candidates": self.candidates, "seconds": self.seconds,
-                "calibration": getattr(self.cost_model, "calibration", None)}
+                "calibration": getattr(self.cost_model, "calibration", None), "checks": self.checks}
 
 
 def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: torch.device):
@@ -318,7 +319,14 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     shape = loaded.input_shape
     runtime = None
     if budget.kind == "latency_ms":
-        from .inference.latency import LatencyCost, LatencyTable, Timer, align, default_threads
+        from .inference.latency import (
+            LatencyCost,
+            LatencyTable,
+            Timer,
+            align,
+            default_threads,
+            measure_models,
+        )
         from .surgery import shrink
 
         # channel counts the runtime's kernels are fast at (see inference/latency.py): the search only chooses
@@ -342,17 +350,40 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     target = budget.target(cost.dense)
     # aim a little under a measured budget: the final model is checked as measured (5% allowance)
     aim = target * (0.97 if budget.kind == "latency_ms" else 1.0)
-    if p.search_candidates > 0:
-        alloc, records = search(evaluator, sens, names, sizes, cost, aim, limits, p.search_candidates, cfg.seed,
-                                progress=log)
-    else:
-        alloc, records = greedy(sens, names, sizes, cost, aim, limits), []
-        alloc.score = evaluator(alloc.keep)
-    base = uniform(names, sizes, cost, aim, limits)
-    base.score = next((dict(top1=r["top1"], loss=r["loss"]) for r in records if r["method"] == "uniform"), None) \
-        or evaluator(base.keep)
+
+    def searched(aim: float):
+        if p.search_candidates > 0:
+            return search(evaluator, sens, names, sizes, cost, aim, limits, p.search_candidates, cfg.seed,
+                          progress=log)
+        a = greedy(sens, names, sizes, cost, aim, limits)
+        a.score = evaluator(a.keep)
+        return a, []
+
+    checks: list[dict[str, Any]] = []
+
+    def measured_fit(make: Callable[[float], Any], what: str, aim: float):
+        """``make(aim)``; for latency, its choice is built and timed (interleaved with the dense model) and the
+        aim lowered until the measurement meets the target: a search exploits the table's errors, so the
+        allocation it likes best tends to be the one the table underestimates most."""
+        made = make(aim)
+        for attempt in range(3 if budget.kind == "latency_ms" else 0):
+            alloc = made[0] if isinstance(made, tuple) else made
+            ms, dense_ms = measure_models([build(np.array(alloc.keep)), dense], shape, table.timer.careful())
+            measured = ms / dense_ms * cost.dense
+            checks.append({"allocation": what, "aim": aim, "predicted": alloc.cost, "measured": measured})
+            log(f"{what}: predicted {alloc.cost:.4g}, measured {measured:.4g} (target {target:.4g})")
+            if measured <= target or attempt == 2:
+                break
+            aim *= target / measured * 0.98
+            made = make(aim)
+        return made
+
+    alloc, records = measured_fit(searched, "searched", aim)
+    base = measured_fit(lambda a: uniform(names, sizes, cost, a, limits), "uniform", aim)
+    base.score = next((dict(top1=r["top1"], loss=r["loss"]) for r in records if r["method"] == "uniform"
+                       and r["cost"] == base.cost), None) or evaluator(base.keep)
     plan = BudgetPlan(str(budget), runtime, cost.dense, target, alloc, base, sens, records,
-                      time.perf_counter() - t0, cost)
+                      time.perf_counter() - t0, cost, checks)
     if out is not None:
         from .report import plots
 

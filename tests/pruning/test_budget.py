@@ -352,6 +352,34 @@ def test_prune_to_a_latency_budget_end_to_end(tiny_model_dir, tmp_path, monkeypa
     assert b["predicted"] == pytest.approx(b["measured"], rel=0.05)  # calibrated on whole models
 
 
+class OptimisticTableTimer(DriftingTimer):
+    """The first whole-model check after calibration runs 30% slower than the table predicts (the search found
+    an allocation the table underestimates); later ones behave."""
+
+    calls = [0]
+
+    def interleaved_ms(self, modules, example):
+        self.calls[0] += 1
+        out = [self._ms(m, example) for m in modules]
+        return [out[0] * 1.3, *out[1:]] if self.calls[0] == 2 else out
+
+
+def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path, monkeypatch):
+    from prunekit.inference import latency as L
+
+    monkeypatch.setattr(L, "Timer", OptimisticTableTimer)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    rc, out, err = run_cli("plan", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
+                           "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--out", tmp_path / "plan")
+    assert rc == 0, err
+    plan = json.loads((tmp_path / "plan" / "budget_plan.json").read_text())
+    searched = [c for c in plan["checks"] if c["allocation"] == "searched"]
+    assert len(searched) == 2 and searched[0]["measured"] > plan["target"] >= searched[1]["measured"]
+    assert searched[1]["aim"] < searched[0]["aim"]  # re-aimed below the target by the measured excess
+    assert all(c["measured"] <= plan["target"] for c in plan["checks"] if c["allocation"] == "uniform")
+
+
 def test_sensitivity_command_writes_json_and_plot_and_is_cached(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     args = ["sensitivity", "--model", tiny_model_dir, "--layers", r"blocks\.(1|7)\.pw", "--images", "64",
