@@ -300,6 +300,10 @@ def markdown(doc: dict) -> str:
             rows = e["methods"][k]
             d = e["differences"].get(k)
             met = [r.get("budget_check", {}).get("met") for r in rows]
+            if all(m is None for m in met):  # baselines: checked here the same way (latency: the interleaved ratio)
+                lat = e["budget"].startswith("latency")
+                met = [(r.get("latency_vs_dense", math.inf) <= e["target"] / e["dense_cost"] * 1.05) if lat
+                       else r["macs"] <= e["target"] for r in rows]
             name = f"{k} (width {e['width']})" if k == "width" else "narrow (uniform's channels, from scratch)" \
                 if k == "narrow" else k
             diff = "" if d is None else f"{d['diff']:+.2f} ± {d['se']:.2f}"
@@ -311,6 +315,9 @@ def markdown(doc: dict) -> str:
                          f"{'yes' if all(met) else ('-' if all(m is None for m in met) else 'NO')} |")
     lines += ["", f"Total {doc['seconds_total'] / 60:.0f} min; load average {doc['load']}.", ""]
     lines += [f"- {n}" for n in doc["notes"]]
+    lines.append("- Budget met: for searched and uniform, the prune step's own check (`OUT/budget.json`); for the "
+                 "baselines, the same test on this benchmark's measurement. A width row marked NO: no width "
+                 "multiplier down to 0.05 meets the budget (the bisection's floor).")
     return "\n".join(lines) + "\n"
 
 
