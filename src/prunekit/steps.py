@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,21 +364,38 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
 
     def measured_fit(make: Callable[[float], Any], what: str, aim: float):
         """``make(aim)``; for latency, its choice is built and timed (interleaved with the dense model) and the
-        aim lowered until the measurement meets the target: a search exploits the table's errors, so the
-        allocation it likes best tends to be the one the table underestimates most."""
+        aim moved until the measurement lands in [0.9, 1] x target: a search exploits the table's errors (the
+        allocation it likes best is often one the table misjudges), in either direction. Bracketing on the aim
+        (geometric bisection once both sides are known), at most 4 tries; the least-pruned measured fit wins."""
         made = make(aim)
-        for attempt in range(3 if budget.kind == "latency_ms" else 0):
+        if budget.kind != "latency_ms":
+            return made
+        best, best_ms, lo, hi = None, -1.0, None, None
+        for attempt in range(4):
             alloc = made[0] if isinstance(made, tuple) else made
             ms, dense_ms = measure_models([build(np.array(alloc.keep)), dense], shape, table.timer.careful())
             measured = ms / dense_ms * cost.dense
             checks.append({"allocation": what, "aim": aim, "predicted": alloc.cost, "measured": measured})
-            log(f"{what}: predicted {alloc.cost:.4g}, measured {measured:.4g} (target {target:.4g})")
-            if measured <= target or attempt == 2:
+            log(f"{what}: aim {aim:.4g}, predicted {alloc.cost:.4g}, measured {measured:.4g} (target {target:.4g})")
+            if measured <= target:
+                if measured > best_ms:
+                    best, best_ms = made, measured
+                lo = aim
+                if measured >= 0.9 * target:
+                    break
+            else:
+                hi = aim
+            if attempt == 3:
                 break
-            aim *= target / measured * 0.98
-            made = make(aim)
-        return made
-
+            nxt = math.sqrt(lo * hi) if lo is not None and hi is not None else aim * target / measured * 0.98
+            if abs(nxt - aim) <= 1e-3 * aim:
+                break
+            aim = nxt
+            try:
+                made = make(aim)
+            except PrunekitError:  # an aim below what the limits allow: keep what was measured
+                break
+        return best if best is not None else made  # none fits as measured: the last (the prune step reports it)
     alloc, records = measured_fit(searched, "searched", aim)
     base = measured_fit(lambda a: uniform(names, sizes, cost, a, limits), "uniform", aim)
     base.score = next((dict(top1=r["top1"], loss=r["loss"]) for r in records if r["method"] == "uniform"

@@ -6,8 +6,10 @@ size and thread count of the budget, on a grid of input x output channel counts 
 convolutions, whose input and output channels are tied). A layer timed alone is not the layer inside the model:
 each call pays the runtime's per-call overhead, and in a model the runtime fuses, reorders layouts and reuses
 caches. So the sum of the layers' interpolated latencies is *calibrated* on whole models measured once: the dense
-model and two uniformly pruned ones, ``predicted = slope * sum + intercept`` (least squares; the residuals are
-kept in ``LatencyCost.calibration``). Measurements are cached on disk, keyed by CPU model, runtime and
+model and two uniformly pruned ones (timed interleaved): the prediction follows the piecewise-linear curve from
+the layers' sum to the measured latency through those points (extended by its end segments), or a least-squares
+line when the measurements do not rise with the sum; the points are kept in ``LatencyCost.calibration``. A
+budget search re-measures its choice anyway (:func:`prunekit.steps.plan_budget`). Measurements are cached on disk, keyed by CPU model, runtime and
 version, threads, batch and layer shape (``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``), so a second search on
 the same machine measures nothing.
 """
@@ -315,12 +317,14 @@ class LatencyCost:
         used = list(anchors)[:len(keeps)]  # none without ``build``
         points += [(f"uniform {a:g}", self._layers(k), m) for a, k, m in zip(used, keeps, measured[1:], strict=True)]
         self.slope, self.intercept = _fit([p[1] for p in points], [p[2] for p in points])
+        self.curve = _curve([p[1] for p in points], [p[2] for p in points])
         self.calibration = [{"model": n, "layers_sum_ms": x, "measured_ms": y,
-                             "predicted_ms": self.slope * x + self.intercept} for n, x, y in points]
+                             "line_ms": self.slope * x + self.intercept} for n, x, y in points]
         if progress and len(points) > 1:
             progress("latency model calibrated on " + ", ".join(
-                f"{c['model']} ({c['measured_ms']:.3f} ms measured, {c['predicted_ms']:.3f} predicted)"
-                for c in self.calibration))
+                f"{c['model']} ({c['measured_ms']:.3f} ms measured, {c['layers_sum_ms']:.3f} ms of layers)"
+                for c in self.calibration) + ("" if self.curve else
+                                             "; not monotone in the layers' sum: least-squares line used"))
 
     def _layer(self, i: int, cin: float, cout: float) -> float:
         cins, couts, values = self.grids[i]
@@ -339,7 +343,26 @@ class LatencyCost:
         return total
 
     def __call__(self, keep: np.ndarray) -> float:
-        return self.slope * self._layers(np.asarray(keep)) + self.intercept
+        x = self._layers(np.asarray(keep))
+        if self.curve is None:
+            return self.slope * x + self.intercept
+        xs, ys = self.curve
+        if x < xs[0]:  # below the smallest anchor: its segment's slope, never below zero
+            return max(0.0, ys[0] + (x - xs[0]) * (ys[1] - ys[0]) / (xs[1] - xs[0]))
+        if x > xs[-1]:
+            return ys[-1] + (x - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return float(np.interp(x, xs, ys))
+
+
+def _curve(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]] | None:
+    """The calibration points as a piecewise-linear map from the layers' sum to the measured latency (through
+    every measured model), or None when fewer than two points or the measurements do not rise with the sum
+    (noise): then the least-squares line is used."""
+    order = np.argsort(xs)
+    x, y = np.asarray(xs, dtype=np.float64)[order], np.asarray(ys, dtype=np.float64)[order]
+    if len(x) < 2 or np.any(np.diff(x) <= 1e-12) or np.any(np.diff(y) <= 0):
+        return None
+    return x.tolist(), y.tolist()
 
 
 def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
