@@ -140,7 +140,7 @@ def check_layers(layers: Any, where: str) -> None:
         for k, v in shape.items():
             if k == "type":
                 continue
-            vals = v if k == "normalized_shape" and isinstance(v, list) else [v]
+            vals = v if isinstance(v, list) else [v]  # normalized_shape, a mixed convolution's splits, ...
             if not vals or len(vals) > MAX_TENSOR_DIMS or not all(bounded_int(x, 1, MAX_CHANNELS) for x in vals):
                 raise PrunekitError(f"{where}: layer '{name}': {k} must be positive integer(s) <= {MAX_CHANNELS}, "
                                     f"got {v!r}"[:300])
