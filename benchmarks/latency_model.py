@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
            "quick": args.quick}
     lines = ["# Latency model accuracy (ONNX Runtime fp32, this machine)", "", C.provenance_line(doc["provenance"]),
              "", f"Per-layer tables on a {'4x4' if args.quick else '6x6'} grid of input x output channels, "
-             f"{threads} threads; predicted = slope x (sum of interpolated layer latencies) + intercept, fitted on the "
-             "dense model and uniform 50%/75% measured once (the calibration the budget search makes; those rows "
-             "are in-sample); measured = the physically pruned model exported to ONNX, timed again. Channel counts "
+             f"{threads} threads; predicted = the piecewise-linear curve from the sum of interpolated layer latencies "
+             "to the latency measured on the dense model and uniform 50%/75% (the calibration the budget search "
+             "makes; those rows are in-sample; slope and intercept: the least-squares line, reported); measured = the physically pruned model exported to ONNX, timed again. Channel counts "
              f"are multiples of {results[0]['align'] if results else '?'} (what the search chooses on this CPU). "
              "Goal: within 10%.", "",
              "| model | batch | allocation | predicted (ms) | measured (ms) | error |", "|---|---:|---|---:|---:|---:|"]
