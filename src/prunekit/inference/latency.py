@@ -9,9 +9,9 @@ caches. So the sum of the layers' interpolated latencies is *calibrated* on whol
 model and two uniformly pruned ones (timed interleaved): the prediction follows the piecewise-linear curve from
 the layers' sum to the measured latency through those points (extended by its end segments), or a least-squares
 line when the measurements do not rise with the sum; the points are kept in ``LatencyCost.calibration``. A
-budget search re-measures its choice anyway (:func:`prunekit.steps.plan_budget`). Measurements are cached on disk, keyed by CPU model, runtime and
-version, threads, batch and layer shape (``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``), so a second search on
-the same machine measures nothing.
+budget search re-measures its choice anyway (:func:`prunekit.steps.plan_budget`). Measurements are cached on
+disk, keyed by CPU model, runtime and version, threads, batch and layer shape (``$PRUNEKIT_CACHE`` or
+``~/.cache/prunekit``), so a second search on the same machine measures nothing.
 """
 
 from __future__ import annotations
@@ -377,9 +377,8 @@ def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 
 def measure_model(model: nn.Module, input_shape: Sequence[int], timer: Timer) -> float:
-    """Latency (ms) of a whole model (a plain module, no masks) on the timer's runtime."""
-    return measure_models([model], input_shape, timer)[0] if timer.rounds > 1 else _measure(
-        lambda ex: [timer.model_ms(model, ex)], input_shape, timer)[0]
+    """Latency (ms) of a whole model (a plain module, no masks) on the timer's runtime (:meth:`Timer.model_ms`)."""
+    return _measure(lambda ex: [timer.model_ms(model, ex)], input_shape, timer)[0]
 
 
 def measure_models(models: Sequence[nn.Module], input_shape: Sequence[int], timer: Timer) -> list[float]:
