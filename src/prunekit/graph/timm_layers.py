@@ -70,33 +70,29 @@ def _keeps_zero(m: nn.Module) -> bool:
                (getattr(m, a, None) for a in ("drop", "act")) if sub is not None)
 
 
-class NormActHandler(PerChannelHandler):
+class _WithAct:
+    """A norm followed by dropout + activation inside the same module: opaque unless those are per-channel
+    functions; the output keeps zeros only if they do."""
+
+    def flow(self, f: Flow) -> Any:
+        why = _activation_problem(f.module)
+        if why is not None:
+            return f.opaque(why)
+        return super().flow(f)
+
+    def folds_output(self, m):
+        return _keeps_zero(m)
+
+
+class NormActHandler(_WithAct, PerChannelHandler):
     """BatchNorm + dropout + activation in one module (timm's ``BatchNormAct2d``)."""
 
     def __init__(self, size_attr: str | None = "num_features"):
         super().__init__(zero_preserving=False, size_attr=size_attr)
 
-    def flow(self, f: Flow) -> Any:
-        why = _activation_problem(f.module)
-        if why is not None:
-            return f.opaque(why)
-        return super().flow(f)
 
-    def folds_output(self, m):
-        return _keeps_zero(m)
-
-
-class GroupNormActHandler(GroupNormHandler):
+class GroupNormActHandler(_WithAct, GroupNormHandler):
     """GroupNorm + dropout + activation (timm's ``GroupNormAct``, ``GroupNorm1Act``)."""
-
-    def flow(self, f: Flow) -> Any:
-        why = _activation_problem(f.module)
-        if why is not None:
-            return f.opaque(why)
-        return super().flow(f)
-
-    def folds_output(self, m):
-        return _keeps_zero(m)
 
 
 class StdConvHandler(ConvHandler):
