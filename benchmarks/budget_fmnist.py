@@ -152,11 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--distill", type=float, default=0.0, help="distillation weight from the dense model in the "
                     "pruned arms' prune and fine-tune stages (default 0: none)")
+    ap.add_argument("--split", help="dense,prune,fine-tune epochs instead of the mode's (e.g. 1,1,3: prune early, "
+                    "fine-tune longer); the scratch baselines train their sum")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     c = dict(MODES[mode])
     c["distill"] = args.distill
+    if args.split:
+        try:
+            c["dense_epochs"], c["prune_epochs"], c["finetune_epochs"] = (float(v) for v in args.split.split(","))
+        except ValueError:
+            ap.error(f"--split wants three numbers D,P,F, got {args.split!r}")
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = args.budgets.split(",")
     C.setup_threads(args.threads or None)
@@ -168,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device("auto")
     ctx = DistContext(device=device)
     env = C.environment(device)
-    work = C.WORK / f"budget_fmnist_{mode}"
+    work = C.WORK / f"budget_fmnist_{mode}{_split_tag(args)}"
     dense_dir = work / "dense"  # shared by the --distill variant, whose arms run in their own directory
     if args.distill:
-        work = C.WORK / f"budget_fmnist_{mode}_distill{round(args.distill * 100)}"
+        work = C.WORK / f"budget_fmnist_{mode}{_split_tag(args)}_distill{round(args.distill * 100)}"
     t_all = time.perf_counter()
     bundle = C.load_fmnist(args.data_dir, c["train_subset"])
     with C.LoadSampler() as ls:
@@ -253,10 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _split_tag(args) -> str:
+    return "_split" + "-".join(f"{float(v):g}" for v in args.split.split(",")) if args.split else ""
+
+
 def _prefix(args, mode: str) -> Path:
     if args.out:
         return Path(args.out)
-    suffix = f"_distill{round(args.distill * 100)}" if args.distill else ""
+    suffix = _split_tag(args) + (f"_distill{round(args.distill * 100)}" if args.distill else "")
     return (C.WORK if mode == "smoke" else C.RESULTS) / (("budget_fmnist" if mode == "full" else
                                                           f"budget_fmnist_{mode}") + suffix)
 
@@ -284,8 +295,9 @@ def markdown(doc: dict) -> str:
     c = doc["config"]
     lines = ["# Budget-driven pruning on Fashion-MNIST", "", C.provenance_line(doc["provenance"]), "",
              f"MobileNet V1 width {c['width']}, {c['train_subset'] or 60000} training images, full 10k test set; "
-             f"dense {c['dense_epochs']} epochs, then prune {c['prune_epochs']} + fine-tune {c['finetune_epochs']}; "
-             f"the width baseline trains {c['dense_epochs'] + c['prune_epochs'] + c['finetune_epochs']} epochs from "
+             f"dense {c['dense_epochs']:g} epochs, then prune {c['prune_epochs']:g} + fine-tune "
+             f"{c['finetune_epochs']:g}; "
+             f"the width baseline trains {c['dense_epochs'] + c['prune_epochs'] + c['finetune_epochs']:g} epochs from "
              f"scratch. Seeds {doc['seeds']}."
              + (f" The pruned arms distil from the dense model (weight {c['distill']:g}) while pruning and "
                 "fine-tuning; the scratch baselines have no teacher." if c.get("distill") else "")

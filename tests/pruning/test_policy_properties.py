@@ -190,15 +190,19 @@ def test_mask_counts_respect_policy_and_are_monotone(graph, policy, steps, targe
             if mc <= rt or mc % rt == 0:  # no conflict between the two rules: strictly a multiple of round_to
                 assert kept == g.size or kept % rt == 0, (g.name, g.size, kept, policy)
             assert not (a & ~prev[g.id]).any(), f"{g.name}: a pruned channel came back"
-            if policy["scope"] == "global":  # the per-layer cap: no group ranked away entirely
-                assert kept >= min(g.size, math.ceil(g.size * (1 - cfg.max_sparsity))) or kept % rt == 0, (g.name, kept)
+            if policy["scope"] == "global":  # the per-layer floor: no group ranked away entirely
+                low = max(math.ceil(g.size * (1 - cfg.max_sparsity)),
+                          math.ceil(cfg.global_floor * g.size * (1 - min(s, cfg.max_sparsity)) - 1e-9))
+                assert kept >= min(g.size, low) - (rt - 1) or target != "channels", (g.name, kept, low)
             if target == "channels" and policy["scope"] == "local":
                 want = _target_local(g.size, s, rt, mc)
                 assert abs(kept - want) <= rt + 0.5 or kept == g.size, (g.name, g.size, s, kept, want)
         if target == "channels" and policy["scope"] == "global" and rt == 1:
             total = sum(g.size for g in groups)
             cap = cfg.max_sparsity  # no group loses more than this fraction (global scope's per-layer cap)
-            floors = sum(max(min(mc, g.size), math.ceil(g.size * (1 - cap))) for g in groups)
+            floors = sum(max(min(mc, g.size), math.ceil(g.size * (1 - cap)),  # and at least global_floor of the
+                             math.ceil(cfg.global_floor * g.size * (1 - min(s, cap)) - 1e-9))  # local keep count
+                         for g in groups)
             kept_total = sum(int(a.sum()) for a in alive.values())
             goal = int(round(total * (1 - s)))
             assert kept_total == max(goal, floors) or (s == 0 and kept_total == total), (kept_total, goal, floors)

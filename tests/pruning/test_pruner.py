@@ -93,6 +93,27 @@ def test_global_scope_keeps_total_and_differs_per_layer():
     assert by["blocks.3.pw.conv"] < 0.5 and max(by.values()) > 0.5
 
 
+def _kept_global(floor, s=0.5):
+    m = model()
+    with torch.no_grad():
+        m.blocks[3].pw.conv.weight[4:].mul_(0.001)  # all but 4 filters far below their layer's mean score
+    p = prune_(m, one_shot(s, scope="global", criterion="l1_filters", global_floor=floor), SHAPE)
+    p.step(0)
+    return p, {g.name: int(a.sum()) for g, a in zip(p.groups, p.alive().values(), strict=True)}
+
+
+def test_global_floor_bounds_how_far_a_layer_falls_below_the_local_count():
+    _, none = _kept_global(0.0)
+    p, half = _kept_global(0.5)
+    local = {g.name: round(g.size * 0.5) for g in p.groups}
+    assert none["blocks.3.pw.conv"] < local["blocks.3.pw.conv"] / 2  # unfloored: the layer is ranked away
+    assert all(half[k] >= local[k] / 2 for k in local), half  # floored: at least half its local count
+    assert half["blocks.3.pw.conv"] < local["blocks.3.pw.conv"]  # still ranked below the others
+    assert p.sparsity() == pytest.approx(0.5, abs=0.01)  # and the total is still the target
+    _, same = _kept_global(1.0)
+    assert same == local  # floor 1: every layer at its local count, i.e. local scope
+
+
 @pytest.mark.parametrize("target", ["macs", "params"])
 def test_mac_and_param_targets(target):
     from prunekit.cost import profile

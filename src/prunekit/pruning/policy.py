@@ -56,7 +56,7 @@ class PruningConfig:
         criterion: ``l1``, ``l2`` (group norms), ``l1_filters``, ``bn_gamma``, ``taylor``, ``random`` or a
             registered criterion.
         scope: ``local`` (each group to the target) or ``global`` (ranked across groups, normalised by
-            each group's mean score).
+            each group's mean score; no group below ``global_floor`` of its local keep count).
         layers: ``pointwise`` (non-grouped 1x1 convs), ``all``, or regex(es) over producing layer names.
         exclude: regex of producing layers never to prune.
         overrides: per-layer :class:`Override` entries.
@@ -81,6 +81,8 @@ class PruningConfig:
     taylor_batches: int = F(16, "batches of gradient statistics per Taylor update", lo=1, hi=100_000)
     max_sparsity: float = F(0.95, "no group loses more than this fraction of its channels (global scope, budgets)",
                             lo=0, hi=1, lo_open=True, hi_open=True)
+    global_floor: float = F(0.5, "global scope: every group keeps at least this fraction of the channels the same "
+                            "target would keep in every layer (0: no floor, 1: the same as local)", lo=0, hi=1)
     allocation: dict[str, float] | None = F(None, "final sparsity per group (group name -> sparsity): what a budget "
                                             "search chose; each group ramps to its own target with the schedule",
                                             user=False)
@@ -187,8 +189,11 @@ class Allocator:
         cand.sort(key=lambda t: (t[0], t[1], t[2]))
         keep_n = {g.id: int(alive[g.id].sum()) for g in free}
         n_alive = sum(keep_n.values())
-        floor = {g.id: max(min(self.cfg.min_channels, g.size),
-                           math.ceil(g.size * (1 - self.cfg.max_sparsity))) for g in free}
+        # the per-group floor: never ranked below global_floor x the local keep count (a ranking across layers
+        # otherwise empties the layers whose scores spread widest, and the network never recovers in fine-tuning)
+        floor = {g.id: max(min(self.cfg.min_channels, g.size), math.ceil(g.size * (1 - self.cfg.max_sparsity)),
+                           math.ceil(self.cfg.global_floor * g.size * (1 - min(s, self.cfg.max_sparsity)) - 1e-9))
+                 for g in free}
         for _, gid, _ in cand:
             if n_alive <= target_keep:
                 break
