@@ -119,6 +119,12 @@ def verdict(study: dict, noise: float) -> dict:
     return out
 
 
+def _run_default() -> int:
+    from prunekit.config import PruneCfg
+
+    return PruneCfg().round_to
+
+
 def recommend(studies: list[dict], noise: float) -> dict:
     """The default to pick from the measurements: 1 unless some round_to is consistently faster per MAC."""
     faster = {}
@@ -130,12 +136,14 @@ def recommend(studies: list[dict], noise: float) -> dict:
               if v["beyond_noise"] and v["best"] == 1]
     if not faster:
         return {"default": 1, "faster": {}, "text": f"no round_to beats 1 by more than {100 * noise:.0f}% per MAC in "
-                f"any runtime measured: keep the default round_to=1 (rounding does not matter here)"}
+                f"any runtime measured: rounding does not matter here (prunekit's runs round to {_run_default()} by "
+                "default)"}
     common = sorted(set(faster.values()))
     return {"default": None, "faster": faster, "slower_where": slower,
             "text": f"round_to {common} is faster per MAC beyond {100 * noise:.0f}% in: {', '.join(faster)}"
                     + (f"; but not in: {', '.join(slower)}" if slower else "")
-                    + " (consider it for that runtime; the library default is unchanged)"}
+                    + f" (prunekit's runs round to {_run_default()} by default; PruningConfig, the library object, "
+                      "keeps exact counts unless told)"}
 
 
 def markdown(doc: dict) -> str:
