@@ -223,6 +223,25 @@ def test_dtype_mismatch_names_the_tensor(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("edit, msg", [
+    (lambda sd: sd.update({"stem.conv.weight": sd["stem.conv.weight"][:, :, :2]}), r"'stem.conv.weight' has shape"),
+    (lambda sd: sd.update({"stem.conv.weight": sd["stem.conv.weight"].half()}), r"'stem.conv.weight' is F16"),
+    (lambda sd: sd.pop("stem.conv.weight"), r"missing \['stem.conv.weight'\]"),
+])
+def test_loaded_tensors_are_checked_when_meta_cannot_build(tmp_path, monkeypatch, edit, msg):
+    """The architecture cannot always be built on ``meta``: then the loaded tensors get the header's check."""
+    from prunekit.models import validate
+
+    s = spec()
+    model = s.build()
+    sd = model.state_dict()
+    edit(sd)
+    save_model(model, tmp_path, s, state_dict=sd)
+    monkeypatch.setattr(validate, "meta_architecture", lambda *a, **k: None)
+    with pytest.raises(PrunekitError, match=msg):
+        load_model(tmp_path)
+
+
 def test_valid_directories_still_load(saved, tmp_path):
     """Validation accepts what save_model writes, including shrunk layers and torchvision models."""
     model, s = load_model(saved)

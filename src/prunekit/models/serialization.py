@@ -200,23 +200,14 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild a saved model (never unpickles). Raises ``PrunekitError`` on any mismatch."""
     directory = Path(directory)
     spec, doc = read_spec(directory)
-    from .validate import validate_model_dir
+    from .validate import compare_with_header, validate_model_dir
 
     validate_model_dir(directory, spec, doc)  # sizes, header vs architecture and memory, before allocating
     weights = load_tensors(directory / WEIGHTS, "model weights")
     model = spec.build()
     apply_layer_shapes(model, doc.get("layers", {}))
     _resize_plain_tensors(model, weights, doc.get("tensors", {}))
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in weights]
-    extra = [k for k in weights if k not in expected]
-    if missing or extra:
-        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-        raise PrunekitError(f"{directory / WEIGHTS} does not match {MODEL_JSON} ({spec.arch}): {what}")
-    for k, v in expected.items():
-        if tuple(weights[k].shape) != tuple(v.shape):
-            raise PrunekitError(f"{directory / WEIGHTS} does not match {MODEL_JSON}: '{k}' has shape "
-                                f"{list(weights[k].shape)}, the architecture expects {list(v.shape)}")
+    compare_with_header(model, weights, directory / WEIGHTS, spec.arch)  # the header was checked; now the tensors
     model.load_state_dict(weights, strict=True)
     _check_input_channels(model, spec, directory / MODEL_JSON)
     model.eval()

@@ -19,6 +19,7 @@ still bounds what is loaded, and the bounded builder arguments what is built.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,8 +186,11 @@ def meta_architecture(spec, doc: dict[str, Any], header: dict[str, TensorInfo], 
     return model
 
 
-def compare_with_header(model: nn.Module, header: dict[str, TensorInfo], weights: Path, arch: str) -> None:
-    """Every tensor the architecture expects is in the file, with its shape and dtype, and nothing else."""
+def compare_with_header(model: nn.Module, header: Mapping[str, Any], weights: Path, arch: str) -> None:
+    """Every tensor the architecture expects is in the file, with its shape and dtype, and nothing else.
+
+    ``header``: name -> anything with ``shape`` and ``dtype`` (a safetensors header's :class:`TensorInfo`, whose
+    dtype is the file's name for it, or the loaded tensors themselves)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in header]
     extra = [k for k in header if k not in expected]
@@ -198,9 +202,10 @@ def compare_with_header(model: nn.Module, header: dict[str, TensorInfo], weights
         if tuple(got.shape) != tuple(v.shape):
             raise PrunekitError(f"{weights} does not match model.json: '{k}' has shape {list(got.shape)}, the "
                                 f"architecture expects {list(v.shape)}")
-        if DTYPES[got.dtype] != v.dtype:
-            raise PrunekitError(f"{weights} does not match model.json: '{k}' is {got.dtype}, the architecture "
-                                f"expects {DTYPE_NAMES.get(v.dtype, str(v.dtype))}")
+        dtype = DTYPES[got.dtype] if isinstance(got.dtype, str) else got.dtype
+        if dtype != v.dtype:
+            raise PrunekitError(f"{weights} does not match model.json: '{k}' is {DTYPE_NAMES.get(dtype, dtype)}, "
+                                f"the architecture expects {DTYPE_NAMES.get(v.dtype, str(v.dtype))}")
 
 
 def validate_model_dir(directory: Path, spec, doc: dict[str, Any]) -> Activations | None:
