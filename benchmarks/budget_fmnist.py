@@ -8,12 +8,16 @@ fp32 at batch 32 on this machine):
 * searched: `prunekit`'s budget search (sensitivity with adaptive BN, cost model, greedy + candidate search)
   chooses every pointwise layer's sparsity; gradual pruning ramps each layer to it; surgery; fine-tuning;
 * uniform: the same sparsity in every layer, as small as meets the same budget; same schedule and epochs;
-* global (MAC budgets): scope=global with target=macs (one ranking across layers, capped per layer);
+* global (MAC budgets): scope=global with target=macs (one ranking across layers; no layer below half the
+  channels uniform would keep it, prune.global_floor);
 * width: MobileNet V1 with the largest width multiplier that meets the budget, trained from scratch for the
   dense + prune + fine-tune epochs (channels int(c x width), as Keras and the paper round them);
-* narrow (latency budgets): the uniform arm's architecture (channel counts multiples of the CPU's alignment,
-  like the searched one) re-initialised and trained from scratch for the same epochs: a width-multiplier
-  network that is not penalised by channel counts the runtime's kernels are slow at.
+* narrow: the uniform arm's architecture (channel counts multiples of 8, or of the CPU's alignment at latency
+  budgets) re-initialised and trained from scratch for the same total epochs: a width-multiplier network that
+  is not penalised by channel counts the runtime's kernels are slow at;
+* searched_scratch: the searched allocation's architecture re-initialised and trained from scratch the same way
+  (Liu et al. 2019, "Rethinking the value of network pruning": does the search find a better architecture, or
+  do the inherited weights matter?).
 
 The dense start is trained once; every method runs with seeds 0 and 1 (pruning/fine-tuning seed; the scratch
 baseline's initialisation). Reported: top-1 on the full 10k test set per seed, the mean, and the difference of
@@ -22,6 +26,7 @@ parameters and measured latency (ONNX Runtime fp32, batch 32) against the budget
 
     python benchmarks/budget_fmnist.py --quick        # CPU: width 0.5, 20k training images, 3+1+1 epochs
     python benchmarks/budget_fmnist.py                # GPU: width 1.0, full data, 20+3+5 epochs
+    python benchmarks/budget_fmnist.py --quick --split 1,1,3   # prune early, fine-tune longer (same 5 epochs)
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ MODES = {
              "batch_size": 256, "lr": 0.1, "candidates": 300},
 }
 BUDGETS = ["macs=0.5x", "macs=0.25x", "latency_ms=0.5x", "latency_ms=0.25x"]
+METHODS = ["searched", "uniform", "global", "narrow", "searched_scratch", "width"]
+SCRATCH = {"narrow": "uniform", "searched_scratch": "searched"}  # arm -> the pruned arm whose architecture it trains
 LATENCY_BATCH = 32
 
 
@@ -154,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                     "pruned arms' prune and fine-tune stages (default 0: none)")
     ap.add_argument("--split", help="dense,prune,fine-tune epochs instead of the mode's (e.g. 1,1,3: prune early, "
                     "fine-tune longer); the scratch baselines train their sum")
+    ap.add_argument("--methods", default=",".join(METHODS), help="arms to run (default all: %(default)s); "
+                    "differences are taken against searched, or the first arm run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    methods = args.methods.split(",")
+    if not methods or set(methods) - set(METHODS):
+        ap.error(f"--methods: choose from {','.join(METHODS)}, got {args.methods!r}")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     c = dict(MODES[mode])
     c["distill"] = args.distill
@@ -204,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             plan_s = time.perf_counter() - t0
             dense_cost = plan.dense_cost
             kind = budget.split("=")[0]
-            w = width_for(kind, plan.target / dense_cost if kind == "latency_ms" else plan.target, c, width_cache)
+            w = width_for(kind, plan.target / dense_cost if kind == "latency_ms" else plan.target, c, width_cache) \
+                if "width" in methods else None
             entry = {"budget": budget, "target": plan.target, "dense_cost": dense_cost, "plan_seconds": plan_s,
                      "predicted": plan.allocation.cost, "allocation": plan.allocation.to_dict(),
                      "uniform_allocation": plan.uniform.to_dict(), "width": w, "methods": {}}
@@ -212,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             arms["uniform"].allocation = plan.uniform
             if budget.startswith("macs"):
                 arms["global"] = None
+            arms = {k: v for k, v in arms.items() if k in methods}
             for seed in seeds:
                 for name, arm in arms.items():
                     t0 = time.perf_counter()
@@ -231,19 +245,24 @@ def main(argv: list[str] | None = None) -> int:
                     entry["methods"].setdefault(name, []).append({"seed": seed, **rec})
                     C.log(f"{budget} {name} seed {seed}: top-1 {rec['top1']:.2f}% MACs {rec['macs']:,} "
                           f"latency {rec['latency_ms_b32']:.2f} ms")
-                if budget.startswith("latency"):
+                for name in [m for m in methods if m in SCRATCH]:  # a pruned arm's architecture, from scratch
                     t0 = time.perf_counter()
-                    tag = f"{budget.replace('=', '_')}_uniform"
-                    init = reinitialised(work / f"{tag}_s{seed}" / "shrunk", work / f"{tag}_s{seed}" / "scratch_init",
-                                         seed)
+                    tag = f"{budget.replace('=', '_')}_{SCRATCH[name]}"
+                    shrunk = work / f"{tag}_s{seed}" / "shrunk"
+                    if not (shrunk / "model.json").is_file():
+                        ap.error(f"{name} trains {SCRATCH[name]}'s architecture: run {SCRATCH[name]} first ({shrunk})")
+                    init = reinitialised(shrunk, work / f"{tag}_s{seed}" / "scratch_init", seed)
                     ncfg = run_config(c, seed, None, {"train": {
                         "epochs": c["dense_epochs"] + c["prune_epochs"] + c["finetune_epochs"]}})
                     tr = steps.train(ncfg, work / f"{tag}_s{seed}" / "scratch", init=init, data=bundle, ctx=ctx,
                                      log=C.log)
                     m = load(tr.model_dir).model
-                    entry["methods"].setdefault("narrow", []).append(
+                    entry["methods"].setdefault(name, []).append(
                         {"seed": seed, "top1": tr.test["top1"], "n": tr.test["n"], **measure(m, (1, 28, 28)),
                          "seconds": round(time.perf_counter() - t0, 1)})
+                    C.log(f"{budget} {name} seed {seed}: top-1 {tr.test['top1']:.2f}%")
+                if "width" not in methods:
+                    continue
                 t0 = time.perf_counter()
                 wcfg = run_config(c, seed, None, {"model": {"width": w}, "train": {
                     "epochs": c["dense_epochs"] + c["prune_epochs"] + c["finetune_epochs"]}})
@@ -277,9 +296,10 @@ def _doc(c, env, dense, results, ls, t_all, seeds, partial=False) -> dict[str, A
         if not e["methods"]:
             continue
         e["stats"] = {k: stats(v) for k, v in e["methods"].items()}
-        base = e["stats"]["searched"]
+        e["base"] = "searched" if "searched" in e["stats"] else next(iter(e["stats"]))
+        base = e["stats"][e["base"]]
         e["differences"] = {k: {"diff": base["mean"] - v["mean"], "se": math.hypot(base["se"], v["se"])}
-                            for k, v in e["stats"].items() if k != "searched"}
+                            for k, v in e["stats"].items() if k != e["base"]}
     return {"command": C.command_line(), "config": c, "seeds": seeds, "environment": env,
             "provenance": env.get("provenance"), "dense": dense, "results": results, "load": ls.summary(),
             "seconds_total": round(time.perf_counter() - t_all, 1), "partial": partial,
@@ -289,6 +309,11 @@ def _doc(c, env, dense, results, ls, t_all, seeds, partial=False) -> dict[str, A
                       "dense model (rounds alternate between the two) and reported as the ratio to it, and on the "
                       "scale of the dense model's first measurement: this machine's speed drifts by up to a third "
                       "over minutes, which the ratio cancels."]}
+
+
+def _base(doc: dict) -> str:
+    bases = {e.get("base", "searched") for e in doc["results"] if e.get("methods")}
+    return bases.pop() if len(bases) == 1 else "searched"
 
 
 def markdown(doc: dict) -> str:
@@ -302,7 +327,7 @@ def markdown(doc: dict) -> str:
              + (f" The pruned arms distil from the dense model (weight {c['distill']:g}) while pruning and "
                 "fine-tuning; the scratch baselines have no teacher." if c.get("distill") else "")
              + f" Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
-             "| budget | method | top-1 per seed | mean ± SE | searched − method (± SE) | MACs | latency b32 (ms) | "
+             f"| budget | method | top-1 per seed | mean ± SE | {_base(doc)} − method (± SE) | MACs | latency b32 (ms) | "
              "latency / dense | budget met |", "|---|---|---|---|---|---:|---:|---:|---|"]
     for e in doc["results"]:
         if "error" in e:
@@ -316,8 +341,9 @@ def markdown(doc: dict) -> str:
                 lat = e["budget"].startswith("latency")
                 met = [(r.get("latency_vs_dense", math.inf) <= e["target"] / e["dense_cost"] * 1.05) if lat
                        else r["macs"] <= e["target"] for r in rows]
-            name = f"{k} (width {e['width']})" if k == "width" else "narrow (uniform's channels, from scratch)" \
-                if k == "narrow" else k
+            name = f"{k} (width {e['width']})" if k == "width" else \
+                f"{SCRATCH[k].replace('searched', 'searched allocation')}'s channels, from scratch" if k in SCRATCH \
+                else k
             diff = "" if d is None else f"{d['diff']:+.2f} ± {d['se']:.2f}"
             per_seed = ", ".join(f"{t:.2f}" for t in st["seeds"])
             lines.append(f"| {e['budget']} | {name} | {per_seed} | {st['mean']:.2f} ± {st['se']:.2f} | {diff} | "
