@@ -13,8 +13,9 @@ fp32 at batch 32 on this machine):
 * width: MobileNet V1 with the largest width multiplier that meets the budget, trained from scratch for the
   dense + prune + fine-tune epochs (channels int(c x width), as Keras and the paper round them);
 * narrow: the uniform arm's architecture (channel counts multiples of 8, or of the CPU's alignment at latency
-  budgets) re-initialised and trained from scratch for the same total epochs: a width-multiplier network that
-  is not penalised by channel counts the runtime's kernels are slow at;
+  budgets) re-initialised (`prunekit train --init DIR --reinit`: the architecture's own initialiser, as the width
+  baseline gets) and trained from scratch for the same total epochs: a width-multiplier network that is not
+  penalised by channel counts the runtime's kernels are slow at;
 * searched_scratch: the searched allocation's architecture re-initialised and trained from scratch the same way
   (Liu et al. 2019, "Rethinking the value of network pruning": does the search find a better architecture, or
   do the inherited weights matter?).
@@ -127,20 +128,6 @@ def width_for(kind: str, target: float, c: dict, cache: dict) -> float:
     return lo
 
 
-def reinitialised(shrunk: Path, out: Path, seed: int) -> Path:
-    """The shrunk model's architecture with fresh weights (every layer's own reset_parameters)."""
-    from prunekit.saved import load, save
-
-    loaded = load(shrunk)
-    torch.manual_seed(seed)
-    for mod in loaded.model.modules():
-        if hasattr(mod, "reset_parameters"):
-            mod.reset_parameters()
-    loaded.spec.extra = {k: v for k, v in loaded.spec.extra.items() if k != "metrics"}
-    save(loaded.model, out, loaded.spec)
-    return out
-
-
 def stats(rows: list[dict]) -> dict[str, float]:
     tops = [r["top1"] for r in rows]
     n = rows[0]["n"]
@@ -251,10 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                     shrunk = work / f"{tag}_s{seed}" / "shrunk"
                     if not (shrunk / "model.json").is_file():
                         ap.error(f"{name} trains {SCRATCH[name]}'s architecture: run {SCRATCH[name]} first ({shrunk})")
-                    init = reinitialised(shrunk, work / f"{tag}_s{seed}" / "scratch_init", seed)
-                    ncfg = run_config(c, seed, None, {"train": {
+                    ncfg = run_config(c, seed, None, {"model": {"reinit": True}, "train": {  # `prunekit train --reinit`
                         "epochs": c["dense_epochs"] + c["prune_epochs"] + c["finetune_epochs"]}})
-                    tr = steps.train(ncfg, work / f"{tag}_s{seed}" / "scratch", init=init, data=bundle, ctx=ctx,
+                    tr = steps.train(ncfg, work / f"{tag}_s{seed}" / "from_scratch", init=shrunk, data=bundle, ctx=ctx,
                                      log=C.log)
                     m = load(tr.model_dir).model
                     entry["methods"].setdefault(name, []).append(

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from conftest import run_cli
 
 
@@ -127,3 +129,24 @@ def test_failed_command_removes_the_output_dir_it_created(tmp_path):
     assert rc == 0
     rc, _, _ = run_cli("surgery", "--model", "torchvision:nope", "--sparsity", "0.3", "--out", tmp_path / "bad")
     assert rc == 2 and (tmp_path / "ok" / "model.json").is_file() and not (tmp_path / "bad").exists()
+
+
+def test_train_reinit_trains_a_pruned_architecture_from_scratch(shrunk_model_dir, tmp_path):
+    """`prunekit train --init DIR --reinit`: DIR's architecture (a shrunk model), fresh weights."""
+    from safetensors.torch import load_file
+
+    rc, out, err = run_cli("train", "--init", shrunk_model_dir, "--reinit", "--epochs", "0", "--data", "bundled",
+                           "--out", tmp_path / "r")
+    assert rc == 0, err
+    old = load_file(shrunk_model_dir / "model.safetensors")
+    new = load_file(tmp_path / "r" / "model" / "model.safetensors")
+    assert {k: v.shape for k, v in new.items()} == {k: v.shape for k, v in old.items()}
+    assert not any(torch.equal(new[k], old[k]) for k in new if k.endswith("conv.weight"))
+    doc = json.loads((tmp_path / "r" / "model" / "model.json").read_text())
+    assert doc["extra"]["reinitialised_from"] == str(shrunk_model_dir)
+    rc, out, err = run_cli("train", "--init", shrunk_model_dir, "--epochs", "0", "--data", "bundled",
+                           "--out", tmp_path / "k")  # without --reinit: the weights as they were
+    kept = load_file(tmp_path / "k" / "model" / "model.safetensors")
+    assert rc == 0 and all(torch.equal(kept[k], old[k]) for k in old)
+    rc, out, err = run_cli("train", "--reinit", "--epochs", "0", "--data", "bundled", "--out", tmp_path / "x")
+    assert rc == 2 and "needs a saved model" in err and len(err.strip().splitlines()) == 1

@@ -35,6 +35,8 @@ class ModelCfg:
     width: float = F(1.0, "width multiplier (mobilenet_v1)", lo=0, lo_open=True, hi=16)
     init: str | None = F(None, "start from this saved model directory (train.epochs more epochs of training; 0: "
                          "use it as it is)")
+    reinit: bool = F(False, "with init: keep its architecture (e.g. a searched allocation after surgery) but start "
+                     "from fresh weights, seeded: train that architecture from scratch")
     small_input: bool | None = F(None, "first conv stride 1 (default: input smaller than 64 px)")
     dropout: float = F(0.2, "dropout before the classifier (mobilenet_v1)", lo=0, hi=1, hi_open=True)
     kwargs: dict = F({}, "extra builder arguments")

@@ -25,7 +25,7 @@ from .config import BenchCfg, DataCfg, ModelCfg, QuantizeCfg, RunConfig, StageTr
 from .data import DataBundle, adapt, load_data, num_batches
 from .errors import PrunekitError
 from .io import write_json, write_text
-from .models import InputSpec, ModelSpec, create_model
+from .models import InputSpec, ModelSpec, create_model, reinitialise
 from .saved import Loaded, load, resolve, save
 from .train import DistContext, TrainConfig, fit
 
@@ -157,11 +157,16 @@ def train(cfg: RunConfig, out: str | Path, *, init: str | Path | None = None, st
     seed = cfg.seed if seed is None else seed
     set_seed(seed)
     init = init if init is not None else cfg.model.init
+    if cfg.model.reinit and not init:
+        raise PrunekitError("model.reinit needs a saved model to take the architecture from (--init DIR)")
     if init:
         loaded = _dense(init, "fine-tune it with `prunekit prune` or run `prunekit surgery` first", load)
         model, spec = loaded.model, loaded.spec
         bundle = model_data(spec, cfg.data, seed, data)
         spec.extra = {k: v for k, v in spec.extra.items() if k != "metrics"}
+        if cfg.model.reinit:  # the architecture only (Liu et al. 2019: a pruned architecture trained from scratch)
+            reinitialise(model, seed)
+            spec.extra["reinitialised_from"] = str(init)
     else:
         bundle = data if data is not None else load_dataset(cfg.data, seed=seed)
         model, spec = build_model(cfg.model, bundle, cfg.data.resize)
@@ -326,7 +331,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
             Timer,
             align,
             default_threads,
-            measure_models,
+            measure_ratio,
         )
         from .surgery import shrink
 
@@ -373,8 +378,8 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         best, best_ms, lo, hi = None, -1.0, None, None
         for attempt in range(4):
             alloc = made[0] if isinstance(made, tuple) else made
-            ms, dense_ms = measure_models([build(np.array(alloc.keep)), dense], shape, table.timer.careful())
-            measured = ms / dense_ms * cost.dense
+            measured = measure_ratio(build(np.array(alloc.keep)), dense, shape, table.timer.careful(),
+                                     near=target / cost.dense)["ratio"] * cost.dense
             checks.append({"allocation": what, "aim": aim, "predicted": alloc.cost, "measured": measured})
             log(f"{what}: aim {aim:.4g}, predicted {alloc.cost:.4g}, measured {measured:.4g} (target {target:.4g})")
             if measured <= target:
@@ -425,15 +430,15 @@ def measure_cost(plan_or_budget: Any, model: nn.Module, input_shape: Sequence[in
 
     budget = Budget.parse(plan_or_budget.budget if hasattr(plan_or_budget, "budget") else plan_or_budget)
     if budget.kind == "latency_ms":
-        from .inference.latency import Timer, default_threads, measure_models
+        from .inference.latency import Timer, default_threads, measure_models, measure_ratio
 
         p = cfg.prune
         timer = Timer(p.budget_runtime, p.budget_batch, default_threads(p.budget_threads)).careful()
         dense_cost = getattr(plan_or_budget, "dense_cost", None)
         if dense is not None and budget.relative and dense_cost:
-            model_ms, dense_ms = measure_models([model, dense], input_shape, timer)
-            return {"measured": model_ms / dense_ms * dense_cost, "ratio": model_ms / dense_ms,
-                    "model_ms": model_ms, "dense_ms": dense_ms}
+            target = getattr(plan_or_budget, "target", None)
+            r = measure_ratio(model, dense, input_shape, timer, near=target / dense_cost if target else None)
+            return {"measured": r["ratio"] * dense_cost, **r}
         return {"measured": measure_models([model], input_shape, timer)[0]}
     prof = profile(model, input_shape)
     return {"measured": float(prof.macs if budget.kind == "macs" else prof.params)}

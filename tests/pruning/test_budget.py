@@ -220,6 +220,36 @@ class FusingTimer(FakeTimer):
         return ms if convs <= 1 else 0.5 * (ms - 0.01) + 0.2
 
 
+class ScriptedTimer:
+    """Whole-model timings that return the scripted model/dense ratios in turn (dense: 1 ms)."""
+
+    batch = 1
+
+    def __init__(self, ratios):
+        self.ratios, self.calls = list(ratios), 0
+
+    def interleaved_ms(self, modules, example):
+        self.calls += 1
+        return [self.ratios.pop(0), 1.0]
+
+
+@pytest.mark.parametrize("ratios, near, passes, ratio", [
+    ([0.58, 0.45, 0.50], 0.5, 3, 0.50),  # close to the budget: three passes, the median decides
+    ([0.45, 0.58, 0.61], 0.5, 3, 0.58),  # the median, whichever pass it was
+    ([0.90, 0.45, 0.50], 0.5, 1, 0.90),  # a clear miss needs no more
+    ([0.20, 0.45, 0.50], 0.5, 1, 0.20),  # nor a clear fit
+    ([0.52, 0.45, 0.50], None, 1, 0.52),  # no decision to take: one pass
+])
+def test_a_ratio_close_to_the_budget_is_measured_three_times(ratios, near, passes, ratio):
+    from prunekit.inference.latency import measure_ratio
+
+    timer = ScriptedTimer(ratios)
+    m = mobilenet()
+    r = measure_ratio(m, m, SHAPE, timer, near=near)
+    assert timer.calls == passes and len(r["ratios"]) == passes
+    assert r["ratio"] == pytest.approx(ratio) and r["model_ms"] == pytest.approx(ratio) and r["dense_ms"] == 1.0
+
+
 def test_latency_model_is_calibrated_on_measured_whole_models(tmp_path):
     from prunekit import shrink
     from prunekit.inference import latency as L
@@ -353,15 +383,20 @@ def test_prune_to_a_latency_budget_end_to_end(tiny_model_dir, tmp_path, monkeypa
 
 
 class OptimisticTableTimer(DriftingTimer):
-    """The first whole-model check after calibration runs 30% slower than the table predicts (the search found
-    an allocation the table underestimates); later ones behave."""
+    """The allocation checked first after calibration runs 30% slower than the table predicts, every time it is
+    timed (the search found an allocation the table underestimates); the others behave."""
 
-    calls = [0]
+    calls, slow = [0], []
 
     def interleaved_ms(self, modules, example):
+        from prunekit.cost import profile
+
         self.calls[0] += 1
+        macs = profile(modules[0], tuple(example.shape[1:])).macs
+        if self.calls[0] == 2:
+            self.slow.append(macs)
         out = [self._ms(m, example) for m in modules]
-        return [out[0] * 1.3, *out[1:]] if self.calls[0] == 2 else out
+        return [out[0] * 1.3, *out[1:]] if macs in self.slow else out
 
 
 def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_config_args(p)
     p.add_argument("--init", metavar="DIR", help="start from this saved model (fine-tune) instead of a fresh one")
+    config_flag(p, "--reinit", "model.reinit")
     config_flag(p, "--arch", "model.arch", help="model: mobilenet_v1 (default), torchvision:NAME or timm:NAME")
     config_flag(p, "--width", "model.width", help="width multiplier (mobilenet_v1; default 1.0)")
     config_flag(p, "--epochs", "train.epochs", help="epochs (default 10)")

@@ -9,6 +9,7 @@ from ._registry import (
     default_input,
     list_models,
     register_model,
+    reinitialise,
     torchvision_classification_models,
 )
 from .mobilenet_v1 import MobileNetV1, scale_channels
@@ -16,7 +17,6 @@ from .serialization import InputSpec, ModelSpec, apply_layer_shapes, load_model,
 
 __all__ = [
     "InputSpec", "MobileNetV1", "ModelSpec", "TIMM_PREFIX", "TORCHVISION_PREFIX", "apply_layer_shapes", "check_arch",
-    "create_model",
-    "default_input", "list_models", "load_model", "read_spec", "register_model", "save_model", "scale_channels",
-    "torchvision_classification_models",
+    "create_model", "default_input", "list_models", "load_model", "read_spec", "register_model", "reinitialise",
+    "save_model", "scale_channels", "torchvision_classification_models",
 ]

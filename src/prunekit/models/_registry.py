@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import PrunekitError, closest, unknown
@@ -160,3 +161,27 @@ def _replace_first_conv(model: nn.Module, tv_name: str, in_channels: int) -> Non
             setattr(parent, attr, new)
             return
     raise PrunekitError(f"torchvision:{tv_name}: cannot find a first Conv2d to adapt to {in_channels} input channels")
+
+
+def reinitialise(model: nn.Module, seed: int) -> nn.Module:
+    """Fresh weights for ``model``'s architecture as it is now (e.g. after surgery), seeded: every layer's
+    ``reset_parameters`` (BatchNorm statistics included), then the architecture's own initialiser when it has one
+    that takes no arguments (``_init_weights`` / ``init_weights``), so that a pruned architecture starts the way
+    the same architecture built fresh would."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    for name in ("_init_weights", "init_weights"):
+        fn = getattr(model, name, None)
+        if callable(fn):
+            try:
+                required = [p for p in inspect.signature(fn).parameters.values()
+                            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            except (TypeError, ValueError):
+                continue
+            if not required:
+                fn()
+                break
+    return model
