@@ -92,9 +92,9 @@ def provenance() -> dict[str, Any]:
 
     from prunekit.inference.bench import machine_info
 
-    def git(*args: str) -> str:
+    def git(*args: str) -> str:  # not stripped: porcelain lines start with a status column that may be blank
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -103,7 +103,7 @@ def provenance() -> dict[str, Any]:
         with contextlib.suppress(md.PackageNotFoundError):
             versions[pkg] = md.version(pkg)
     dirty = [ln[3:] for ln in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": dirty, "versions": versions,
+    return {"git_commit": git("rev-parse", "HEAD").strip() or None, "git_dirty": dirty, "versions": versions,
             "machine": machine_info(), "recorded": now()}
 
 
