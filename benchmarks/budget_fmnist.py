@@ -128,6 +128,93 @@ def width_for(kind: str, target: float, c: dict, cache: dict) -> float:
     return lo
 
 
+def arm_model_dir(work: Path, budget: str, name: str, seed: int, width: float | None) -> Path:
+    """Where an arm's final model is (the naming the runs above use)."""
+    tag = budget.replace("=", "_")
+    if name == "width":
+        return work / f"width{width}_s{seed}" / "model"
+    if name in SCRATCH:
+        return work / f"{tag}_{SCRATCH[name]}_s{seed}" / "from_scratch" / "model"
+    return work / f"{tag}_{name}_s{seed}" / "ft" / "model"
+
+
+def test_correct(model_dir: Path, bundle) -> np.ndarray:
+    """Per test image: is the model's top-1 right (the same 10k images for every arm)."""
+    from prunekit.data.bundle import iterate_batches
+    from prunekit.saved import load
+
+    model = load(model_dir).model.eval()
+    out = []
+    with torch.inference_mode():
+        for x, y in iterate_batches(bundle, "test", 1000, train=False):
+            out.append((model(x).argmax(1) == y).numpy())
+    return np.concatenate(out)
+
+
+def paired(entries: list[dict], work: Path, bundle) -> None:
+    """Seed-matched differences against the entry's base arm, on the same test images: per seed the difference
+    of accuracies with its paired (McNemar) standard error, sqrt(b + c - (b - c)^2 / n) / n for b, c the images
+    only one of the two gets right; over seeds the mean, and an SE that is the larger of the combined paired SE
+    and half the spread of the per-seed differences (training noise). Adds ``entry["paired"]``."""
+    cache: dict[Path, np.ndarray] = {}
+
+    def correct(d: Path) -> np.ndarray:
+        if d not in cache:
+            cache[d] = test_correct(d, bundle)
+        return cache[d]
+
+    for e in entries:
+        if not e.get("methods"):
+            continue
+        base = e.get("base") or ("searched" if "searched" in e["methods"] else next(iter(e["methods"])))
+        e["paired"] = {}
+        for k, rows in e["methods"].items():
+            if k == base:
+                continue
+            per = []
+            for r in rows:
+                a_dir = arm_model_dir(work, e["budget"], base, r["seed"], e.get("width"))
+                b_dir = arm_model_dir(work, e["budget"], k, r["seed"], e.get("width"))
+                if not (a_dir / "model.json").is_file() or not (b_dir / "model.json").is_file():
+                    continue
+                a, b = correct(a_dir), correct(b_dir)
+                base_row = next((x for x in e["methods"][base] if x["seed"] == r["seed"]), None)
+                for arr, row, d in ((a, base_row, a_dir), (b, r, b_dir)):  # the saved model is the one measured
+                    if row is not None and abs(100 * arr.mean() - row["top1"]) > 0.011:
+                        raise SystemExit(f"--paired: {d} scores {100 * arr.mean():.2f}% now, {row['top1']:.2f}% "
+                                         "in the result file: not the same model")
+                n, only_a, only_b = len(a), int((a & ~b).sum()), int((b & ~a).sum())
+                se = 100 * math.sqrt(max(only_a + only_b - (only_a - only_b) ** 2 / n, 0.0)) / n
+                per.append({"seed": r["seed"], "diff": 100 * (only_a - only_b) / n, "se": se,
+                            "only_base": only_a, "only_method": only_b})
+            if per:
+                diffs = [p["diff"] for p in per]
+                se = max(math.sqrt(sum(p["se"] ** 2 for p in per)) / len(per), (max(diffs) - min(diffs)) / 2)
+                e["paired"][k] = {"base": base, "diff": float(np.mean(diffs)), "se": se, "per_seed": per}
+
+
+def merge(docs: list[dict]) -> dict:
+    """Several result files of the same setup (e.g. extra arms run later into the same work directory) as one:
+    per budget, the union of the methods (the first file's entry otherwise)."""
+    out = copy.deepcopy(docs[0])
+    by = {e["budget"]: e for e in out["results"]}
+    for d in docs[1:]:
+        for e in d["results"]:
+            if e["budget"] not in by:
+                out["results"].append(copy.deepcopy(e))
+                by[e["budget"]] = out["results"][-1]
+                continue
+            tgt = by[e["budget"]]
+            for k, v in e.get("methods", {}).items():
+                tgt["methods"].setdefault(k, copy.deepcopy(v))
+            if tgt.get("width") is None:
+                tgt["width"] = e.get("width")
+    out["merged_from"] = [{"command": d["command"], "provenance": d.get("provenance")} for d in docs]
+    for e in out["results"]:
+        e.pop("base", None)
+    return out
+
+
 def stats(rows: list[dict]) -> dict[str, float]:
     tops = [r["top1"] for r in rows]
     n = rows[0]["n"]
@@ -150,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                     "fine-tune longer); the scratch baselines train their sum")
     ap.add_argument("--methods", default=",".join(METHODS), help="arms to run (default all: %(default)s); "
                     "differences are taken against searched, or the first arm run")
+    ap.add_argument("--paired", nargs="+", metavar="JSON", help="no training: read these result files of one setup "
+                    "(merged), evaluate every arm's saved model on the test set, add seed-matched paired differences "
+                    "and write --out")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     methods = args.methods.split(",")
@@ -171,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     from prunekit.saved import load
     from prunekit.train import DistContext, pick_device
 
+    if args.paired:
+        return paired_main(args, mode, c)
     device = pick_device("auto")
     ctx = DistContext(device=device)
     env = C.environment(device)
@@ -265,6 +357,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def paired_main(args, mode: str, c: dict) -> int:
+    import json
+
+    docs = [json.loads(Path(p).read_text()) for p in args.paired]
+    if len({json.dumps(d["config"], sort_keys=True) for d in docs}) != 1:
+        raise SystemExit("--paired: the result files come from different setups (config differs)")
+    doc = merge(docs) if len(docs) > 1 else docs[0]
+    work = C.WORK / f"budget_fmnist_{mode}{_split_tag(args)}"
+    bundle = C.load_fmnist(args.data_dir, c["train_subset"])
+    _summarise(doc["results"])
+    paired(doc["results"], work, bundle)
+    doc["paired_command"] = C.command_line()
+    prefix = Path(args.out) if args.out else Path(args.paired[0]).with_name(Path(args.paired[0]).stem + "_paired")
+    j, m = C.write_results(prefix, doc, markdown(doc))
+    C.log(f"wrote {j} and {m}")
+    return 0
+
+
 def _split_tag(args) -> str:
     return "_split" + "-".join(f"{float(v):g}" for v in args.split.split(",")) if args.split else ""
 
@@ -277,15 +387,21 @@ def _prefix(args, mode: str) -> Path:
                                                           f"budget_fmnist_{mode}") + suffix)
 
 
-def _doc(c, env, dense, results, ls, t_all, seeds, partial=False) -> dict[str, Any]:
+def _summarise(results: list[dict]) -> None:
+    """Per budget: each arm's mean ± SE, and the difference of means against the base arm (searched, or the
+    first arm run) with the unpaired SE."""
     for e in results:
-        if not e["methods"]:
+        if not e.get("methods"):
             continue
         e["stats"] = {k: stats(v) for k, v in e["methods"].items()}
         e["base"] = "searched" if "searched" in e["stats"] else next(iter(e["stats"]))
         base = e["stats"][e["base"]]
         e["differences"] = {k: {"diff": base["mean"] - v["mean"], "se": math.hypot(base["se"], v["se"])}
                             for k, v in e["stats"].items() if k != e["base"]}
+
+
+def _doc(c, env, dense, results, ls, t_all, seeds, partial=False) -> dict[str, Any]:
+    _summarise(results)
     return {"command": C.command_line(), "config": c, "seeds": seeds, "environment": env,
             "provenance": env.get("provenance"), "dense": dense, "results": results, "load": ls.summary(),
             "seconds_total": round(time.perf_counter() - t_all, 1), "partial": partial,
@@ -304,6 +420,7 @@ def _base(doc: dict) -> str:
 
 def markdown(doc: dict) -> str:
     c = doc["config"]
+    has_paired = any(e.get("paired") for e in doc["results"])
     lines = ["# Budget-driven pruning on Fashion-MNIST", "", C.provenance_line(doc["provenance"]), "",
              f"MobileNet V1 width {c['width']}, {c['train_subset'] or 60000} training images, full 10k test set; "
              f"dense {c['dense_epochs']:g} epochs, then prune {c['prune_epochs']:g} + fine-tune "
@@ -313,8 +430,10 @@ def markdown(doc: dict) -> str:
              + (f" The pruned arms distil from the dense model (weight {c['distill']:g}) while pruning and "
                 "fine-tuning; the scratch baselines have no teacher." if c.get("distill") else "")
              + f" Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
-             f"| budget | method | top-1 per seed | mean ± SE | {_base(doc)} − method (± SE) | MACs | latency b32 (ms) | "
-             "latency / dense | budget met |", "|---|---|---|---|---|---:|---:|---:|---|"]
+             f"| budget | method | top-1 per seed | mean ± SE | {_base(doc)} − method (± SE) |"
+             + (" paired (± SE) |" if has_paired else "")
+             + " MACs | latency b32 (ms) | latency / dense | budget met |",
+             "|---|---|---|---|---|" + ("---|" if has_paired else "") + "---:|---:|---:|---|"]
     for e in doc["results"]:
         if "error" in e:
             lines.append(f"| {e['budget']} | (not run: {e['error']}) | | | | | | | |")
@@ -331,6 +450,9 @@ def markdown(doc: dict) -> str:
                 f"{SCRATCH[k].replace('searched', 'searched allocation')}'s channels, from scratch" if k in SCRATCH \
                 else k
             diff = "" if d is None else f"{d['diff']:+.2f} ± {d['se']:.2f}"
+            pd = (e.get("paired") or {}).get(k)
+            if has_paired:
+                diff += " | " + ("" if pd is None else f"{pd['diff']:+.2f} ± {pd['se']:.2f}")
             per_seed = ", ".join(f"{t:.2f}" for t in st["seeds"])
             lines.append(f"| {e['budget']} | {name} | {per_seed} | {st['mean']:.2f} ± {st['se']:.2f} | {diff} | "
                          f"{int(np.mean([r['macs'] for r in rows])):,} | "
@@ -338,6 +460,16 @@ def markdown(doc: dict) -> str:
                          f"{np.mean([r.get('latency_vs_dense', float('nan')) for r in rows]):.2f} | "
                          f"{'yes' if all(met) else ('-' if all(m is None for m in met) else 'NO')} |")
     lines += ["", f"Total {doc['seconds_total'] / 60:.0f} min; load average {doc['load']}.", ""]
+    if doc.get("merged_from"):
+        lines += ["Merged from the runs of: " + "; ".join(f"`{m['command']}` (commit "
+                                                          f"{(m.get('provenance') or {}).get('git_commit', '?')[:7]})"
+                                                          for m in doc["merged_from"]), ""]
+    if has_paired:
+        lines += ["Paired: the same comparison seed by seed on the same 10k test images (`--paired`): per seed the "
+                  "difference of accuracies with its McNemar standard error (from the images only one of the two "
+                  "models gets right); over seeds the mean, with the larger of the combined SE and half the spread "
+                  "of the per-seed differences. The unpaired column treats the two arms' test errors as "
+                  "independent, which overstates the noise of a difference measured on the same images.", ""]
     lines += [f"- {n}" for n in doc["notes"]]
     lines.append("- Budget met: for searched and uniform, the prune step's own check (`OUT/budget.json`); for the "
                  "baselines, the same test on this benchmark's measurement. A width row marked NO: no width "

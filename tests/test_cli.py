@@ -142,8 +142,9 @@ def test_train_reinit_trains_a_pruned_architecture_from_scratch(shrunk_model_dir
     new = load_file(tmp_path / "r" / "model" / "model.safetensors")
     assert {k: v.shape for k, v in new.items()} == {k: v.shape for k, v in old.items()}
     assert not any(torch.equal(new[k], old[k]) for k in new if k.endswith("conv.weight"))
-    doc = json.loads((tmp_path / "r" / "model" / "model.json").read_text())
-    assert doc["extra"]["reinitialised_from"] == str(shrunk_model_dir)
+    from prunekit import load
+
+    assert load(tmp_path / "r" / "model").spec.extra["reinitialised_from"] == str(shrunk_model_dir)
     rc, out, err = run_cli("train", "--init", shrunk_model_dir, "--epochs", "0", "--data", "bundled",
                            "--out", tmp_path / "k")  # without --reinit: the weights as they were
     kept = load_file(tmp_path / "k" / "model" / "model.safetensors")

@@ -85,7 +85,7 @@ class ModelSpec:
 
 _TOP_KEYS = {"format", "schema_version", "prunekit_version", "arch", "kwargs", "input", "class_names",
              "layers", "tensors", "stats", "extra"}
-_EXTRA_KEYS = {"pruning", "history", "metrics", "source"}
+_EXTRA_KEYS = {"pruning", "history", "metrics", "source", "reinitialised_from"}
 
 
 def _check_keys(where: str, d: Any, allowed: set[str]) -> None:
