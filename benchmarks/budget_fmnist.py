@@ -138,7 +138,7 @@ def arm_model_dir(work: Path, budget: str, name: str, seed: int, width: float | 
     return work / f"{tag}_{name}_s{seed}" / "ft" / "model"
 
 
-def test_correct(model_dir: Path, bundle) -> np.ndarray:
+def correct_on_test(model_dir: Path, bundle) -> np.ndarray:
     """Per test image: is the model's top-1 right (the same 10k images for every arm)."""
     from prunekit.data.bundle import iterate_batches
     from prunekit.saved import load
@@ -160,7 +160,7 @@ def paired(entries: list[dict], work: Path, bundle) -> None:
 
     def correct(d: Path) -> np.ndarray:
         if d not in cache:
-            cache[d] = test_correct(d, bundle)
+            cache[d] = correct_on_test(d, bundle)
         return cache[d]
 
     for e in entries:
@@ -175,8 +175,10 @@ def paired(entries: list[dict], work: Path, bundle) -> None:
             for r in rows:
                 a_dir = arm_model_dir(work, e["budget"], base, r["seed"], e.get("width"))
                 b_dir = arm_model_dir(work, e["budget"], k, r["seed"], e.get("width"))
-                if not (a_dir / "model.json").is_file() or not (b_dir / "model.json").is_file():
-                    continue
+                missing = [d for d in (a_dir, b_dir) if not (d / "model.json").is_file()]
+                if missing:
+                    raise SystemExit(f"--paired: no saved model at {missing[0]} (the run's work directory; same "
+                                     "--quick/--split/--distill as the run?)")
                 a, b = correct(a_dir), correct(b_dir)
                 base_row = next((x for x in e["methods"][base] if x["seed"] == r["seed"]), None)
                 for arr, row, d in ((a, base_row, a_dir), (b, r, b_dir)):  # the saved model is the one measured
@@ -364,7 +366,8 @@ def paired_main(args, mode: str, c: dict) -> int:
     if len({json.dumps(d["config"], sort_keys=True) for d in docs}) != 1:
         raise SystemExit("--paired: the result files come from different setups (config differs)")
     doc = merge(docs) if len(docs) > 1 else docs[0]
-    work = C.WORK / f"budget_fmnist_{mode}{_split_tag(args)}"
+    work = C.WORK / (f"budget_fmnist_{mode}{_split_tag(args)}"
+                     + (f"_distill{round(args.distill * 100)}" if args.distill else ""))  # as main() names it
     bundle = C.load_fmnist(args.data_dir, c["train_subset"])
     _summarise(doc["results"])
     paired(doc["results"], work, bundle)
