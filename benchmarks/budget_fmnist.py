@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                     "pruned arms' prune and fine-tune stages (default 0: none)")
     ap.add_argument("--split", help="dense,prune,fine-tune epochs instead of the mode's (e.g. 1,1,3: prune early, "
                     "fine-tune longer); the scratch baselines train their sum")
+    ap.add_argument("--global-floor", type=float, default=None, help="prune.global_floor of the global arm "
+                    "(default: the library's)")
     ap.add_argument("--methods", default=",".join(METHODS), help="arms to run (default all: %(default)s); "
                     "differences are taken against searched, or the first arm run")
     ap.add_argument("--paired", nargs="+", metavar="JSON", help="no training: read these result files of one setup "
@@ -311,10 +313,13 @@ def main(argv: list[str] | None = None) -> int:
                 for name, arm in arms.items():
                     t0 = time.perf_counter()
                     tag = f"{budget.replace('=', '_')}_{name}"
+                    if name == "global" and args.global_floor is not None:
+                        tag += f"_floor{args.global_floor:g}"
                     if name == "global":
                         frac = plan.target / dense_cost
-                        gcfg = run_config(c, seed, None, {"prune": {"scope": "global", "target": "macs",
-                                                                     "final_sparsity": round(1 - frac, 4)}})
+                        gcfg = run_config(c, seed, None, {"prune": {
+                            "scope": "global", "target": "macs", "final_sparsity": round(1 - frac, 4),
+                            **({} if args.global_floor is None else {"global_floor": args.global_floor})}})
                         pr = steps.prune(gcfg, dense_dir / "model", work / f"{tag}_s{seed}" / "prune", data=bundle,
                                          ctx=ctx, log=C.log)
                     else:
