@@ -128,9 +128,12 @@ def width_for(kind: str, target: float, c: dict, cache: dict) -> float:
     return lo
 
 
-def arm_model_dir(work: Path, budget: str, name: str, seed: int, width: float | None) -> Path:
+def arm_model_dir(work: Path, budget: str, name: str, seed: int, width: float | None,
+                  global_floor: float | None = None) -> Path:
     """Where an arm's final model is (the naming the runs above use)."""
     tag = budget.replace("=", "_")
+    if name == "global" and global_floor is not None:
+        name += f"_floor{global_floor:g}"
     if name == "width":
         return work / f"width{width}_s{seed}" / "model"
     if name in SCRATCH:
@@ -151,7 +154,7 @@ def correct_on_test(model_dir: Path, bundle) -> np.ndarray:
     return np.concatenate(out)
 
 
-def paired(entries: list[dict], work: Path, bundle) -> None:
+def paired(entries: list[dict], work: Path, bundle, global_floor: float | None = None) -> None:
     """Seed-matched differences against the entry's base arm, on the same test images: per seed the difference
     of accuracies with its paired (McNemar) standard error, sqrt(b + c - (b - c)^2 / n) / n for b, c the images
     only one of the two gets right; over seeds the mean, and an SE that is the larger of the combined paired SE
@@ -173,8 +176,8 @@ def paired(entries: list[dict], work: Path, bundle) -> None:
                 continue
             per = []
             for r in rows:
-                a_dir = arm_model_dir(work, e["budget"], base, r["seed"], e.get("width"))
-                b_dir = arm_model_dir(work, e["budget"], k, r["seed"], e.get("width"))
+                a_dir = arm_model_dir(work, e["budget"], base, r["seed"], e.get("width"), global_floor)
+                b_dir = arm_model_dir(work, e["budget"], k, r["seed"], e.get("width"), global_floor)
                 missing = [d for d in (a_dir, b_dir) if not (d / "model.json").is_file()]
                 if missing:
                     raise SystemExit(f"--paired: no saved model at {missing[0]} (the run's work directory; same "
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     c = dict(MODES[mode])
     c["distill"] = args.distill
+    if args.global_floor is not None:
+        c["global_floor"] = args.global_floor
     if args.split:
         try:
             c["dense_epochs"], c["prune_epochs"], c["finetune_epochs"] = (float(v) for v in args.split.split(","))
@@ -375,7 +380,7 @@ def paired_main(args, mode: str, c: dict) -> int:
                      + (f"_distill{round(args.distill * 100)}" if args.distill else ""))  # as main() names it
     bundle = C.load_fmnist(args.data_dir, c["train_subset"])
     _summarise(doc["results"])
-    paired(doc["results"], work, bundle)
+    paired(doc["results"], work, bundle, doc["config"].get("global_floor"))
     doc["paired_command"] = C.command_line()
     prefix = Path(args.out) if args.out else Path(args.paired[0]).with_name(Path(args.paired[0]).stem + "_paired")
     j, m = C.write_results(prefix, doc, markdown(doc))
