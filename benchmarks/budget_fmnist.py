@@ -442,6 +442,8 @@ def markdown(doc: dict) -> str:
              f"scratch. Seeds {doc['seeds']}."
              + (f" The pruned arms distil from the dense model (weight {c['distill']:g}) while pruning and "
                 "fine-tuning; the scratch baselines have no teacher." if c.get("distill") else "")
+             + (f" The global arm uses prune.global_floor {c['global_floor']:g}." if c.get("global_floor") is not None
+                else "")
              + f" Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
              f"| budget | method | top-1 per seed | mean ± SE | {_base(doc)} − method (± SE) |"
              + (" paired (± SE) |" if has_paired else "")
