@@ -68,7 +68,7 @@ def run_config(c: dict, seed: int, budget: str | None = None, extra: dict | None
          "prune": {"epochs": c["prune_epochs"], "budget": budget, "budget_batch": LATENCY_BATCH,
                    "search_candidates": c["candidates"], "round_to": 8, "schedule": {"end_epoch": 0.6 *
                                                                                       c["prune_epochs"]}},
-         "finetune": {"epochs": c["finetune_epochs"]}}
+         "finetune": {"epochs": c["finetune_epochs"], **({"lr": c["finetune_lr"]} if c.get("finetune_lr") else {})}}
     if c.get("distill"):  # the pruned arms learn from the dense model too (the scratch baselines have none)
         d["prune"]["distill"] = d["finetune"]["distill"] = c["distill"]
     for k, v in (extra or {}).items():
@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                     "pruned arms' prune and fine-tune stages (default 0: none)")
     ap.add_argument("--split", help="dense,prune,fine-tune epochs instead of the mode's (e.g. 1,1,3: prune early, "
                     "fine-tune longer); the scratch baselines train their sum")
+    ap.add_argument("--finetune-lr", type=float, default=None, help="the pruned arms' fine-tuning learning rate "
+                    "(default: the library's, train.lr / 2)")
     ap.add_argument("--global-floor", type=float, default=None, help="prune.global_floor of the global arm "
                     "(default: the library's)")
     ap.add_argument("--methods", default=",".join(METHODS), help="arms to run (default all: %(default)s); "
@@ -257,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     c["distill"] = args.distill
     if args.global_floor is not None:
         c["global_floor"] = args.global_floor
+    if args.finetune_lr is not None:
+        c["finetune_lr"] = args.finetune_lr
     if args.split:
         try:
             c["dense_epochs"], c["prune_epochs"], c["finetune_epochs"] = (float(v) for v in args.split.split(","))
@@ -389,7 +393,8 @@ def paired_main(args, mode: str, c: dict) -> int:
 
 
 def _split_tag(args) -> str:
-    return "_split" + "-".join(f"{float(v):g}" for v in args.split.split(",")) if args.split else ""
+    tag = "_split" + "-".join(f"{float(v):g}" for v in args.split.split(",")) if args.split else ""
+    return tag + (f"_ftlr{args.finetune_lr:g}" if getattr(args, "finetune_lr", None) else "")
 
 
 def _prefix(args, mode: str) -> Path:
@@ -444,6 +449,7 @@ def markdown(doc: dict) -> str:
                 "fine-tuning; the scratch baselines have no teacher." if c.get("distill") else "")
              + (f" The global arm uses prune.global_floor {c['global_floor']:g}." if c.get("global_floor") is not None
                 else "")
+             + (f" Fine-tuning learning rate {c['finetune_lr']:g}." if c.get("finetune_lr") else "")
              + f" Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
              f"| budget | method | top-1 per seed | mean ± SE | {_base(doc)} − method (± SE) |"
              + (" paired (± SE) |" if has_paired else "")
