@@ -242,7 +242,9 @@ def write_results(prefix: Path, doc: dict, markdown: str) -> tuple[Path, Path]:
     from prunekit.io import write_json, write_text
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    j, m = prefix.with_suffix(".json"), prefix.with_suffix(".md")
+    if prefix.suffix in (".json", ".md"):
+        prefix = prefix.with_suffix("")
+    j, m = prefix.with_name(prefix.name + ".json"), prefix.with_name(prefix.name + ".md")  # "x_lr0.1" keeps its dot
     write_json(j, doc)
     write_text(m, markdown)
     return j, m
