@@ -84,7 +84,7 @@ def measure(model, shape) -> dict[str, Any]:
     ratio to it and on the dense model's first measurement's scale (ratio x that), so the machine's drift
     between arms cancels."""
     from prunekit.cost import profile
-    from prunekit.inference.latency import Timer, measure_models
+    from prunekit.inference.latency import Timer, measure_models, measure_ratio
 
     p = profile(model, shape)
     timer = Timer("onnxruntime-fp32", LATENCY_BATCH, torch.get_num_threads()).careful()
@@ -92,19 +92,19 @@ def measure(model, shape) -> dict[str, Any]:
         REFERENCE["model"] = model
         REFERENCE["ms"] = measure_models([model], shape, timer)[0]
         return {"params": p.params, "macs": p.macs, "latency_ms_b32": REFERENCE["ms"], "latency_vs_dense": 1.0}
-    ms, dense_ms = measure_models([model, REFERENCE["model"]], shape, timer)
-    return {"params": p.params, "macs": p.macs, "latency_ms_b32": ms / dense_ms * REFERENCE["ms"],
-            "latency_vs_dense": ms / dense_ms, "latency_ms_b32_raw": ms, "dense_ms_b32_raw": dense_ms}
+    r = measure_ratio(model, REFERENCE["model"], shape, timer)  # one interleaved pass, as the library's checks
+    return {"params": p.params, "macs": p.macs, "latency_ms_b32": r["ratio"] * REFERENCE["ms"],
+            "latency_vs_dense": r["ratio"], "latency_ms_b32_raw": r["model_ms"], "dense_ms_b32_raw": r["dense_ms"]}
 
 
-def finish(name, seed, pruned_dir, cfg, bundle, work, t0, dense_dir) -> dict[str, Any]:
+def finish(run: Path, pruned_dir, cfg, bundle, t0, dense_dir) -> dict[str, Any]:
     """surgery -> fine-tune -> test top-1 and costs."""
     from prunekit import steps
     from prunekit.saved import load
 
-    s = steps.surgery(pruned_dir, work / f"{name}_s{seed}" / "shrunk")
+    s = steps.surgery(pruned_dir, run / "shrunk")
     teacher = load(dense_dir / "model").model.eval() if cfg.finetune.distill > 0 else None
-    ft = steps.finetune(cfg, s.model_dir, work / f"{name}_s{seed}" / "ft", data=bundle, log=C.log, teacher=teacher)
+    ft = steps.finetune(cfg, s.model_dir, run / "ft", data=bundle, log=C.log, teacher=teacher)
     model = load(ft.model_dir).model
     return {"top1": ft.test["top1"], "n": ft.test["n"], **measure(model, (1, 28, 28)),
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -128,17 +128,21 @@ def width_for(kind: str, target: float, c: dict, cache: dict) -> float:
     return lo
 
 
+def arm_dir(work: Path, budget: str, name: str, seed: int, global_floor: float | None = None) -> Path:
+    """A pruned arm's run directory (prune/, shrunk/, ft/; the from-scratch arms train its shrunk architecture
+    in from_scratch/)."""
+    floor = f"_floor{global_floor:g}" if name == "global" and global_floor is not None else ""
+    return work / f"{budget.replace('=', '_')}_{name}{floor}_s{seed}"
+
+
 def arm_model_dir(work: Path, budget: str, name: str, seed: int, width: float | None,
                   global_floor: float | None = None) -> Path:
-    """Where an arm's final model is (the naming the runs above use)."""
-    tag = budget.replace("=", "_")
-    if name == "global" and global_floor is not None:
-        name += f"_floor{global_floor:g}"
+    """Where an arm's final model is."""
     if name == "width":
         return work / f"width{width}_s{seed}" / "model"
     if name in SCRATCH:
-        return work / f"{tag}_{SCRATCH[name]}_s{seed}" / "from_scratch" / "model"
-    return work / f"{tag}_{name}_s{seed}" / "ft" / "model"
+        return arm_dir(work, budget, SCRATCH[name], seed) / "from_scratch" / "model"
+    return arm_dir(work, budget, name, seed, global_floor) / "ft" / "model"
 
 
 def correct_on_test(model_dir: Path, bundle) -> np.ndarray:
@@ -279,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device("auto")
     ctx = DistContext(device=device)
     env = C.environment(device)
-    work = C.WORK / f"budget_fmnist_{mode}{_split_tag(args)}"
-    dense_dir = work / "dense"  # shared by the --distill variant, whose arms run in their own directory
-    if args.distill:
-        work = C.WORK / f"budget_fmnist_{mode}{_split_tag(args)}_distill{round(args.distill * 100)}"
+    work, dense_dir = _work_dirs(args, mode)
     t_all = time.perf_counter()
     bundle = C.load_fmnist(args.data_dir, c["train_subset"])
     with C.LoadSampler() as ls:
@@ -321,34 +322,32 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 for name, arm in arms.items():
                     t0 = time.perf_counter()
-                    tag = f"{budget.replace('=', '_')}_{name}"
-                    if name == "global" and args.global_floor is not None:
-                        tag += f"_floor{args.global_floor:g}"
+                    run = arm_dir(work, budget, name, seed, args.global_floor)
                     if name == "global":
                         frac = plan.target / dense_cost
                         gcfg = run_config(c, seed, None, {"prune": {
                             "scope": "global", "target": "macs", "final_sparsity": round(1 - frac, 4),
                             **({} if args.global_floor is None else {"global_floor": args.global_floor})}})
-                        pr = steps.prune(gcfg, dense_dir / "model", work / f"{tag}_s{seed}" / "prune", data=bundle,
+                        pr = steps.prune(gcfg, dense_dir / "model", run / "prune", data=bundle,
                                          ctx=ctx, log=C.log)
                     else:
                         scfg = run_config(c, seed, budget)
-                        pr = steps.prune(scfg, dense_dir / "model", work / f"{tag}_s{seed}" / "prune", data=bundle,
+                        pr = steps.prune(scfg, dense_dir / "model", run / "prune", data=bundle,
                                          ctx=ctx, log=C.log, plan=arm)
-                    rec = finish(tag, seed, pr.model_dir, run_config(c, seed, budget), bundle, work, t0, dense_dir)
+                    rec = finish(run, pr.model_dir, run_config(c, seed, budget), bundle, t0, dense_dir)
                     rec["budget_check"] = {k: (pr.budget or {}).get(k) for k in ("predicted", "measured", "met")}
                     entry["methods"].setdefault(name, []).append({"seed": seed, **rec})
                     C.log(f"{budget} {name} seed {seed}: top-1 {rec['top1']:.2f}% MACs {rec['macs']:,} "
                           f"latency {rec['latency_ms_b32']:.2f} ms")
                 for name in [m for m in methods if m in SCRATCH]:  # a pruned arm's architecture, from scratch
                     t0 = time.perf_counter()
-                    tag = f"{budget.replace('=', '_')}_{SCRATCH[name]}"
-                    shrunk = work / f"{tag}_s{seed}" / "shrunk"
+                    run = arm_dir(work, budget, SCRATCH[name], seed)
+                    shrunk = run / "shrunk"
                     if not (shrunk / "model.json").is_file():
                         ap.error(f"{name} trains {SCRATCH[name]}'s architecture: run {SCRATCH[name]} first ({shrunk})")
                     ncfg = run_config(c, seed, None, {"model": {"reinit": True}, "train": {  # `prunekit train --reinit`
                         "epochs": c["dense_epochs"] + c["prune_epochs"] + c["finetune_epochs"]}})
-                    tr = steps.train(ncfg, work / f"{tag}_s{seed}" / "from_scratch", init=shrunk, data=bundle, ctx=ctx,
+                    tr = steps.train(ncfg, run / "from_scratch", init=shrunk, data=bundle, ctx=ctx,
                                      log=C.log)
                     m = load(tr.model_dir).model
                     entry["methods"].setdefault(name, []).append(
@@ -380,8 +379,7 @@ def paired_main(args, mode: str, c: dict) -> int:
     if len({json.dumps(d["config"], sort_keys=True) for d in docs}) != 1:
         raise SystemExit("--paired: the result files come from different setups (config differs)")
     doc = merge(docs) if len(docs) > 1 else docs[0]
-    work = C.WORK / (f"budget_fmnist_{mode}{_split_tag(args)}"
-                     + (f"_distill{round(args.distill * 100)}" if args.distill else ""))  # as main() names it
+    work, _ = _work_dirs(args, mode)
     bundle = C.load_fmnist(args.data_dir, c["train_subset"])
     _summarise(doc["results"])
     paired(doc["results"], work, bundle, doc["config"].get("global_floor"))
@@ -392,15 +390,24 @@ def paired_main(args, mode: str, c: dict) -> int:
     return 0
 
 
-def _split_tag(args) -> str:
+def _variant(args, distill: bool = True) -> str:
+    """The name suffix of a variant of the setup (split, fine-tuning LR, distillation)."""
     tag = "_split" + "-".join(f"{float(v):g}" for v in args.split.split(",")) if args.split else ""
-    return tag + (f"_ftlr{args.finetune_lr:g}" if getattr(args, "finetune_lr", None) else "")
+    tag += f"_ftlr{args.finetune_lr:g}" if args.finetune_lr else ""
+    return tag + (f"_distill{round(args.distill * 100)}" if distill and args.distill else "")
+
+
+def _work_dirs(args, mode: str) -> tuple[Path, Path]:
+    """(the arms' work directory, the dense model's directory): a --distill variant runs its arms in their own
+    directory from the same dense model."""
+    dense_work = C.WORK / f"budget_fmnist_{mode}{_variant(args, distill=False)}"
+    return C.WORK / f"budget_fmnist_{mode}{_variant(args)}", dense_work / "dense"
 
 
 def _prefix(args, mode: str) -> Path:
     if args.out:
         return Path(args.out)
-    suffix = _split_tag(args) + (f"_distill{round(args.distill * 100)}" if args.distill else "")
+    suffix = _variant(args)
     return (C.WORK if mode == "smoke" else C.RESULTS) / (("budget_fmnist" if mode == "full" else
                                                           f"budget_fmnist_{mode}") + suffix)
 
