@@ -116,7 +116,12 @@ def width_for(kind: str, target: float, c: dict, cache: dict) -> float:
     def cost(w: float) -> float:
         if (kind, w) not in cache:
             m = C.mobilenet(w, 0).eval()
-            cache[(kind, w)] = measure(m, (1, 28, 28))["macs" if kind == "macs" else "latency_vs_dense"]
+            if kind == "macs":  # counted: no need to time it
+                from prunekit.cost import profile
+
+                cache[(kind, w)] = profile(m, (1, 28, 28)).macs
+            else:
+                cache[(kind, w)] = measure(m, (1, 28, 28))["latency_vs_dense"]
         return cache[(kind, w)]
 
     lo, hi = 0.05, c["width"]
@@ -150,11 +155,12 @@ def correct_on_test(model_dir: Path, bundle) -> np.ndarray:
     from prunekit.data.bundle import iterate_batches
     from prunekit.saved import load
 
-    model = load(model_dir).model.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load(model_dir).model.eval().to(device)
     out = []
     with torch.inference_mode():
         for x, y in iterate_batches(bundle, "test", 1000, train=False):
-            out.append((model(x).argmax(1) == y).numpy())
+            out.append((model(x.to(device)).argmax(1).cpu() == y).numpy())
     return np.concatenate(out)
 
 
@@ -254,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(merged), evaluate every arm's saved model on the test set, add seed-matched paired differences "
                     "and write --out")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--show-dirs", action="store_true", help="print the arms' work directory and the dense model's "
+                    "directory for these options, and exit (for scripts that run budgets side by side)")
     args = ap.parse_args(argv)
     methods = args.methods.split(",")
     if not methods or set(methods) - set(METHODS):
@@ -270,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             c["dense_epochs"], c["prune_epochs"], c["finetune_epochs"] = (float(v) for v in args.split.split(","))
         except ValueError:
             ap.error(f"--split wants three numbers D,P,F, got {args.split!r}")
+    if args.show_dirs:
+        print("\n".join(str(d) for d in _work_dirs(args, mode)))
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = args.budgets.split(",")
     C.setup_threads(args.threads or None)
@@ -314,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"budget": budget, "target": plan.target, "dense_cost": dense_cost, "plan_seconds": plan_s,
                      "predicted": plan.allocation.cost, "allocation": plan.allocation.to_dict(),
                      "uniform_allocation": plan.uniform.to_dict(), "width": w, "methods": {}}
+            results.append(entry)
+
+            def save_partial() -> None:  # after every arm: a run stopped by a time box keeps what finished
+                doc = _doc(c, env, dense_info, results, ls, t_all, seeds, partial=True)
+                C.write_results(_prefix(args, mode), doc, markdown(doc))
             arms = {"searched": plan, "uniform": copy.copy(plan)}
             arms["uniform"].allocation = plan.uniform
             if budget.startswith("macs"):
@@ -339,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry["methods"].setdefault(name, []).append({"seed": seed, **rec})
                     C.log(f"{budget} {name} seed {seed}: top-1 {rec['top1']:.2f}% MACs {rec['macs']:,} "
                           f"latency {rec['latency_ms_b32']:.2f} ms")
+                    save_partial()
                 for name in [m for m in methods if m in SCRATCH]:  # a pruned arm's architecture, from scratch
                     t0 = time.perf_counter()
                     run = arm_dir(work, budget, SCRATCH[name], seed)
@@ -354,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                         {"seed": seed, "top1": tr.test["top1"], "n": tr.test["n"], **measure(m, (1, 28, 28)),
                          "seconds": round(time.perf_counter() - t0, 1)})
                     C.log(f"{budget} {name} seed {seed}: top-1 {tr.test['top1']:.2f}%")
+                    save_partial()
                 if "width" not in methods:
                     continue
                 t0 = time.perf_counter()
@@ -364,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["methods"].setdefault("width", []).append(
                     {"seed": seed, "top1": tr.test["top1"], "n": tr.test["n"], **measure(m, (1, 28, 28)),
                      "seconds": round(time.perf_counter() - t0, 1)})
-            results.append(entry)
-            C.write_results(_prefix(args, mode), _doc(c, env, dense_info, results, ls, t_all, seeds, partial=True), "")
+                save_partial()
     doc = _doc(c, env, dense_info, results, ls, t_all, seeds)
     j, m = C.write_results(_prefix(args, mode), doc, markdown(doc))
     C.log(f"wrote {j} and {m}")
