@@ -86,3 +86,61 @@ def test_bench_errors(tmp_path, tiny_model_dir):
     assert rc == 2 and "not found" in se
     rc, so, se = run_cli("bench", "--model", tiny_model_dir, "--batch", "0,4")
     assert rc == 2 and "--batch" in se
+
+
+class _Live:
+    """A stand-in for a loaded runtime that counts how many are alive at once."""
+
+    alive = peak = 0
+    log: list[str] = []
+
+    def __init__(self, name):
+        self.name = name
+        _Live.alive += 1
+        _Live.peak = max(_Live.peak, _Live.alive)
+        _Live.log.append(name)
+
+    def __del__(self):
+        _Live.alive -= 1
+
+    def run(self):
+        assert _Live.alive == 1, "another runtime is alive while this one is timed"
+
+
+def _factory(name):
+    def load():
+        rt = _Live(name)
+        return rt.run
+
+    return load
+
+
+def test_alternating_timing_keeps_one_runtime_alive_at_a_time():
+    """ONNX Runtime's idle sessions spin and take the timed session's cores: only one may be alive at a time,
+    every round loads each in turn (order reversed every other round) and every run is timed."""
+    from prunekit.inference.bench import time_alternating
+
+    _Live.alive = _Live.peak = 0
+    _Live.log = []
+    times = time_alternating({"a": _factory("a"), "b": _factory("b")}, warmup=1, repeats=9, max_seconds=5.0)
+    assert _Live.peak == 1 and _Live.alive == 0
+    assert _Live.log == ["a", "b", "b", "a", "a", "b"]  # 3 rounds, alternating order
+    assert {k: len(v) for k, v in times.items()} == {"a": 9, "b": 9}
+
+
+def test_latency_timer_times_whole_models_one_session_at_a_time():
+    """The budget check's interleaved timing (Timer.interleaved_ms) loads one model at a time, too."""
+    from prunekit.inference.latency import Timer
+
+    class Fake(Timer):
+        def factory(self, module, example):
+            return _factory(str(module))
+
+        def _round(self, run):
+            run()
+            return {"dense": 2.0, "small": 1.0}[_Live.log[-1]]
+
+    _Live.alive = _Live.peak = 0
+    _Live.log = []
+    got = Fake("onnxruntime-fp32", 1, 1).interleaved_ms(["dense", "small"], None)
+    assert got == [2.0, 1.0] and _Live.peak == 1 and len(_Live.log) == 6

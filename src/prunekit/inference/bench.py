@@ -8,7 +8,8 @@ Fashion-MNIST training images when the model takes 1x28x28 Fashion-MNIST input, 
 of the right shape (calibration quality does not change speed or size). A masked model is benchmarked in its
 shrunk form (what export deploys). Timing: warm-up runs, then ``repeats`` timed runs per batch size (capped
 by ``max_seconds``), with ``torch.set_num_threads(N)`` and ORT ``intra_op_num_threads=N``; ONNX Runtime fp32
-and int8 are timed in alternating rounds (their ratio is what the int8 decision rests on). int8 settings
+and int8 are timed in alternating rounds, one session alive at a time (their ratio is what the int8 decision
+rests on; idle sessions' spinning threads would take the timed one's cores). int8 settings
 suit this machine's CPU (:mod:`prunekit.deploy.cpu`), as ``prunekit quantize`` chooses them by default.
 """
 
@@ -114,6 +115,40 @@ def time_runs(fn: Callable[[], Any], warmup: int, repeats: int, max_seconds: flo
     return np.asarray(times)
 
 
+def alternating_rounds(factories: Sequence[Callable[[], Callable[[], Any]]], rounds: int,
+                       measure: Callable[[Callable[[], Any], int], Any]) -> list[list[Any]]:
+    """``rounds`` rounds; each loads every runtime in turn (``factories[i]()`` returns its run function; order
+    reversed every other round), measures it (``measure(run, round)``) and lets it go before the next is loaded.
+    Returns per factory the measurements of every round."""
+    import gc
+
+    out: list[list[Any]] = [[] for _ in factories]
+    order = list(range(len(factories)))
+    for r in range(rounds):
+        for i in order if r % 2 == 0 else order[::-1]:
+            run = factories[i]()
+            out[i].append(measure(run, r))
+            del run
+            gc.collect()  # the session's thread pool goes with it, before the next one is timed
+    return out
+
+
+def time_alternating(factories: dict[str, Callable[[], Callable[[], Any]]], warmup: int, repeats: int,
+                     max_seconds: float, rounds: int = 3) -> dict[str, np.ndarray]:
+    """Per-run wall times (s) of several ONNX Runtime models, timed in alternating rounds with one session
+    alive at a time: ``factories[k]()`` loads one and returns its run function; each round times a block of
+    ``repeats / rounds`` runs of each in turn (``repeats`` in all, within ``max_seconds``). ONNX Runtime's idle
+    thread pools spin (``session.intra_op.allow_spinning``, on by default) and take the cores of the session
+    being timed on a machine with few of them (benchmarks/results/ort_live_sessions.md)."""
+    rounds = max(1, min(rounds, repeats))
+    per = [repeats // rounds + (r < repeats % rounds) for r in range(rounds)]  # ``repeats`` runs in all
+    box = max_seconds / (rounds * max(1, len(factories)))
+    keys = list(factories)
+    got = alternating_rounds([factories[k] for k in keys], rounds,
+                             lambda run, r: time_runs(run, warmup, per[r], box))
+    return {k: np.concatenate(t) for k, t in zip(keys, got, strict=True)}
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int,
                      max_seconds: float) -> dict[str, np.ndarray]:
     """Per-run wall times (s) of several functions timed in alternating rounds (order reversed every other
@@ -137,22 +172,33 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: in
 
 def compare_onnx(files: dict[str, str | os.PathLike], batches: Sequence[int] = (1, 32), threads: int | None = None,
                  repeats: int = 50, warmup: int = 5, max_seconds: float = 20.0) -> dict[str, dict[str, Any]]:
-    """Latency/throughput of ONNX files on this machine, timed interleaved: ``{label: {str(batch): stats}}``.
+    """Latency/throughput of ONNX files on this machine, timed in alternating rounds, one session alive at a
+    time (:func:`time_alternating`): ``{label: {str(batch): stats}}``.
 
     Every file gets the same random input; each batch size is timed for at most ``max_seconds``."""
     from .runtime import load_onnx
 
-    rts = {k: load_onnx(p, threads) for k, p in files.items()}
-    shape = next(iter(rts.values())).input_shape
+    shape = load_onnx(next(iter(files.values())), threads).input_shape
     g = np.random.default_rng(0)
-    out: dict[str, dict[str, Any]] = {k: {} for k in rts}
+    out: dict[str, dict[str, Any]] = {k: {} for k in files}
     for b in batches:
         x = g.standard_normal((b, *shape)).astype(np.float32)
-        times = time_interleaved({k: (lambda rt=rt, x=x: rt.predict_logits(x)) for k, rt in rts.items()}, warmup, repeats,
+        times = time_alternating({k: _onnx_runner(p, threads, x) for k, p in files.items()}, warmup, repeats,
                                  max_seconds)
         for k, t in times.items():
             out[k][str(b)] = stats(t, b)
     return out
+
+
+def _onnx_runner(path: str | os.PathLike, threads: int | None, x: np.ndarray) -> Callable[[], Callable[[], Any]]:
+    """Loads the ONNX file (a fresh session) and returns one call of it on ``x``."""
+    from .runtime import load_onnx
+
+    def load() -> Callable[[], Any]:
+        rt = load_onnx(path, threads)
+        return lambda: rt.predict_logits(x)
+
+    return load
 
 
 def stats(times: np.ndarray, batch: int) -> dict[str, Any]:
@@ -259,21 +305,25 @@ def bench_model(directory: str | os.PathLike, s: BenchSettings, log: Callable[[s
 
     torch_rt = TorchRuntime(Path(directory), prep["meta"], prep["model"].eval(), "pytorch")
     torch_rt.activations = activations(prep["model"], prep["meta"].input_shape)
-    runtimes = {"pytorch_fp32": torch_rt,
-                "ort_fp32": load_onnx(prep["files"]["onnx_fp32"], threads),
-                "ort_int8": load_onnx(prep["files"]["onnx_int8"], threads)}
-    for rt in runtimes.values():  # the largest batch must fit in every runtime, before any timing
-        rt.check_memory(max(s.batches), "bench")
+    onnx = {"ort_fp32": prep["files"]["onnx_fp32"], "ort_int8": prep["files"]["onnx_int8"]}
+    torch_rt.check_memory(max(s.batches), "bench")  # the largest batch must fit in every runtime, before any timing
+    for f in onnx.values():
+        load_onnx(f, threads).check_memory(max(s.batches), "bench")
     g = np.random.default_rng(0)
     inputs = {b: g.standard_normal((b, *prep["meta"].input_shape)).astype(np.float32) for b in s.batches}
-    results: dict[str, Any] = {name: {} for name in runtimes}
-    # PyTorch alone; the two ONNX Runtime models interleaved, so that their ratio is fair on a shared machine
-    for group in (("pytorch_fp32",), ("ort_fp32", "ort_int8")):
+    results: dict[str, Any] = {name: {} for name in ("pytorch_fp32", *onnx)}
+    # PyTorch alone; the two ONNX Runtime models in alternating rounds, one session alive at a time, so that
+    # their ratio is fair on a shared machine
+    for group in (("pytorch_fp32",), tuple(onnx)):
         if log:
             log(f"timing {prep['name']}: {', '.join(RUNTIME_LABELS[n] for n in group)} ...")
         for b, x in inputs.items():
-            times = time_interleaved({n: (lambda rt=runtimes[n], x=x: rt.predict_logits(x)) for n in group},
-                                     s.warmup, s.repeats, s.max_seconds)
+            if group == ("pytorch_fp32",):
+                times = time_interleaved({"pytorch_fp32": lambda x=x: torch_rt.predict_logits(x)}, s.warmup,
+                                         s.repeats, s.max_seconds)
+            else:
+                times = time_alternating({n: _onnx_runner(onnx[n], threads, x) for n in group}, s.warmup,
+                                         s.repeats, s.max_seconds)
             for n, t in times.items():
                 results[n][str(b)] = stats(t, b)
     if prep["cache_temporary"]:

@@ -186,6 +186,11 @@ class Timer:
 
     def runner(self, module: nn.Module, example: torch.Tensor) -> Callable[[], Any]:
         """One call of ``module`` on ``example`` on this runtime (exported and loaded once)."""
+        return self.factory(module, example)()
+
+    def factory(self, module: nn.Module, example: torch.Tensor) -> Callable[[], Callable[[], Any]]:
+        """A function that loads ``module`` on this runtime (exported once, here) and returns one call of it: an
+        ONNX Runtime session lives only as long as the call it returns (see :func:`bench.time_alternating`)."""
         module = module.eval().cpu()
         if self.runtime == "pytorch":
             def run() -> Any:
@@ -197,15 +202,19 @@ class Timer:
                 finally:
                     torch.set_num_threads(old)
 
-            return run
+            return lambda: run
         from ..deploy.onnx import ort_session
 
         data = _onnx_bytes(module, example)
         if self.runtime == "onnxruntime-int8":
             data = _quantized(data, example)
-        sess = ort_session(data, threads=self.threads, what="latency probe")
-        feed = {sess.get_inputs()[0].name: example.numpy()}
-        return lambda: sess.run(None, feed)
+
+        def load() -> Callable[[], Any]:
+            sess = ort_session(data, threads=self.threads, what="latency probe")
+            feed = {sess.get_inputs()[0].name: example.numpy()}
+            return lambda: sess.run(None, feed)
+
+        return load
 
     def _round(self, run: Callable[[], Any]) -> float:
         return stats(time_runs(run, 2, self.repeats, self.max_seconds), self.batch)["p50_ms"]
@@ -217,12 +226,15 @@ class Timer:
         return min(self._round(run) for _ in range(self.rounds))
 
     def interleaved_ms(self, modules: Sequence[nn.Module], example: torch.Tensor) -> list[float]:
-        """Each module's milliseconds, timed in alternation (round r times every module once): a machine whose
-        speed drifts over seconds (frequency, neighbours) shifts them alike, so their ratios hold. Each value is
-        the median over rounds of the round medians."""
-        runs = [self.runner(m, example) for m in modules]
-        rounds = [[self._round(r) for r in runs] for _ in range(max(3, self.rounds))]
-        return [float(np.median([row[i] for row in rounds])) for i in range(len(runs))]
+        """Each module's milliseconds, timed in alternation (round r times every module once, in reversed order
+        every other round): a machine whose speed drifts over seconds (frequency, neighbours) shifts them alike,
+        so their ratios hold. Only the module being timed is loaded (:func:`bench.time_alternating`: idle ONNX
+        Runtime sessions spin and take the timed one's cores). Each value is the median of the round medians."""
+        from .bench import alternating_rounds
+
+        factories = [self.factory(m, example) for m in modules]
+        rounds = alternating_rounds(factories, max(3, self.rounds), lambda run, _: self._round(run))
+        return [float(np.median(r)) for r in rounds]
 
 
 class LatencyTable:
@@ -389,15 +401,17 @@ def measure_models(models: Sequence[nn.Module], input_shape: Sequence[int], time
 def measure_ratio(model: nn.Module, dense: nn.Module, input_shape: Sequence[int], timer: Timer,
                   near: float | None = None, band: float = 0.25, passes: int = 3) -> dict[str, Any]:
     """``model``'s latency as a ratio to ``dense``'s, the two timed interleaved. A decision taken against a ratio
-    ``near`` (a budget) that the first measurement lands within ``band`` of gets ``passes`` measurements in all and
-    their median: on a busy or drifting machine one measurement of a sub-millisecond model scatters by +-20 %,
-    more than the 5 % a budget allows, while a clear miss or fit needs no more."""
+    ``near`` (a budget) gets ``passes`` measurements in all and their median unless the first is a clear fit (below
+    ``near`` by more than ``band``): on a busy or drifting machine one measurement of a sub-millisecond model
+    scatters by +-20 %, more than the 5 % a budget allows, and the dense model's latency drifts more than a small
+    model's (one pruned model measured at 0.34x dense, 0.23x in a pass minutes earlier), so a miss, however
+    clear, is confirmed before it counts."""
     ratios, pairs = [], []
     for _ in range(max(1, passes)):
         ms, dense_ms = measure_models([model, dense], input_shape, timer)
         ratios.append(ms / dense_ms)
         pairs.append((ms, dense_ms))
-        if near is None or near <= 0 or abs(ratios[0] / near - 1) > band:
+        if near is None or near <= 0 or ratios[0] < near * (1 - band):
             break
     mid = sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]
     return {"ratio": ratios[mid], "model_ms": pairs[mid][0], "dense_ms": pairs[mid][1], "ratios": ratios}

@@ -5,9 +5,10 @@
 2. :func:`greedy` — start dense; repeatedly take one step off the group whose step costs the least loss per unit
    of budget saved (loss from the measured sensitivity curves, cost from the budget's cost model: MACs,
    parameters or measured latency) until the budget is met.
-3. :func:`search` — EagleEye-style: a few hundred candidate allocations that all meet the budget (the greedy
-   and uniform ones, perturbations of the greedy one, random directions), each scored by adaptive-BN accuracy
-   on a held-out training slice; the best is kept.
+3. :func:`search` — EagleEye-style: a few hundred different candidate allocations that all meet the budget
+   (the greedy and uniform ones, perturbations of the greedy one, random directions; near the cheapest allowed
+   model a direction's groups saturate at max_sparsity one by one), each scored by adaptive-BN accuracy on a
+   held-out training slice; the best is kept.
 
 Every allocation respects ``round_to``, ``min_channels`` and ``max_sparsity``; groups that are not searched
 (exclusions, overrides) stay as they are.
@@ -67,12 +68,15 @@ class Limits:
 
 
 def _scaled(sizes: Sequence[int], direction: np.ndarray, cost: CostModel, target: float, limits: Limits,
-            method: str, names: list[str]) -> Allocation | None:
-    """Sparsities ``t * direction`` (clipped) with the smallest ``t`` whose cost meets ``target`` (bisection)."""
+            method: str, names: list[str], saturate: bool = False) -> Allocation | None:
+    """Sparsities ``t * direction`` (clipped) with the smallest ``t`` whose cost meets ``target`` (bisection).
+    ``t`` stops where the direction's largest group reaches ``max_sparsity``, or with ``saturate`` where every
+    group has (groups past it stay at it): near the cheapest allowed model, as a latency budget's quarter often
+    is, few directions meet the budget before their largest group saturates."""
     def at(t: float) -> list[int]:
         return [limits.keep(n, t * d) for n, d in zip(sizes, direction, strict=True)]
 
-    hi = limits.max_sparsity / max(float(direction.max()), 1e-9)
+    hi = limits.max_sparsity / max(float(direction.min() if saturate else direction.max()), 1e-9)
     if cost(np.array(at(hi))) > target:
         return None
     lo = 0.0
@@ -148,6 +152,7 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
     start = greedy(sens, names, sizes, cost, target, limits)
     pool = [uniform(names, sizes, cost, target, limits), start]
     s0 = np.array([1 - k / n for k, n in zip(start.keep, sizes, strict=True)])
+    seen = {tuple(a.keep) for a in pool}  # each allocation scored once (near the floor, directions coincide)
     tries = 0
     while len(pool) < candidates + 2 and tries < 20 * (candidates + 2):
         tries += 1
@@ -155,8 +160,9 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
             direction = np.clip(s0, 0.02, None) * np.exp(rng.normal(0.0, 0.35, len(sizes)))
         else:  # anywhere (EagleEye's random layer-wise ratios)
             direction = rng.uniform(0.05, 1.0, len(sizes))
-        a = _scaled(sizes, direction, cost, target, limits, "random", names)
-        if a is not None:
+        a = _scaled(sizes, direction, cost, target, limits, "random", names, saturate=True)
+        if a is not None and tuple(a.keep) not in seen:
+            seen.add(tuple(a.keep))
             pool.append(a)
     records = []
     best = None
