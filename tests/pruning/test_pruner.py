@@ -93,11 +93,11 @@ def test_global_scope_keeps_total_and_differs_per_layer():
     assert by["blocks.3.pw.conv"] < 0.5 and max(by.values()) > 0.5
 
 
-def _kept_global(floor, s=0.5):
+def _kept_global(floor, s=0.5, norm="mean"):
     m = model()
     with torch.no_grad():
         m.blocks[3].pw.conv.weight[4:].mul_(0.001)  # all but 4 filters far below their layer's mean score
-    p = prune_(m, one_shot(s, scope="global", criterion="l1_filters", global_floor=floor), SHAPE)
+    p = prune_(m, one_shot(s, scope="global", criterion="l1_filters", global_floor=floor, global_norm=norm), SHAPE)
     p.step(0)
     return p, {g.name: int(a.sum()) for g, a in zip(p.groups, p.alive().values(), strict=True)}
 
@@ -112,6 +112,35 @@ def test_global_floor_bounds_how_far_a_layer_falls_below_the_local_count():
     assert p.sparsity() == pytest.approx(0.5, abs=0.01)  # and the total is still the target
     _, same = _kept_global(1.0)
     assert same == local  # floor 1: every layer at its local count, i.e. local scope
+
+
+def test_lamp_scores():
+    from prunekit.pruning.policy import _lamp
+
+    alive = np.array([True, True, True, False])
+    got = _lamp(np.array([2.0, 1.0, 3.0, 5.0]), alive)
+    np.testing.assert_allclose(got, [4 / 13, 1 / 14, 1.0, 0.0])  # s^2 over the squares of those not below it
+    tie = _lamp(np.array([1.0, 1.0]), np.array([True, True]))
+    assert tie[0] == 1.0 and tie[1] == pytest.approx(0.5)  # ties: the lower index ranks higher, as _top keeps it
+
+
+def test_global_lamp_is_blind_to_a_layers_scale_and_differs_from_the_mean():
+    """LAMP compares each score with the layer's own better ones: a layer whose filters are all 1024x smaller
+    keeps exactly what it keeps unscaled, and the total meets the target; the allocation is not the mean's."""
+    def kept(scale, norm):
+        m = model()
+        with torch.no_grad():  # both producers of the group's channels: its scores scale by `scale`
+            m.blocks[3].pw.conv.weight.mul_(scale)
+            m.blocks[4].dw.conv.weight.mul_(scale)
+        p = prune_(m, one_shot(0.5, scope="global", criterion="l1_filters", global_norm=norm, global_floor=0.0),
+                   SHAPE)
+        p.step(0)
+        assert p.sparsity() == pytest.approx(0.5, abs=0.01)
+        return {g.name: int(a.sum()) for g, a in zip(p.groups, p.alive().values(), strict=True)}
+
+    lamp = kept(1.0, "lamp")
+    assert kept(2.0 ** -10, "lamp") == lamp  # (a power of two: the scores scale exactly)
+    assert kept(1.0, "mean") != lamp
 
 
 @pytest.mark.parametrize("target", ["macs", "params"])

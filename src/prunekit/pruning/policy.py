@@ -18,6 +18,7 @@ from .criteria import CRITERIA
 from .schedules import Schedule, ScheduleSpec, from_config
 
 SCOPES = ("local", "global")
+GLOBAL_NORMS = ("mean", "lamp")
 TARGETS = ("channels", "macs", "params")
 
 
@@ -56,7 +57,8 @@ class PruningConfig:
         criterion: ``l1``, ``l2`` (group norms), ``l1_filters``, ``bn_gamma``, ``taylor``, ``random`` or a
             registered criterion.
         scope: ``local`` (each group to the target) or ``global`` (ranked across groups, normalised by
-            each group's mean score; no group below ``global_floor`` of its local keep count).
+            each group's mean score or LAMP, ``global_norm``; no group below ``global_floor`` of its local keep
+            count).
         layers: ``pointwise`` (non-grouped 1x1 convs), ``all``, or regex(es) over producing layer names.
         exclude: regex of producing layers never to prune.
         overrides: per-layer :class:`Override` entries.
@@ -81,6 +83,9 @@ class PruningConfig:
     taylor_batches: int = F(16, "batches of gradient statistics per Taylor update", lo=1, hi=100_000)
     max_sparsity: float = F(0.95, "no group loses more than this fraction of its channels (global scope, budgets)",
                             lo=0, hi=1, lo_open=True, hi_open=True)
+    global_norm: str = F("mean", "global scope: how scores are made comparable across groups (mean: divided by "
+                         "the group's mean; lamp: each score squared over the sum of the squares of the group's "
+                         "scores not below it, Lee et al. 2021)", choices=GLOBAL_NORMS)
     global_floor: float = F(0.5, "global scope: every group keeps at least this fraction of the channels the same "
                             "target would keep in every layer (0: no floor, 1: the same as local)", lo=0, hi=1)
     allocation: dict[str, float] | None = F(None, "final sparsity per group (group name -> sparsity): what a budget "
@@ -182,8 +187,11 @@ class Allocator:
         for g in free:
             a = alive[g.id]
             sc = scores[g.id]
-            mean = float(sc[a].mean()) if a.any() else 1.0
-            norm = sc / mean if mean > 0 else np.zeros_like(sc)
+            if self.cfg.global_norm == "lamp":
+                norm = _lamp(sc, a)
+            else:
+                mean = float(sc[a].mean()) if a.any() else 1.0
+                norm = sc / mean if mean > 0 else np.zeros_like(sc)
             for j in np.flatnonzero(a):
                 cand.append((norm[j], g.id, j))
         cand.sort(key=lambda t: (t[0], t[1], t[2]))
@@ -227,6 +235,21 @@ class Allocator:
     def cost(self, keep: dict[int, np.ndarray]) -> float:
         """MACs or parameters with these keep-flags."""
         return self.cost_model(np.array([int(keep[g.id].sum()) for g in self.groups]))
+
+
+def _lamp(scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """LAMP scores of a group's alive components: ``s_j^2 / sum of s_k^2 over the alive k with s_k >= s_j`` (ties
+    by index, as :func:`_top` breaks them); each group's best component scores 1, so a ranking across groups
+    never empties one first. Dead components score 0."""
+    out = np.zeros(len(scores), dtype=np.float64)
+    idx = np.flatnonzero(alive)
+    if not len(idx):
+        return out
+    order = idx[np.lexsort((-idx, scores[idx]))]  # ascending score; among ties the higher index first
+    sq = np.asarray(scores[order], dtype=np.float64) ** 2
+    tail = np.cumsum(sq[::-1])[::-1]  # sum over this component and every better one
+    out[order] = np.where(tail > 0, sq / np.where(tail > 0, tail, 1.0), 0.0)
+    return out
 
 
 def _top(scores: np.ndarray, alive: np.ndarray, k: int) -> np.ndarray:
