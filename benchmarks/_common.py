@@ -237,6 +237,12 @@ def binomial_se(p_percent: float, n: int) -> float:
     return 100 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
 
 
+def seed_se(values: list[float]) -> float:
+    """The standard error of the mean over seeds, std (n - 1) / sqrt(n): half the spread at 2 seeds; 0 at one."""
+    n = len(values)
+    return float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+
+
 def write_results(prefix: Path, doc: dict, markdown: str) -> tuple[Path, Path]:
     """Atomic writes of PREFIX.json and PREFIX.md."""
     from prunekit.io import write_json, write_text

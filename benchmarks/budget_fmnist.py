@@ -22,7 +22,7 @@ fp32 at batch 32 on this machine):
 
 The dense start is trained once; every method runs with seeds 0 and 1 (pruning/fine-tuning seed; the scratch
 baseline's initialisation). Reported: top-1 on the full 10k test set per seed, the mean, and the difference of
-means with its standard error (the larger of the binomial SE and the seed spread); every final model's MACs,
+means with its standard error (the larger of the binomial SE and the SE over seeds); every final model's MACs,
 parameters and measured latency (ONNX Runtime fp32, batch 32) against the budget.
 
     python benchmarks/budget_fmnist.py --quick        # CPU: width 0.5, 20k training images, 3+1+1 epochs
@@ -133,21 +133,26 @@ def width_for(kind: str, target: float, c: dict, cache: dict) -> float:
     return lo
 
 
-def arm_dir(work: Path, budget: str, name: str, seed: int, global_floor: float | None = None) -> Path:
+def global_tag(c: dict) -> str:
+    """The global arm's settings in its directory name (a non-default floor or normalisation)."""
+    return (f"_floor{c['global_floor']:g}" if c.get("global_floor") is not None else "") + \
+        (f"_{c['global_norm']}" if c.get("global_norm") else "")
+
+
+def arm_dir(work: Path, budget: str, name: str, seed: int, global_tag: str = "") -> Path:
     """A pruned arm's run directory (prune/, shrunk/, ft/; the from-scratch arms train its shrunk architecture
     in from_scratch/)."""
-    floor = f"_floor{global_floor:g}" if name == "global" and global_floor is not None else ""
-    return work / f"{budget.replace('=', '_')}_{name}{floor}_s{seed}"
+    return work / f"{budget.replace('=', '_')}_{name}{global_tag if name == 'global' else ''}_s{seed}"
 
 
 def arm_model_dir(work: Path, budget: str, name: str, seed: int, width: float | None,
-                  global_floor: float | None = None) -> Path:
+                  global_tag: str = "") -> Path:
     """Where an arm's final model is."""
     if name == "width":
         return work / f"width{width}_s{seed}" / "model"
     if name in SCRATCH:
         return arm_dir(work, budget, SCRATCH[name], seed) / "from_scratch" / "model"
-    return arm_dir(work, budget, name, seed, global_floor) / "ft" / "model"
+    return arm_dir(work, budget, name, seed, global_tag) / "ft" / "model"
 
 
 def correct_on_test(model_dir: Path, bundle) -> np.ndarray:
@@ -164,11 +169,12 @@ def correct_on_test(model_dir: Path, bundle) -> np.ndarray:
     return np.concatenate(out)
 
 
-def paired(entries: list[dict], work: Path, bundle, global_floor: float | None = None) -> None:
+def paired(entries: list[dict], work: Path, bundle, global_tag: str = "") -> None:
     """Seed-matched differences against the entry's base arm, on the same test images: per seed the difference
     of accuracies with its paired (McNemar) standard error, sqrt(b + c - (b - c)^2 / n) / n for b, c the images
     only one of the two gets right; over seeds the mean, and an SE that is the larger of the combined paired SE
-    and half the spread of the per-seed differences (training noise). Adds ``entry["paired"]``."""
+    and the standard error of the per-seed differences over seeds (training noise; half their spread at 2 seeds).
+    Adds ``entry["paired"]``."""
     cache: dict[Path, np.ndarray] = {}
 
     def correct(d: Path) -> np.ndarray:
@@ -186,8 +192,8 @@ def paired(entries: list[dict], work: Path, bundle, global_floor: float | None =
                 continue
             per = []
             for r in rows:
-                a_dir = arm_model_dir(work, e["budget"], base, r["seed"], e.get("width"), global_floor)
-                b_dir = arm_model_dir(work, e["budget"], k, r["seed"], e.get("width"), global_floor)
+                a_dir = arm_model_dir(work, e["budget"], base, r["seed"], e.get("width"), global_tag)
+                b_dir = arm_model_dir(work, e["budget"], k, r["seed"], e.get("width"), global_tag)
                 missing = [d for d in (a_dir, b_dir) if not (d / "model.json").is_file()]
                 if missing:
                     raise SystemExit(f"--paired: no saved model at {missing[0]} (the run's work directory; same "
@@ -204,13 +210,13 @@ def paired(entries: list[dict], work: Path, bundle, global_floor: float | None =
                             "only_base": only_a, "only_method": only_b})
             if per:
                 diffs = [p["diff"] for p in per]
-                se = max(math.sqrt(sum(p["se"] ** 2 for p in per)) / len(per), (max(diffs) - min(diffs)) / 2)
+                se = max(math.sqrt(sum(p["se"] ** 2 for p in per)) / len(per), C.seed_se(diffs))
                 e["paired"][k] = {"base": base, "diff": float(np.mean(diffs)), "se": se, "per_seed": per}
 
 
 def merge(docs: list[dict]) -> dict:
-    """Several result files of the same setup (e.g. extra arms run later into the same work directory) as one:
-    per budget, the union of the methods (the first file's entry otherwise)."""
+    """Several result files of the same setup (e.g. extra arms or seeds run later into the same work directory) as
+    one: per budget, the union of the methods and of each method's seeds (the first file's entry otherwise)."""
     out = copy.deepcopy(docs[0])
     by = {e["budget"]: e for e in out["results"]}
     for d in docs[1:]:
@@ -220,10 +226,14 @@ def merge(docs: list[dict]) -> dict:
                 by[e["budget"]] = out["results"][-1]
                 continue
             tgt = by[e["budget"]]
-            for k, v in e.get("methods", {}).items():
-                tgt["methods"].setdefault(k, copy.deepcopy(v))
+            for k, v in e.get("methods", {}).items():  # another arm, or the same arm's other seeds
+                rows = tgt["methods"].setdefault(k, [])
+                have = {r["seed"] for r in rows}
+                rows += [copy.deepcopy(r) for r in v if r["seed"] not in have]
+                rows.sort(key=lambda r: r["seed"])
             if tgt.get("width") is None:
                 tgt["width"] = e.get("width")
+    out["seeds"] = sorted({s for d in docs for s in d["seeds"]})
     out["merged_from"] = [{"command": d["command"], "provenance": d.get("provenance")} for d in docs]
     for e in out["results"]:
         e.pop("base", None)
@@ -234,7 +244,7 @@ def stats(rows: list[dict]) -> dict[str, float]:
     tops = [r["top1"] for r in rows]
     n = rows[0]["n"]
     mean = float(np.mean(tops))
-    se = max(C.binomial_se(mean, n) / math.sqrt(len(tops)), (max(tops) - min(tops)) / 2)
+    se = max(C.binomial_se(mean, n) / math.sqrt(len(tops)), C.seed_se(tops))
     return {"mean": mean, "se": se, "seeds": tops}
 
 
@@ -254,11 +264,15 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: the library's, train.lr / 2)")
     ap.add_argument("--global-floor", type=float, default=None, help="prune.global_floor of the global arm "
                     "(default: the library's)")
+    ap.add_argument("--global-norm", choices=["mean", "lamp"], default=None, help="prune.global_norm of the global "
+                    "arm (default: the library's)")
     ap.add_argument("--methods", default=",".join(METHODS), help="arms to run (default all: %(default)s); "
                     "differences are taken against searched, or the first arm run")
     ap.add_argument("--paired", nargs="+", metavar="JSON", help="no training: read these result files of one setup "
                     "(merged), evaluate every arm's saved model on the test set, add seed-matched paired differences "
                     "and write --out")
+    ap.add_argument("--tag", default="", help="a name for this variant of the setup (e.g. after a library change): "
+                    "its own work directory for the pruned arms and result file name, the same dense model")
     ap.add_argument("--out", default=None)
     ap.add_argument("--show-dirs", action="store_true", help="print the arms' work directory and the dense model's "
                     "directory for these options, and exit (for scripts that run budgets side by side)")
@@ -271,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     c["distill"] = args.distill
     if args.global_floor is not None:
         c["global_floor"] = args.global_floor
+    if args.global_norm is not None:
+        c["global_norm"] = args.global_norm
     if args.finetune_lr is not None:
         c["finetune_lr"] = args.finetune_lr
     if args.split:
@@ -338,12 +354,13 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 for name, arm in arms.items():
                     t0 = time.perf_counter()
-                    run = arm_dir(work, budget, name, seed, args.global_floor)
+                    run = arm_dir(work, budget, name, seed, global_tag(c))
                     if name == "global":
                         frac = plan.target / dense_cost
                         gcfg = run_config(c, seed, None, {"prune": {
                             "scope": "global", "target": "macs", "final_sparsity": round(1 - frac, 4),
-                            **({} if args.global_floor is None else {"global_floor": args.global_floor})}})
+                            **({} if args.global_floor is None else {"global_floor": args.global_floor}),
+                            **({} if args.global_norm is None else {"global_norm": args.global_norm})}})
                         pr = steps.prune(gcfg, dense_dir / "model", run / "prune", data=bundle,
                                          ctx=ctx, log=C.log)
                     else:
@@ -399,7 +416,7 @@ def paired_main(args, mode: str, c: dict) -> int:
     work, _ = _work_dirs(args, mode)
     bundle = C.load_fmnist(args.data_dir, c["train_subset"])
     _summarise(doc["results"])
-    paired(doc["results"], work, bundle, doc["config"].get("global_floor"))
+    paired(doc["results"], work, bundle, global_tag(doc["config"]))
     doc["paired_command"] = C.command_line()
     prefix = Path(args.out) if args.out else Path(args.paired[0]).with_name(Path(args.paired[0]).stem + "_paired")
     j, m = C.write_results(prefix, doc, markdown(doc))
@@ -407,17 +424,21 @@ def paired_main(args, mode: str, c: dict) -> int:
     return 0
 
 
-def _variant(args, distill: bool = True) -> str:
-    """The name suffix of a variant of the setup (split, fine-tuning LR, distillation)."""
+def _variant(args, arms: bool = True) -> str:
+    """The name suffix of a variant of the setup: the split, then (``arms``: what changes the pruned arms alone)
+    the fine-tuning LR, distillation and --tag."""
     tag = "_split" + "-".join(f"{float(v):g}" for v in args.split.split(",")) if args.split else ""
+    if not arms:
+        return tag
     tag += f"_ftlr{args.finetune_lr:g}" if args.finetune_lr else ""
-    return tag + (f"_distill{round(args.distill * 100)}" if distill and args.distill else "")
+    tag += f"_distill{round(args.distill * 100)}" if args.distill else ""
+    return tag + (f"_{args.tag}" if getattr(args, "tag", "") else "")
 
 
 def _work_dirs(args, mode: str) -> tuple[Path, Path]:
-    """(the arms' work directory, the dense model's directory): a --distill variant runs its arms in their own
-    directory from the same dense model."""
-    dense_work = C.WORK / f"budget_fmnist_{mode}{_variant(args, distill=False)}"
+    """(the arms' work directory, the dense model's directory): a --finetune-lr, --distill or --tag variant runs
+    its arms in their own directory from the same dense model."""
+    dense_work = C.WORK / f"budget_fmnist_{mode}{_variant(args, arms=False)}"
     return C.WORK / f"budget_fmnist_{mode}{_variant(args)}", dense_work / "dense"
 
 
@@ -473,6 +494,7 @@ def markdown(doc: dict) -> str:
                 "fine-tuning; the scratch baselines have no teacher." if c.get("distill") else "")
              + (f" The global arm uses prune.global_floor {c['global_floor']:g}." if c.get("global_floor") is not None
                 else "")
+             + (f" The global arm uses prune.global_norm {c['global_norm']}." if c.get("global_norm") else "")
              + (f" Fine-tuning learning rate {c['finetune_lr']:g}." if c.get("finetune_lr") else "")
              + f" Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
              f"| budget | method | top-1 per seed | mean ± SE | {_base(doc)} − method (± SE) |"
@@ -512,8 +534,8 @@ def markdown(doc: dict) -> str:
     if has_paired:
         lines += ["Paired: the same comparison seed by seed on the same 10k test images (`--paired`): per seed the "
                   "difference of accuracies with its McNemar standard error (from the images only one of the two "
-                  "models gets right); over seeds the mean, with the larger of the combined SE and half the spread "
-                  "of the per-seed differences. The unpaired column treats the two arms' test errors as "
+                  "models gets right); over seeds the mean, with the larger of the combined SE and the standard "
+                  "error of the per-seed differences (half their spread at 2 seeds). The unpaired column treats the two arms' test errors as "
                   "independent, which overstates the noise of a difference measured on the same images.", ""]
     lines += [f"- {n}" for n in doc["notes"]]
     lines.append("- Budget met: for searched and uniform, the prune step's own check (`OUT/budget.json`); for the "
