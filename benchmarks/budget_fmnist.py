@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", help="dense,prune,fine-tune epochs instead of the mode's (e.g. 1,1,3: prune early, "
                     "fine-tune longer); the scratch baselines train their sum")
     ap.add_argument("--finetune-lr", type=float, default=None, help="the pruned arms' fine-tuning learning rate "
-                    "(default: the library's, train.lr / 2)")
+                    "(default: the library's, train.lr since 2026-11-30; train.lr / 2 before)")
     ap.add_argument("--global-floor", type=float, default=None, help="prune.global_floor of the global arm "
                     "(default: the library's)")
     ap.add_argument("--global-norm", choices=["mean", "lamp"], default=None, help="prune.global_norm of the global "

@@ -67,3 +67,15 @@ def test_every_key_is_documented():
     for key, _t, _default, help_ in rows:
         assert help_, key
         assert f"`{key}`" in doc, f"docs/config.md lacks {key}"
+
+
+def test_stage_learning_rates_default_from_train():
+    """Pruning trains at half the dense rate; fine-tuning restarts at the full rate (learning-rate rewinding);
+    an explicit rate wins."""
+    from prunekit.config import parse_config
+
+    c = parse_config({"train": {"lr": 0.08}})
+    assert c.prune.training(c.train, 0).lr == pytest.approx(0.04)
+    assert c.finetune.training(c.train, 0).lr == pytest.approx(0.08)
+    c = parse_config({"train": {"lr": 0.08}, "prune": {"lr": 0.02}, "finetune": {"lr": 0.01}})
+    assert c.prune.training(c.train, 0).lr == 0.02 and c.finetune.training(c.train, 0).lr == 0.01

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -83,11 +83,13 @@ class StageTrainCfg:
     distill: float = F(0.0, "weight of distillation from the dense (train-stage) model; 0 = off", lo=0, hi=1)
     distill_temperature: float = F(4.0, "distillation temperature", lo=0, lo_open=True, hi=100)
 
+    LR_FACTOR: ClassVar[float] = 0.5  # the default lr, as a fraction of train.lr
+
     def training(self, train: TrainConfig, seed: int, num_workers: int = 0) -> TrainConfig:
         """The trainer's config for this stage: ``train``'s settings with this stage's epochs, LR, ..."""
         t = copy.copy(train)
         t.epochs, t.warmup_epochs = self.epochs, self.warmup_epochs
-        t.lr = self.lr if self.lr is not None else train.lr / 2
+        t.lr = self.lr if self.lr is not None else train.lr * self.LR_FACTOR
         t.batch_size = self.batch_size or train.batch_size
         t.distill, t.distill_temperature = self.distill, self.distill_temperature
         t.seed, t.num_workers = seed, num_workers
@@ -144,6 +146,10 @@ class PruneCfg(PruningConfig, StageTrainCfg):
 
 @dataclass
 class FinetuneCfg(StageTrainCfg):
+    # the full rate, restarted on the shrunk model (learning-rate rewinding, Renda et al. 2020):
+    # benchmarks/results/budget_fmnist_quick*_ftlr0p1*.md, +0.9 to +2.0 pt over train.lr / 2 after a short dense run
+    LR_FACTOR: ClassVar[float] = 1.0
+    lr: float | None = F(None, "peak learning rate (default: train.lr)", lo=0, lo_open=True, hi=100)
     enabled: bool = F(True, "fine-tune the shrunk model")
 
 
