@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['pair']} | {r['method']} | {', '.join(f'{v:.2f}' for v in r['ratios'])} | "
                      f"{r['spread']:.2f} | {ms} |")
     lines += ["", "A spread near 1.00 means the method gives the same answer every time; the methods' ratios differ "
-              "from one another where the idle session's threads compete with the timed one."]
+              "from one another where the idle session's threads compete with the timed one. Random weights and "
+              "synthetic calibration: this is about the timing method, not about int8 (whose speed-up on trained "
+              "models is in deploy_quick.md)."]
     j, m = write_results(Path(args.out), doc, "\n".join(lines) + "\n")
     log(f"wrote {j} and {m}")
     return 0

@@ -147,7 +147,7 @@ class PruneCfg(PruningConfig, StageTrainCfg):
 @dataclass
 class FinetuneCfg(StageTrainCfg):
     # the full rate, restarted on the shrunk model (learning-rate rewinding, Renda et al. 2020):
-    # benchmarks/results/budget_fmnist_quick*_ftlr0p1*.md, +0.9 to +2.0 pt over train.lr / 2 after a short dense run
+    # benchmarks/results/budget_fmnist_quick*_ftlr0p1*.md, +0.8 to +2.0 pt over train.lr / 2 after a short dense run
     LR_FACTOR: ClassVar[float] = 1.0
     lr: float | None = F(None, "peak learning rate (default: train.lr)", lo=0, lo_open=True, hi=100)
     enabled: bool = F(True, "fine-tune the shrunk model")
