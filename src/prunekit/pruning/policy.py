@@ -83,7 +83,7 @@ class PruningConfig:
     taylor_batches: int = F(16, "batches of gradient statistics per Taylor update", lo=1, hi=100_000)
     max_sparsity: float = F(0.95, "no group loses more than this fraction of its channels (global scope, budgets)",
                             lo=0, hi=1, lo_open=True, hi_open=True)
-    global_norm: str = F("mean", "global scope: how scores are made comparable across groups (mean: divided by "
+    global_norm: str = F("lamp", "global scope: how scores are made comparable across groups (mean: divided by "
                          "the group's mean; lamp: each score squared over the sum of the squares of the group's "
                          "scores not below it, Lee et al. 2021)", choices=GLOBAL_NORMS)
     global_floor: float = F(0.5, "global scope: every group keeps at least this fraction of the channels the same "
