@@ -153,7 +153,9 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: in
                      max_seconds: float) -> dict[str, np.ndarray]:
     """Per-run wall times (s) of several functions timed in alternating rounds (order reversed every other
     round), so that a change in machine load affects all of them alike: the fair way to compare two models
-    on a shared machine. At least 3 rounds; stops after ``repeats`` rounds or ``max_seconds``."""
+    that share one thread pool (PyTorch models in one process); ONNX Runtime sessions each have their own, and
+    are compared with :func:`time_alternating`. At least 3 rounds; stops after ``repeats`` rounds or
+    ``max_seconds``."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
