@@ -68,15 +68,15 @@ class Limits:
 
 
 def _scaled(sizes: Sequence[int], direction: np.ndarray, cost: CostModel, target: float, limits: Limits,
-            method: str, names: list[str], saturate: bool = False) -> Allocation | None:
+            method: str, names: list[str]) -> Allocation | None:
     """Sparsities ``t * direction`` (clipped) with the smallest ``t`` whose cost meets ``target`` (bisection).
-    ``t`` stops where the direction's largest group reaches ``max_sparsity``, or with ``saturate`` where every
-    group has (groups past it stay at it): near the cheapest allowed model, as a latency budget's quarter often
-    is, few directions meet the budget before their largest group saturates."""
+    ``t`` goes on until every group has reached ``max_sparsity`` (groups past it stay at it), not only the
+    direction's largest: near the cheapest allowed model, as a latency budget's quarter often is, few directions
+    meet the budget before their largest group saturates. (Uniform's direction saturates all groups at once.)"""
     def at(t: float) -> list[int]:
         return [limits.keep(n, t * d) for n, d in zip(sizes, direction, strict=True)]
 
-    hi = limits.max_sparsity / max(float(direction.min() if saturate else direction.max()), 1e-9)
+    hi = limits.max_sparsity / max(float(direction.min()), 1e-9)
     if cost(np.array(at(hi))) > target:
         return None
     lo = 0.0
@@ -160,7 +160,7 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
             direction = np.clip(s0, 0.02, None) * np.exp(rng.normal(0.0, 0.35, len(sizes)))
         else:  # anywhere (EagleEye's random layer-wise ratios)
             direction = rng.uniform(0.05, 1.0, len(sizes))
-        a = _scaled(sizes, direction, cost, target, limits, "random", names, saturate=True)
+        a = _scaled(sizes, direction, cost, target, limits, "random", names)
         if a is not None and tuple(a.keep) not in seen:
             seen.add(tuple(a.keep))
             pool.append(a)
