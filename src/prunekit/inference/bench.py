@@ -316,17 +316,16 @@ def bench_model(directory: str | os.PathLike, s: BenchSettings, log: Callable[[s
     results: dict[str, Any] = {name: {} for name in ("pytorch_fp32", *onnx)}
     # PyTorch alone; the two ONNX Runtime models in alternating rounds, one session alive at a time, so that
     # their ratio is fair on a shared machine
-    for group in (("pytorch_fp32",), tuple(onnx)):
+    timings = (
+        (("pytorch_fp32",), lambda x: time_interleaved({"pytorch_fp32": lambda: torch_rt.predict_logits(x)},
+                                                        s.warmup, s.repeats, s.max_seconds)),
+        (tuple(onnx), lambda x: time_alternating({n: _onnx_runner(f, threads, x) for n, f in onnx.items()},
+                                                 s.warmup, s.repeats, s.max_seconds)))
+    for group, timed in timings:
         if log:
             log(f"timing {prep['name']}: {', '.join(RUNTIME_LABELS[n] for n in group)} ...")
         for b, x in inputs.items():
-            if group == ("pytorch_fp32",):
-                times = time_interleaved({"pytorch_fp32": lambda x=x: torch_rt.predict_logits(x)}, s.warmup,
-                                         s.repeats, s.max_seconds)
-            else:
-                times = time_alternating({n: _onnx_runner(onnx[n], threads, x) for n in group}, s.warmup,
-                                         s.repeats, s.max_seconds)
-            for n, t in times.items():
+            for n, t in timed(x).items():
                 results[n][str(b)] = stats(t, b)
     if prep["cache_temporary"]:
         shutil.rmtree(prep["cache"], ignore_errors=True)
