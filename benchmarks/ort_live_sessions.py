@@ -72,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=60, help="timed runs per model and repetition")
     ap.add_argument("--out", default=str(RESULTS / "ort_live_sessions"))
     args = ap.parse_args(argv)
-    from prunekit.inference.bench import available_cores, time_alternating, time_interleaved, time_runs
+    from prunekit.inference.bench import (
+        alternating_rounds,
+        available_cores,
+        time_alternating,
+        time_interleaved,
+        time_runs,
+    )
 
     threads = args.threads or available_cores()
     factory = _sessions(args.width, threads, args.batch)
@@ -83,13 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         t = time_interleaved({a: fa, b: fb}, 5, args.repeats, 30.0)
         return float(np.median(t[a])), float(np.median(t[b]))
 
-    def live_rounds(a, b):
+    def live_rounds(a, b):  # the same alternating rounds, but both sessions loaded up front and kept alive
         fa, fb = factory(a)(), factory(b)()
         per = max(3, args.repeats // 3)
-        ra, rb = [], []
-        for r in range(3):
-            for f, acc in ((fa, ra), (fb, rb)) if r % 2 == 0 else ((fb, rb), (fa, ra)):
-                acc.append(np.median(time_runs(f, 2, per, 10.0)))
+        ra, rb = alternating_rounds([lambda: fa, lambda: fb], 3,
+                                    lambda run, _: np.median(time_runs(run, 2, per, 10.0)))
         return float(np.median(ra)), float(np.median(rb))
 
     def one_at_a_time(a, b):
