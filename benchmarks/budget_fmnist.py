@@ -139,20 +139,19 @@ def global_tag(c: dict) -> str:
         (f"_{c['global_norm']}" if c.get("global_norm") else "")
 
 
-def arm_dir(work: Path, budget: str, name: str, seed: int, global_tag: str = "") -> Path:
+def arm_dir(work: Path, budget: str, name: str, seed: int, tag: str = "") -> Path:
     """A pruned arm's run directory (prune/, shrunk/, ft/; the from-scratch arms train its shrunk architecture
-    in from_scratch/)."""
-    return work / f"{budget.replace('=', '_')}_{name}{global_tag if name == 'global' else ''}_s{seed}"
+    in from_scratch/); ``tag``: :func:`global_tag`, for the global arm."""
+    return work / f"{budget.replace('=', '_')}_{name}{tag if name == 'global' else ''}_s{seed}"
 
 
-def arm_model_dir(work: Path, budget: str, name: str, seed: int, width: float | None,
-                  global_tag: str = "") -> Path:
+def arm_model_dir(work: Path, budget: str, name: str, seed: int, width: float | None, tag: str = "") -> Path:
     """Where an arm's final model is."""
     if name == "width":
         return work / f"width{width}_s{seed}" / "model"
     if name in SCRATCH:
         return arm_dir(work, budget, SCRATCH[name], seed) / "from_scratch" / "model"
-    return arm_dir(work, budget, name, seed, global_tag) / "ft" / "model"
+    return arm_dir(work, budget, name, seed, tag) / "ft" / "model"
 
 
 def correct_on_test(model_dir: Path, bundle) -> np.ndarray:
@@ -169,7 +168,7 @@ def correct_on_test(model_dir: Path, bundle) -> np.ndarray:
     return np.concatenate(out)
 
 
-def paired(entries: list[dict], work: Path, bundle, global_tag: str = "") -> None:
+def paired(entries: list[dict], work: Path, bundle, tag: str = "") -> None:
     """Seed-matched differences against the entry's base arm, on the same test images: per seed the difference
     of accuracies with its paired (McNemar) standard error, sqrt(b + c - (b - c)^2 / n) / n for b, c the images
     only one of the two gets right; over seeds the mean, and an SE that is the larger of the combined paired SE
@@ -192,8 +191,8 @@ def paired(entries: list[dict], work: Path, bundle, global_tag: str = "") -> Non
                 continue
             per = []
             for r in rows:
-                a_dir = arm_model_dir(work, e["budget"], base, r["seed"], e.get("width"), global_tag)
-                b_dir = arm_model_dir(work, e["budget"], k, r["seed"], e.get("width"), global_tag)
+                a_dir = arm_model_dir(work, e["budget"], base, r["seed"], e.get("width"), tag)
+                b_dir = arm_model_dir(work, e["budget"], k, r["seed"], e.get("width"), tag)
                 missing = [d for d in (a_dir, b_dir) if not (d / "model.json").is_file()]
                 if missing:
                     raise SystemExit(f"--paired: no saved model at {missing[0]} (the run's work directory; same "
@@ -359,8 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                         frac = plan.target / dense_cost
                         gcfg = run_config(c, seed, None, {"prune": {
                             "scope": "global", "target": "macs", "final_sparsity": round(1 - frac, 4),
-                            **({} if args.global_floor is None else {"global_floor": args.global_floor}),
-                            **({} if args.global_norm is None else {"global_norm": args.global_norm})}})
+                            **{k: c[k] for k in ("global_floor", "global_norm") if k in c}}})
                         pr = steps.prune(gcfg, dense_dir / "model", run / "prune", data=bundle,
                                          ctx=ctx, log=C.log)
                     else:
