@@ -121,6 +121,7 @@ def test_allocations_meet_the_budget_and_respect_the_limits(round_to, min_channe
                            target, limits, candidates=20, seed=1)
     allocs = [uniform(names, sizes, cost, target, limits), greedy(sens, names, sizes, cost, target, limits), best]
     assert 5 <= len(records) <= 22 and len(set(seen)) == len(seen)  # different allocations (few exist here)
+    assert [tuple(r["kept"]) for r in records] == seen  # each record says which allocation it scored
     for a in allocs:
         assert a.cost <= target and a.cost == cost(np.array(a.keep))
         for k, n in zip(a.keep, sizes, strict=True):
@@ -244,34 +245,40 @@ class FusingTimer(FakeTimer):
 
 
 class ScriptedTimer:
-    """Whole-model timings that return the scripted model/dense ratios in turn (dense: 1 ms)."""
+    """Whole-model timings that return the scripted (model, dense) milliseconds in turn (a bare number: dense
+    1 ms)."""
 
     batch = 1
 
-    def __init__(self, ratios):
-        self.ratios, self.calls = list(ratios), 0
+    def __init__(self, passes):
+        self.passes, self.calls = [p if isinstance(p, tuple) else (p, 1.0) for p in passes], 0
 
     def interleaved_ms(self, modules, example):
         self.calls += 1
-        return [self.ratios.pop(0), 1.0]
+        return list(self.passes.pop(0))
 
 
-@pytest.mark.parametrize("ratios, near, passes, ratio", [
-    ([0.58, 0.45, 0.50], 0.5, 3, 0.50),  # close to the budget: three passes, the median decides
-    ([0.45, 0.58, 0.61], 0.5, 3, 0.58),  # the median, whichever pass it was
-    ([0.90, 0.45, 0.50], 0.5, 3, 0.50),  # a miss, however clear, is confirmed: here an outlier
-    ([0.90, 0.85, 0.95], 0.5, 3, 0.90),  # a real one stays a miss
+@pytest.mark.parametrize("passes, near, n, ratio", [
+    ([0.58, 0.45, 0.50], 0.5, 3, 0.45),  # close to the budget: three passes, the fastest decides
+    ([0.45, 0.58, 0.61], 0.5, 3, 0.45),  # whichever pass it was
+    ([0.90, 0.45, 0.50], 0.5, 3, 0.45),  # a miss, however clear, is confirmed: here a slow phase
+    ([0.90, 0.85, 0.95], 0.5, 3, 0.85),  # a real one stays a miss
     ([0.20, 0.45, 0.50], 0.5, 1, 0.20),  # a clear fit needs no more
     ([0.52, 0.45, 0.50], None, 1, 0.52),  # no decision to take: one pass
+    # each model's fastest pass: the dense model's quiet pass need not be the pruned one's
+    ([(0.60, 1.0), (0.50, 1.2), (0.55, 0.9)], 0.5, 3, 0.50 / 0.9),
 ])
-def test_a_ratio_close_to_or_over_the_budget_is_measured_three_times(ratios, near, passes, ratio):
-    from prunekit.inference.latency import measure_ratio
+def test_a_ratio_close_to_or_over_the_budget_is_confirmed_by_passes_spread_over_seconds(passes, near, n, ratio,
+                                                                                         monkeypatch):
+    from prunekit.inference import latency as L
 
-    timer = ScriptedTimer(ratios)
+    slept = []
+    monkeypatch.setattr(L.time, "sleep", slept.append)
+    timer = ScriptedTimer(passes)
     m = mobilenet()
-    r = measure_ratio(m, m, SHAPE, timer, near=near)
-    assert timer.calls == passes and len(r["ratios"]) == passes
-    assert r["ratio"] == pytest.approx(ratio) and r["model_ms"] == pytest.approx(ratio) and r["dense_ms"] == 1.0
+    r = L.measure_ratio(m, m, SHAPE, timer, near=near, pause=1.5)
+    assert timer.calls == n and len(r["ratios"]) == n and slept == [1.5] * (n - 1)
+    assert r["ratio"] == pytest.approx(ratio) and r["ratio"] == pytest.approx(r["model_ms"] / r["dense_ms"])
 
 
 def test_latency_model_is_calibrated_on_measured_whole_models(tmp_path):
