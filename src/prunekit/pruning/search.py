@@ -147,7 +147,8 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
            sizes: Sequence[int], cost: CostModel, target: float, limits: Limits, candidates: int = 100,
            seed: int = 0, progress: Callable[[str], None] | None = None) -> tuple[Allocation, list[dict[str, Any]]]:
     """Score the uniform and greedy allocations and ``candidates`` more that meet the budget; keep the best by
-    adaptive-BN top-1 (then loss). Returns the best and every candidate's record."""
+    adaptive-BN top-1 (then loss). Returns the best and every candidate's record (method, cost, score, channels
+    kept per group)."""
     rng = np.random.default_rng(seed)
     start = greedy(sens, names, sizes, cost, target, limits)
     pool = [uniform(names, sizes, cost, target, limits), start]
@@ -168,7 +169,7 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
     best = None
     for i, a in enumerate(pool):
         a.score = evaluate(a.keep)
-        records.append({"method": a.method, "cost": a.cost, **a.score})
+        records.append({"method": a.method, "cost": a.cost, **a.score, "kept": list(a.keep)})
         if best is None or (a.score["top1"], -a.score["loss"]) > (best.score["top1"], -best.score["loss"]):
             best = a
         if progress and (i + 1) % 10 == 0:
