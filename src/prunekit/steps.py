@@ -379,7 +379,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         for attempt in range(4):
             alloc = made[0] if isinstance(made, tuple) else made
             measured = measure_ratio(build(np.array(alloc.keep)), dense, shape, table.timer.careful(),
-                                     near=target / cost.dense)["ratio"] * cost.dense
+                                     near=target / cost.dense, dense_ref=cost.dense)["ratio"] * cost.dense
             checks.append({"allocation": what, "aim": aim, "predicted": alloc.cost, "measured": measured})
             log(f"{what}: aim {aim:.4g}, predicted {alloc.cost:.4g}, measured {measured:.4g} (target {target:.4g})")
             if measured <= target:
@@ -437,7 +437,8 @@ def measure_cost(plan_or_budget: Any, model: nn.Module, input_shape: Sequence[in
         dense_cost = getattr(plan_or_budget, "dense_cost", None)
         if dense is not None and budget.relative and dense_cost:
             target = getattr(plan_or_budget, "target", None)
-            r = measure_ratio(model, dense, input_shape, timer, near=target / dense_cost if target else None)
+            r = measure_ratio(model, dense, input_shape, timer, near=target / dense_cost if target else None,
+                              dense_ref=dense_cost)
             return {"measured": r["ratio"] * dense_cost, **r}
         return {"measured": measure_models([model], input_shape, timer)[0]}
     prof = profile(model, input_shape)

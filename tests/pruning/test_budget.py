@@ -21,6 +21,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SHAPE = (1, 28, 28)
 
 
+@pytest.fixture(autouse=True)
+def _no_pauses(monkeypatch):
+    """Latency checks pause 2 s between passes (a machine's slow phases last seconds): not in these tests."""
+    from prunekit.inference import latency as L
+
+    monkeypatch.setattr(L, "_sleep", lambda s: None)
+
+
 def mobilenet(seed=0):
     torch.manual_seed(seed)
     return create_model("mobilenet_v1", width=0.25, num_classes=10, in_channels=1, small_input=True).eval()
@@ -258,25 +266,34 @@ class ScriptedTimer:
         return list(self.passes.pop(0))
 
 
-@pytest.mark.parametrize("passes, near, n, ratio", [
-    ([0.58, 0.45, 0.50], 0.5, 3, 0.45),  # close to the budget: three passes, the fastest decides
-    ([0.45, 0.58, 0.61], 0.5, 3, 0.45),  # whichever pass it was
-    ([0.90, 0.45, 0.50], 0.5, 3, 0.45),  # a miss, however clear, is confirmed: here a slow phase
-    ([0.90, 0.85, 0.95], 0.5, 3, 0.85),  # a real one stays a miss
-    ([0.20, 0.45, 0.50], 0.5, 1, 0.20),  # a clear fit needs no more
-    ([0.52, 0.45, 0.50], None, 1, 0.52),  # no decision to take: one pass
+SLOW = [(0.70, 1.33), (0.71, 1.34), (0.70, 1.33)]  # a slow phase: the dense model a third slower than at planning
+
+
+@pytest.mark.parametrize("passes, near, dense_ref, n, ratio", [
+    ([0.58, 0.45, 0.50], 0.5, None, 3, 0.45),  # close to the budget: three passes, the fastest decides
+    ([0.45, 0.58, 0.61], 0.5, None, 3, 0.45),  # whichever pass it was
+    ([0.90, 0.45, 0.50], 0.5, None, 3, 0.45),  # a miss, however clear, is confirmed: here a slow phase
+    ([0.90, 0.85, 0.95], 0.5, None, 3, 0.85),  # a real one stays a miss
+    ([0.20, 0.45, 0.50], 0.5, None, 1, 0.20),  # a clear fit needs no more
+    ([0.52, 0.45, 0.50], None, None, 1, 0.52),  # no decision to take: one pass
     # each model's fastest pass: the dense model's quiet pass need not be the pruned one's
-    ([(0.60, 1.0), (0.50, 1.2), (0.55, 0.9)], 0.5, 3, 0.50 / 0.9),
+    ([(0.60, 1.0), (0.50, 1.2), (0.55, 0.9)], 0.5, None, 3, 0.50 / 0.9),
+    # the dense model slower than when the budget was set: passes go on until the phase ends ...
+    (SLOW + [(0.46, 1.02)] + SLOW, 0.5, 1.0, 4, 0.46 / 1.02),
+    # ... or up to max_passes (8)
+    (SLOW * 3, 0.5, 1.0, 8, 0.70 / 1.33),
+    # no slower than at planning (within 10 %): three passes suffice
+    ([(0.50, 1.05)] * 4, 0.5, 1.0, 3, 0.50 / 1.05),
 ])
-def test_a_ratio_close_to_or_over_the_budget_is_confirmed_by_passes_spread_over_seconds(passes, near, n, ratio,
-                                                                                         monkeypatch):
+def test_a_ratio_close_to_or_over_the_budget_is_confirmed_by_passes_spread_over_seconds(passes, near, dense_ref, n,
+                                                                                         ratio, monkeypatch):
     from prunekit.inference import latency as L
 
     slept = []
-    monkeypatch.setattr(L.time, "sleep", slept.append)
+    monkeypatch.setattr(L, "_sleep", slept.append)
     timer = ScriptedTimer(passes)
     m = mobilenet()
-    r = L.measure_ratio(m, m, SHAPE, timer, near=near, pause=1.5)
+    r = L.measure_ratio(m, m, SHAPE, timer, near=near, pause=1.5, dense_ref=dense_ref)
     assert timer.calls == n and len(r["ratios"]) == n and slept == [1.5] * (n - 1)
     assert r["ratio"] == pytest.approx(ratio) and r["ratio"] == pytest.approx(r["model_ms"] / r["dense_ms"])
 
@@ -434,6 +451,8 @@ def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path
     from prunekit.inference import latency as L
 
     monkeypatch.setattr(L, "Timer", OptimisticTableTimer)
+    refs, measure_ratio = [], L.measure_ratio
+    monkeypatch.setattr(L, "measure_ratio", lambda *a, **k: refs.append(k.get("dense_ref")) or measure_ratio(*a, **k))
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     rc, out, err = run_cli("plan", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
                            "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
@@ -450,6 +469,8 @@ def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path
     assert best["measured"] >= 0.9 * target or len(searched) == 4  # moved into [0.9, 1] x target, or gave up
     uniform_fits = [c for c in plan["checks"] if c["allocation"] == "uniform" and c["measured"] <= target]
     assert uniform_fits
+    # every check knows the dense model's latency at planning (to notice a slow phase of the machine)
+    assert len(refs) == len(plan["checks"]) and refs == [pytest.approx(plan["dense_cost"])] * len(refs)
 
 
 def test_sensitivity_command_writes_json_and_plot_and_is_cached(tiny_model_dir, tmp_path, monkeypatch):
