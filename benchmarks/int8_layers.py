@@ -1,0 +1,176 @@
+"""Where does int8 win and lose, layer by layer? ONNX Runtime's profiler on an fp32 model and its int8 form.
+
+``deploy_quick.md`` finds int8 2.5-2.7x faster than fp32 for MobileNet V1 1.0 at 224x224 but only 1.0-1.4x for
+its 75 %-pruned form. This script times every convolution of both files with ONNX Runtime's profiler (one
+session at a time, ``--runs`` profiled runs after a warm-up, batch 1 and ``--batch``) and lines them up: the i-th
+``Conv`` of the fp32 graph with the i-th ``QLinearConv`` of the int8 graph (prunekit's QDQ files quantize every
+convolution, in graph order). Everything that is not a convolution (input quantization, layout transposes,
+pooling, the classifier) is summed as "other".
+
+The last column is the bound this breakdown puts on the whole model (Amdahl): the int8 speed-up if every layer
+ran at its measured ratio. Profiled times include the profiler's own overhead (a few microseconds per node) and
+are therefore compared with each other, not with ``deploy_quick.md``'s latencies.
+
+    python benchmarks/deploy_bench.py --quick      # first: trains and writes the models (about 30 min)
+    python benchmarks/int8_layers.py               # ~2 min on 2 cores: the 224x224 dense and pruned models
+    python benchmarks/int8_layers.py --dir DIR ... # any directories holding model.onnx and model.int8.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, LoadSampler, environment, log, provenance_line, write_results  # noqa: E402
+
+DEFAULT_DIRS = [RESULTS / "_work" / "deploy_quick" / "224_2048_1000_1_1_16_0.03_0.2" / d for d in ("dense", "pruned")]
+
+
+def conv_shapes(path: Path) -> list[dict]:
+    """Every Conv of an fp32 ONNX file in graph order: input/output channels, groups, output size."""
+    import onnx
+
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    init = {i.name: list(i.dims) for i in m.graph.initializer}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info}
+    out = []
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        w = init[n.input[1]]
+        groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+        hw = shapes.get(n.output[0], [0, 0, 0, 0])[-2:]
+        out.append({"in": w[1] * groups, "out": w[0], "groups": groups, "kernel": w[2], "hw": f"{hw[0]}x{hw[1]}"})
+    return out
+
+
+def profile(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[list[float], float, float]:
+    """Per-convolution microseconds per run (execution order), the rest's, and the median wall time (ms)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()  # prunekit.deploy.onnx.ort_session's settings, with the profiler on
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "p")
+        sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(5):
+            sess.run(None, feed)
+        walls = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            sess.run(None, feed)
+            walls.append(time.perf_counter() - t)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        del sess
+    per_node: dict[str, float] = collections.defaultdict(float)
+    op: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[e["name"]] += e["dur"]
+            op[e["name"]] = e["args"]["op_name"]
+    n = runs + 5
+    convs = [per_node[k] / n for k in per_node if op[k] in ("Conv", "QLinearConv", "FusedConv", "NhwcFusedConv")]
+    other = sum(per_node[k] / n for k in per_node if op[k] not in ("Conv", "QLinearConv", "FusedConv",
+                                                                  "NhwcFusedConv"))
+    return convs, other, 1e3 * float(np.median(walls))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", action="append", type=Path, help="directory with model.onnx and model.int8.onnx "
+                    "(repeatable; default: deploy_bench --quick's 224x224 dense and pruned models)")
+    ap.add_argument("--batch", type=int, default=32, help="the throughput batch (batch 1 is always profiled)")
+    ap.add_argument("--runs", type=int, default=50, help="profiled runs per model and batch")
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default: every available core)")
+    ap.add_argument("--out", default=str(RESULTS / "int8_layers"))
+    args = ap.parse_args(argv)
+    from prunekit.inference.bench import available_cores
+
+    dirs = args.dir or DEFAULT_DIRS
+    for d in dirs:
+        for f in ("model.onnx", "model.int8.onnx"):
+            if not (d / f).is_file():
+                raise SystemExit(f"error: {d / f} not found (run benchmarks/deploy_bench.py --quick first, or pass "
+                                 "--dir)")
+    threads = args.threads or available_cores()
+    env = environment(torch.device("cpu"))
+    t0 = time.perf_counter()
+    models = []
+    with LoadSampler() as ls:
+        for d in dirs:
+            shapes = conv_shapes(d / "model.onnx")
+            import onnx
+
+            dims = onnx.load(str(d / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+            chw = [v.dim_value for v in dims][1:]
+            per_batch = {}
+            for b in sorted({1, args.batch}):
+                x = np.random.default_rng(0).standard_normal((b, *chw)).astype(np.float32)
+                f_conv, f_other, f_ms = profile(d / "model.onnx", x, threads, args.runs)
+                i_conv, i_other, i_ms = profile(d / "model.int8.onnx", x, threads, args.runs)
+                if not (len(f_conv) == len(i_conv) == len(shapes)):
+                    raise SystemExit(f"error: {d}: {len(f_conv)} fp32 convolutions, {len(i_conv)} int8 ones, "
+                                     f"{len(shapes)} in the graph: cannot line them up")
+                layers = [{**s, "fp32_us": f, "int8_us": i} for s, f, i in zip(shapes, f_conv, i_conv, strict=True)]
+                per_batch[b] = {"layers": layers, "fp32_other_us": f_other, "int8_other_us": i_other,
+                                "fp32_wall_ms": f_ms, "int8_wall_ms": i_ms}
+                log(f"{d.name} batch {b}: fp32 {f_ms:.3f} ms, int8 {i_ms:.3f} ms (wall, profiled)")
+            models.append({"dir": str(d), "name": d.name, "input": chw, "batches": per_batch})
+    doc = {"command": " ".join(sys.argv), "environment": env, "provenance": env.get("provenance"),
+           "settings": {"batch": args.batch, "runs": args.runs, "threads": threads}, "models": models,
+           "load": ls.summary(), "seconds": round(time.perf_counter() - t0, 1)}
+    lines = ["# int8 vs fp32 layer by layer (ONNX Runtime profiler)", "", provenance_line(doc["provenance"]), "",
+             f"{threads} ORT threads, {args.runs} profiled runs per model and batch after 5 warm-up runs; "
+             f"load average over the run {doc['load']}; {doc['seconds']:.0f} s. Microseconds per run as the "
+             "profiler reports them (its overhead included).", ""]
+    for m in models:
+        for b, r in m["batches"].items():
+            f_tot = sum(x["fp32_us"] for x in r["layers"]) + r["fp32_other_us"]
+            i_tot = sum(x["int8_us"] for x in r["layers"]) + r["int8_other_us"]
+            lines += [f"## {m['name']} ({'x'.join(map(str, m['input']))}), batch {b}", "",
+                      f"Whole model: fp32 {f_tot:.0f} us, int8 {i_tot:.0f} us profiled = {f_tot / i_tot:.2f}x "
+                      f"(wall time under the profiler {r['fp32_wall_ms']:.3f} / {r['int8_wall_ms']:.3f} ms).", "",
+                      "| # | conv | output | fp32 us | int8 us | int8 speed-up | share of fp32 time |",
+                      "|---:|---|---|---:|---:|---:|---:|"]
+            for k, x in enumerate(r["layers"]):
+                kind = "depthwise" if x["groups"] == x["in"] == x["out"] and x["groups"] > 1 else \
+                    f"{x['kernel']}x{x['kernel']}"
+                lines.append(f"| {k} | {x['in']}->{x['out']} {kind} | {x['hw']} | {x['fp32_us']:.0f} | "
+                             f"{x['int8_us']:.0f} | {x['fp32_us'] / max(x['int8_us'], 1e-9):.2f}x | "
+                             f"{100 * x['fp32_us'] / f_tot:.0f}% |")
+            lines.append(f"| | everything else | | {r['fp32_other_us']:.0f} | {r['int8_other_us']:.0f} | "
+                         f"{r['fp32_other_us'] / max(r['int8_other_us'], 1e-9):.2f}x | "
+                         f"{100 * r['fp32_other_us'] / f_tot:.0f}% |")
+            kinds: dict[str, list[float]] = {}
+            for k, x in enumerate(r["layers"]):
+                kind = "first convolution" if k == 0 else "depthwise" if x["groups"] > 1 else \
+                    "1x1" if x["kernel"] == 1 else "other convolutions"
+                kinds.setdefault(kind, [0.0, 0.0])
+                kinds[kind][0] += x["fp32_us"]
+                kinds[kind][1] += x["int8_us"]
+            kinds["everything else"] = [r["fp32_other_us"], r["int8_other_us"]]
+            lines += ["", "| layers | fp32 us | int8 us | int8 speed-up | share of fp32 time | share of int8 time |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for kind, (f, i) in kinds.items():
+                lines.append(f"| {kind} | {f:.0f} | {i:.0f} | {f / max(i, 1e-9):.2f}x | {100 * f / f_tot:.0f}% | "
+                             f"{100 * i / i_tot:.0f}% |")
+            lines.append("")
+    j, md = write_results(Path(args.out), doc, "\n".join(lines) + "\n")
+    log(f"wrote {j} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
