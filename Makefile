@@ -6,7 +6,7 @@ BIN      := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 # Test files run in this many processes (pytest-xdist; a file's tests stay together so its fixtures are built
-# once): 623 s instead of 749 s on the 2-core CI VM. 0 = one process.
+# once; timings in benchmarks/results/make_test.txt). 0 = one process.
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-slow lint bench-quick clean help
