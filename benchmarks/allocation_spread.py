@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             C.log(f"dense: MobileNet V1 {c['width']}, {c['dense_epochs']} epochs")
             steps.train(B.run_config(c, 0), dense_dir, data=bundle, ctx=ctx, log=C.log)
         dense_top1 = load(dense_dir / "model").spec.extra["metrics"]["test"]["top1"]
-        plan = steps.plan_budget(B.run_config(c, 0, args.budget), dense_dir / "model", work / "plan", data=bundle,
-                                 device=device, log=C.log)
+        plan = steps.plan_budget(B.run_config(c, 0, args.budget), dense_dir / "model",
+                                 work / args.budget.replace("=", "_") / "plan", data=bundle, device=device, log=C.log)
         names, sizes = plan.allocation.names, plan.allocation.sizes
         rows = []
         for i in pick(plan.candidates, args.k):
