@@ -77,23 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-lr", type=float, default=None)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=None)
+    # budget_fmnist.py's options that this script keeps at their defaults (its searched arm, no distillation)
+    ap.set_defaults(distill=0.0, tag="", global_floor=None, global_norm=None)
     args = ap.parse_args(argv)
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    c = dict(B.MODES[mode])
-    c["distill"] = 0.0
-    if args.finetune_lr is not None:
-        c["finetune_lr"] = args.finetune_lr
-    if args.split:
-        c["dense_epochs"], c["prune_epochs"], c["finetune_epochs"] = (float(v) for v in args.split.split(","))
+    mode, c = B.setup(args, ap)
     C.setup_threads(args.threads or None)
     from prunekit import steps
     from prunekit.pruning.search import Allocation
     from prunekit.saved import load
     from prunekit.train import DistContext, pick_device
 
-    ns = argparse.Namespace(split=args.split, finetune_lr=args.finetune_lr, distill=0.0, tag="",
-                            global_floor=None, global_norm=None, methods=",".join(B.METHODS))
-    work, dense_dir = B._work_dirs(ns, mode)
+    work, dense_dir = B._work_dirs(args, mode)
     work = work.parent / (work.name + "_spread")
     device = pick_device("auto")
     ctx = DistContext(device=device)

@@ -253,6 +253,26 @@ def stats(rows: list[dict]) -> dict[str, float]:
     return {"mean": mean, "se": se, "seeds": tops}
 
 
+def setup(args, ap: argparse.ArgumentParser) -> tuple[str, dict]:
+    """The mode (smoke | quick | full) and its settings with the options' overrides (--distill, --global-floor,
+    --global-norm, --finetune-lr, --split): shared with the scripts that reuse this one's arms and work dirs."""
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    c = dict(MODES[mode])
+    c["distill"] = args.distill
+    if args.global_floor is not None:
+        c["global_floor"] = args.global_floor
+    if args.global_norm is not None:
+        c["global_norm"] = args.global_norm
+    if args.finetune_lr is not None:
+        c["finetune_lr"] = args.finetune_lr
+    if args.split:
+        try:
+            c["dense_epochs"], c["prune_epochs"], c["finetune_epochs"] = (float(v) for v in args.split.split(","))
+        except ValueError:
+            ap.error(f"--split wants three numbers D,P,F, got {args.split!r}")
+    return mode, c
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -285,20 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = args.methods.split(",")
     if not methods or set(methods) - set(METHODS):
         ap.error(f"--methods: choose from {','.join(METHODS)}, got {args.methods!r}")
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    c = dict(MODES[mode])
-    c["distill"] = args.distill
-    if args.global_floor is not None:
-        c["global_floor"] = args.global_floor
-    if args.global_norm is not None:
-        c["global_norm"] = args.global_norm
-    if args.finetune_lr is not None:
-        c["finetune_lr"] = args.finetune_lr
-    if args.split:
-        try:
-            c["dense_epochs"], c["prune_epochs"], c["finetune_epochs"] = (float(v) for v in args.split.split(","))
-        except ValueError:
-            ap.error(f"--split wants three numbers D,P,F, got {args.split!r}")
+    mode, c = setup(args, ap)
     if args.show_dirs:
         print("\n".join(str(d) for d in _work_dirs(args, mode)))
         return 0

@@ -35,11 +35,13 @@ from _common import RESULTS, LoadSampler, environment, log, provenance_line, wri
 DEFAULT_DIRS = [RESULTS / "_work" / "deploy_quick" / "224_2048_1000_1_1_16_0.03_0.2" / d for d in ("dense", "pruned")]
 
 
-def conv_shapes(path: Path) -> list[dict]:
-    """Every Conv of an fp32 ONNX file in graph order: input/output channels, groups, output size."""
+def conv_shapes(path: Path) -> tuple[list[int], list[dict]]:
+    """The input's (C, H, W) and every Conv of an fp32 ONNX file in graph order: input/output channels, groups,
+    output size."""
     import onnx
 
     m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    chw = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim][1:]
     init = {i.name: list(i.dims) for i in m.graph.initializer}
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in m.graph.value_info}
     out = []
@@ -50,7 +52,7 @@ def conv_shapes(path: Path) -> list[dict]:
         groups = next((a.i for a in n.attribute if a.name == "group"), 1)
         hw = shapes.get(n.output[0], [0, 0, 0, 0])[-2:]
         out.append({"in": w[1] * groups, "out": w[0], "groups": groups, "kernel": w[2], "hw": f"{hw[0]}x{hw[1]}"})
-    return out
+    return chw, out
 
 
 def profile(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[list[float], float, float]:
@@ -110,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     models = []
     with LoadSampler() as ls:
         for d in dirs:
-            shapes = conv_shapes(d / "model.onnx")
-            import onnx
-
-            dims = onnx.load(str(d / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
-            chw = [v.dim_value for v in dims][1:]
+            chw, shapes = conv_shapes(d / "model.onnx")
             per_batch = {}
             for b in sorted({1, args.batch}):
                 x = np.random.default_rng(0).standard_normal((b, *chw)).astype(np.float32)
