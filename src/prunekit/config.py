@@ -110,6 +110,9 @@ class PruneCfg(PruningConfig, StageTrainCfg):
     budget_threads: int = F(0, "threads of a latency budget (0: all cores)", lo=0, hi=512)
     search_candidates: int = F(100, "allocations the budget search scores by adaptive-BN accuracy (0: greedy only)",
                                lo=0, hi=100_000)
+    search_floor: float = F(0.5, "the budget search keeps every layer at or above this fraction of the channels "
+                            "uniform pruning to the same budget keeps there (a layer cut far below it is a bottleneck "
+                            "fine-tuning recovers from worst; 0: no floor)", lo=0, hi=1)
     sensitivity_images: int = F(1000, "held-out training images that score sensitivity and search candidates",
                                 lo=32, hi=1_000_000)
     calib_images: int = F(512, "training images that re-estimate BatchNorm statistics (adaptive BN)", lo=16,

@@ -308,7 +308,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
 
     from .pruning import strip
     from .pruning.budget import Budget, ChannelFractions, ProfileCost
-    from .pruning.search import greedy, search, uniform
+    from .pruning.search import floor_of, greedy, search, uniform
 
     t0 = time.perf_counter()
     p = cfg.prune
@@ -360,8 +360,10 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     def searched(aim: float):
         if p.search_candidates > 0:
             return search(evaluator, sens, names, sizes, cost, aim, limits, p.search_candidates, cfg.seed,
-                          progress=log)
-        a = greedy(sens, names, sizes, cost, aim, limits)
+                          progress=log, floor=p.search_floor)
+        lowest = floor_of(uniform(names, sizes, cost, aim, limits), p.search_floor, limits)
+        a = greedy(sens, names, sizes, cost, aim, limits, lowest)
+        a.extra["floor"] = lowest
         a.score = evaluator(a.keep)
         return a, []
 

@@ -14,7 +14,7 @@ from prunekit.errors import PrunekitError
 from prunekit.models import create_model
 from prunekit.pruning import OneShot, PolynomialDecay, PruningConfig, prune_, strip
 from prunekit.pruning.budget import Budget, ChannelFractions, ProfileCost
-from prunekit.pruning.search import Limits, greedy, search, uniform
+from prunekit.pruning.search import Limits, floor_of, greedy, search, uniform
 from prunekit.pruning.sensitivity import AdaptiveBNEvaluator, Sensitivity, measure_sensitivity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -163,6 +163,33 @@ def test_a_budget_near_the_cheapest_model_still_gets_every_candidate():
     assert sum(r["method"] == "random" for r in records) == 30 and len(set(seen)) == 32
     for keep in seen:  # at most max_sparsity (as the rounding of keep counts allows)
         assert all(k >= limits.keep(n, 0.9) for k, n in zip(keep, sizes, strict=True))
+
+
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_no_searched_allocation_keeps_a_group_below_the_floor_of_uniform(round_to):
+    """With ``floor`` f, the greedy allocation and every candidate keep at least f x uniform's channels in every
+    group (rounded up to ``round_to``); without it (f = 0) the search near the cheapest model does cut groups
+    below that, which is what the floor is for."""
+    names, sizes, cost, sens = _toy((64, 128, 128, 256))
+    limits = Limits(round_to, 1, 0.95)
+    target = 0.3 * sum(sizes)
+    base = uniform(names, sizes, cost, target, limits)
+    evaluate = lambda keep: {"top1": float(-np.std(np.array(keep) / np.array(sizes))), "loss": 0.0}  # noqa: E731
+    below = {}
+    for f in (0.0, 0.5, 0.9):
+        lowest = floor_of(base, f, limits)
+        assert all(lo >= f * k and (lo % round_to == 0 or lo == n) for lo, k, n in zip(lowest, base.keep, sizes,
+                                                                                      strict=True))
+        best, records = search(evaluate, sens, names, sizes, cost, target, limits, candidates=30, seed=0, floor=f)
+        g = greedy(sens, names, sizes, cost, target, limits, lowest)
+        kept = [r["kept"] for r in records] + [g.keep, best.keep]
+        below[f] = sum(any(k < f * u for k, u in zip(keep, base.keep, strict=True)) for keep in kept)
+        below[(f, 0.5)] = sum(any(k < 0.5 * u for k, u in zip(keep, base.keep, strict=True)) for keep in kept)
+        assert all(r["cost"] <= target for r in records) and g.cost <= target
+        assert best.extra["floor"] == lowest
+    assert below[0.5] == below[0.9] == 0
+    assert below[(0.0, 0.5)] > 5  # without a floor many candidates cut a group below half of uniform's
+    assert below[(0.9, 0.5)] == 0  # a high floor leaves few allocations (with round_to 8: uniform alone)
 
 
 def test_an_impossible_budget_is_refused():

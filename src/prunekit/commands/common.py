@@ -97,6 +97,7 @@ def add_budget_args(p: argparse.ArgumentParser | Any) -> None:
     config_flag(p, "--budget-batch", "prune.budget_batch")
     config_flag(p, "--budget-threads", "prune.budget_threads")
     config_flag(p, "--search-candidates", "prune.search_candidates")
+    config_flag(p, "--search-floor", "prune.search_floor")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

@@ -11,11 +11,16 @@
    held-out training slice; the best is kept.
 
 Every allocation respects ``round_to``, ``min_channels`` and ``max_sparsity``; groups that are not searched
-(exclusions, overrides) stay as they are.
+(exclusions, overrides) stay as they are. The greedy and searched allocations also keep every group at or above
+a floor: ``floor`` x the channels uniform pruning to the same budget keeps there (:func:`floor_of`). Without it,
+near the cheapest allowed model (a latency budget's quarter) most candidates cut some layers to the minimum, and
+those bottlenecks are what fine-tuning recovers from worst (``benchmarks/results/allocation_spread_*``); the
+same reason as ``global_floor`` for a global ranking.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,14 +72,28 @@ class Limits:
         return round_keep(size * (1 - s), size, self.round_to, self.min_channels)
 
 
+def floor_of(base: Allocation, fraction: float, limits: Limits) -> list[int]:
+    """Per group, the fewest channels an allocation may keep: ``fraction`` x what ``base`` (uniform pruning to the
+    same budget) keeps, rounded up to a multiple of ``round_to``, within the limits; 0 for no floor."""
+    out = []
+    for k, n in zip(base.keep, base.sizes, strict=True):
+        f = int(math.ceil(fraction * k - 1e-9))
+        if limits.round_to > 1 and f % limits.round_to:
+            f = (f // limits.round_to + 1) * limits.round_to
+        out.append(min(n, max(f, limits.keep(n, limits.max_sparsity))) if fraction > 0 else 0)
+    return out
+
+
 def _scaled(sizes: Sequence[int], direction: np.ndarray, cost: CostModel, target: float, limits: Limits,
-            method: str, names: list[str]) -> Allocation | None:
+            method: str, names: list[str], floor: Sequence[int] | None = None) -> Allocation | None:
     """Sparsities ``t * direction`` (clipped) with the smallest ``t`` whose cost meets ``target`` (bisection).
     ``t`` goes on until every group has reached ``max_sparsity`` (groups past it stay at it), not only the
     direction's largest: near the cheapest allowed model, as a latency budget's quarter often is, few directions
     meet the budget before their largest group saturates. (Uniform's direction saturates all groups at once.)"""
+    lo_keep = floor if floor is not None else [0] * len(sizes)
+
     def at(t: float) -> list[int]:
-        return [limits.keep(n, t * d) for n, d in zip(sizes, direction, strict=True)]
+        return [max(limits.keep(n, t * d), f) for n, d, f in zip(sizes, direction, lo_keep, strict=True)]
 
     hi = limits.max_sparsity / max(float(direction.min()), 1e-9)
     if cost(np.array(at(hi))) > target:
@@ -111,9 +130,11 @@ def uniform(names: list[str], sizes: Sequence[int], cost: CostModel, target: flo
 
 
 def greedy(sens: Sensitivity, names: list[str], sizes: Sequence[int], cost: CostModel, target: float,
-           limits: Limits) -> Allocation:
-    """Take steps off the groups with the least loss per unit of cost saved until the budget is met."""
-    levels = [limits.levels(s) for s in sizes]
+           limits: Limits, floor: Sequence[int] | None = None) -> Allocation:
+    """Take steps off the groups with the least loss per unit of cost saved until the budget is met (no group
+    below ``floor``)."""
+    levels = [sorted({k for k in limits.levels(s) if k > f} | ({f} if f else set()), reverse=True) or [s]
+              for s, f in zip(sizes, floor if floor is not None else [0] * len(sizes), strict=True)]
     pos = [0] * len(sizes)
     keep = np.array([lv[0] for lv in levels])
     current = cost(keep)
@@ -145,13 +166,16 @@ def greedy(sens: Sensitivity, names: list[str], sizes: Sequence[int], cost: Cost
 
 def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitivity, names: list[str],
            sizes: Sequence[int], cost: CostModel, target: float, limits: Limits, candidates: int = 100,
-           seed: int = 0, progress: Callable[[str], None] | None = None) -> tuple[Allocation, list[dict[str, Any]]]:
-    """Score the uniform and greedy allocations and ``candidates`` more that meet the budget; keep the best by
-    adaptive-BN top-1 (then loss). Returns the best and every candidate's record (method, cost, score, channels
-    kept per group)."""
+           seed: int = 0, progress: Callable[[str], None] | None = None,
+           floor: float = 0.5) -> tuple[Allocation, list[dict[str, Any]]]:
+    """Score the uniform and greedy allocations and ``candidates`` more that meet the budget, none keeping a group
+    below ``floor`` x uniform's channels there; keep the best by adaptive-BN top-1 (then loss). Returns the best
+    and every candidate's record (method, cost, score, channels kept per group)."""
     rng = np.random.default_rng(seed)
-    start = greedy(sens, names, sizes, cost, target, limits)
-    pool = [uniform(names, sizes, cost, target, limits), start]
+    base = uniform(names, sizes, cost, target, limits)
+    lowest = floor_of(base, floor, limits)
+    start = greedy(sens, names, sizes, cost, target, limits, lowest)
+    pool = [base, start]
     s0 = np.array([1 - k / n for k, n in zip(start.keep, sizes, strict=True)])
     seen = {tuple(a.keep) for a in pool}  # each allocation scored once (near the floor, directions coincide)
     tries = 0
@@ -161,7 +185,7 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
             direction = np.clip(s0, 0.02, None) * np.exp(rng.normal(0.0, 0.35, len(sizes)))
         else:  # anywhere (EagleEye's random layer-wise ratios)
             direction = rng.uniform(0.05, 1.0, len(sizes))
-        a = _scaled(sizes, direction, cost, target, limits, "random", names)
+        a = _scaled(sizes, direction, cost, target, limits, "random", names, lowest)
         if a is not None and tuple(a.keep) not in seen:
             seen.add(tuple(a.keep))
             pool.append(a)
@@ -175,5 +199,5 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
         if progress and (i + 1) % 10 == 0:
             progress(f"search: {i + 1}/{len(pool)} candidates, best top-1 {best.score['top1']:.2f}% ({best.method})")
     chosen = Allocation(best.names, best.sizes, best.keep, best.cost, "search (best of "
-                        f"{len(pool)}: {best.method})", best.score)
+                        f"{len(pool)}: {best.method})", best.score, {"floor": lowest})
     return chosen, records
