@@ -399,6 +399,10 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
         f.name for f in (tmp_path / "plan").iterdir()}
     plan = json.loads((tmp_path / "plan" / "budget_plan.json").read_text())
     assert plan["predicted"] <= plan["target"] == pytest.approx(0.5 * plan["dense_cost"])
+    floor, kept = plan["allocation"]["floor"], [g["kept"] for g in plan["allocation"]["groups"]]
+    uniform_kept = [g["kept"] for g in plan["uniform"]["groups"]]
+    assert "prune.search_floor" in out and ", ".join(map(str, floor)) in out
+    assert all(k >= f >= 0.5 * u for k, f, u in zip(kept, floor, uniform_kept, strict=True))
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
                            "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
                            "--epochs", "0.25", "--out", tmp_path / "p")
