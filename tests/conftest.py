@@ -13,7 +13,9 @@ import pytest
 import torch
 
 os.environ.setdefault("PRUNEKIT_TEST", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest-xdist runs one worker per core (make test: 2): two threads in each worker would make 4 spin-waiting
+# threads on 2 cores; alone, a process may use two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
 
