@@ -483,7 +483,13 @@ def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path
 
     monkeypatch.setattr(L, "Timer", OptimisticTableTimer)
     refs, measure_ratio = [], L.measure_ratio
-    monkeypatch.setattr(L, "measure_ratio", lambda *a, **k: refs.append(k.get("dense_ref")) or measure_ratio(*a, **k))
+
+    def spy(*a, **k):  # each check's dense model times 20% faster than the one before: a slow phase ending
+        refs.append(k.get("dense_ref"))
+        r = measure_ratio(*a, **k)
+        return {**r, "dense_ms": r["dense_ms"] * 0.8 ** len(refs)}
+
+    monkeypatch.setattr(L, "measure_ratio", spy)
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     rc, out, err = run_cli("plan", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
                            "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
@@ -500,8 +506,33 @@ def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path
     assert best["measured"] >= 0.9 * target or len(searched) == 4  # moved into [0.9, 1] x target, or gave up
     uniform_fits = [c for c in plan["checks"] if c["allocation"] == "uniform" and c["measured"] <= target]
     assert uniform_fits
-    # every check knows the dense model's latency at planning (to notice a slow phase of the machine)
-    assert len(refs) == len(plan["checks"]) and refs == [pytest.approx(plan["dense_cost"])] * len(refs)
+    # every check knows the dense model's fastest latency seen so far while planning (to notice a slow phase of
+    # the machine, also one the first measurement fell in); the plan keeps it for the prune step's check
+    dense = [c["dense_ms"] for c in plan["checks"]]
+    assert len(refs) == len(dense) >= 3 and dense == sorted(dense, reverse=True)
+    assert refs == [pytest.approx(min([plan["dense_cost"], *dense[:i]])) for i in range(len(refs))]
+    assert plan["dense_fastest"] == pytest.approx(min(plan["dense_cost"], *dense))
+    assert plan["dense_fastest"] < refs[1] < refs[0]
+
+
+def test_the_prune_check_takes_the_plans_fastest_dense_time_as_its_reference(monkeypatch):
+    from types import SimpleNamespace
+
+    from prunekit import steps
+    from prunekit.config import parse_config
+    from prunekit.inference import latency as L
+
+    seen = []
+    monkeypatch.setattr(L, "Timer", DriftingTimer)
+    monkeypatch.setattr(L, "measure_ratio", lambda *a, **k: seen.append(k["dense_ref"]) or {
+        "ratio": 0.5, "model_ms": 1.0, "dense_ms": 2.0, "ratios": [0.5]})
+    cfg = parse_config({"prune": {"budget": "latency_ms=0.5x"}})
+    m = mobilenet()
+    plan = SimpleNamespace(budget="latency_ms=0.5x", dense_cost=4.0, target=2.0, dense_fastest=3.0)
+    assert steps.measure_cost(plan, m, SHAPE, cfg, dense=m)["measured"] == pytest.approx(2.0)  # ratio x dense_cost
+    plan.dense_fastest = None  # a plan without it: the dense latency it was set with
+    steps.measure_cost(plan, m, SHAPE, cfg, dense=m)
+    assert seen == [3.0, 4.0]
 
 
 def test_sensitivity_command_writes_json_and_plot_and_is_cached(tiny_model_dir, tmp_path, monkeypatch):
