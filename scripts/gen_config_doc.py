@@ -24,8 +24,8 @@ the target sparsity is `final + (initial - final) * (1 - p)^power` (`p` = progre
 `one_shot` use `final_sparsity` throughout), and in every selected group the lowest-ranked channels are masked
 until that fraction is gone. Steps can be given in epochs (`begin_epoch`, `end_epoch`); by default pruning ends
 at 60% of `prune.epochs`, leaving the rest to recover. The final target is also applied at `end_step` itself.
-`prune.lr`/`finetune.lr` default to `train.lr / 2`; the prune and finetune stages take every other training
-setting from `train`.
+`prune.lr` defaults to `train.lr / 2` and `finetune.lr` to `train.lr` (the fine-tuning schedule restarts at the
+full rate: learning-rate rewinding); the prune and finetune stages take every other training setting from `train`.
 
 **Augmentation** (`data.augment`) scales with the image: a random crop after zero padding of `crop_pad` times
 the image side (default 0.125: 4 px at 28x28, 1 px at 8x8), and horizontal flips only where the content is
