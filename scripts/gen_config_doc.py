@@ -34,14 +34,21 @@ mirror-symmetric: on by default for Fashion-MNIST, off for image folders and syn
 """
 
 
-def main() -> None:
+OUT = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+
+
+def render() -> str:
+    """docs/config.md as the schema describes it (tests/test_config.py checks the file is up to date)."""
     lines = [HEAD, "| key | type | default | meaning |", "|---|---|---|---|"]
     for key, t, default, doc in describe():
         d = "null" if default is None else f"`{default!r}`"
         lines.append(f"| `{key}` | {t} | {d} | {doc} |")
-    out = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    OUT.write_text(render())
+    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,19 @@ def test_every_key_is_documented():
         assert f"`{key}`" in doc, f"docs/config.md lacks {key}"
 
 
+def test_the_config_doc_is_what_the_generator_writes():
+    """docs/config.md is generated (scripts/gen_config_doc.py): a hand edit there is lost at the next
+    regeneration, and a schema change without regenerating leaves it stale."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_config_doc", root / "scripts" / "gen_config_doc.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (root / "docs" / "config.md").read_text() == gen.render(), "run: python scripts/gen_config_doc.py"
+
+
 def test_stage_learning_rates_default_from_train():
     """Pruning trains at half the dense rate; fine-tuning restarts at the full rate (learning-rate rewinding);
     an explicit rate wins."""
