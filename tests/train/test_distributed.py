@@ -69,3 +69,29 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
             assert torch.allclose(a[k], b[k], atol=1e-8, rtol=1e-8), k
         else:
             assert torch.equal(a[k], b[k]), k
+
+
+def test_a_process_group_it_starts_is_destroyed_at_exit(monkeypatch):
+    """init_distributed registers an exit handler that destroys the group it created (a rank exiting with a live
+    Gloo group can abort in interpreter finalization: SIGABRT, "terminate called without an active exception")."""
+    import atexit
+
+    import torch.distributed as dist
+
+    from prunekit.train import distributed as D
+
+    real_init, registered = dist.init_process_group, []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: real_init(
+        backend, store=dist.HashStore(), rank=0, world_size=1))  # a real group, without a rendezvous
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    ctx = D.init_distributed("cpu")
+    try:
+        assert ctx.world == 2 and dist.is_initialized() and len(registered) == 1
+        registered[0]()  # what the interpreter runs at exit
+        assert not dist.is_initialized()
+        registered[0]()  # and again (already destroyed): nothing happens
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

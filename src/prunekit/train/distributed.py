@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -61,7 +62,16 @@ def init_distributed(device: str = "auto") -> DistContext:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend)
+        atexit.register(_destroy)
     return DistContext(rank, world, local_rank, dev)
+
+
+def _destroy() -> None:
+    """Destroy the process group at exit, while the interpreter is still whole: a rank that exits with a live
+    Gloo group can abort in interpreter finalization ("terminate called without an active exception", SIGABRT;
+    pytorch/pytorch#190489, #179291), which failed a 2-process test on a loaded 2-core machine."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
