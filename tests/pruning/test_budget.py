@@ -14,7 +14,7 @@ from prunekit.errors import PrunekitError
 from prunekit.models import create_model
 from prunekit.pruning import OneShot, PolynomialDecay, PruningConfig, prune_, strip
 from prunekit.pruning.budget import Budget, ChannelFractions, ProfileCost
-from prunekit.pruning.search import Limits, floor_of, greedy, search, uniform
+from prunekit.pruning.search import Limits, floor_of, greedy, greedy_within, search, uniform
 from prunekit.pruning.sensitivity import AdaptiveBNEvaluator, Sensitivity, measure_sensitivity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,6 +190,30 @@ def test_no_searched_allocation_keeps_a_group_below_the_floor_of_uniform(round_t
     assert below[0.5] == below[0.9] == 0
     assert below[(0.0, 0.5)] > 5  # without a floor many candidates cut a group below half of uniform's
     assert below[(0.9, 0.5)] == 0  # a high floor leaves few allocations (with round_to 8: uniform alone)
+
+
+def test_a_floor_that_costs_more_than_uniform_falls_back_to_uniform():
+    """A measured cost need not fall with every channel removed: where nothing at or above the floor but uniform's
+    own allocation meets the budget (here: everything else hits a slow kernel), greedy cannot meet it; the
+    search and the greedy-only plan then start from uniform instead of failing."""
+    names, sizes, toy, sens = _toy()
+    limits = Limits(round_to=4, max_sparsity=0.9)
+    base = uniform(names, sizes, toy, 0.6 * sum(sizes), limits)
+
+    class OnlyUniformFits:
+        kind = "latency_ms"
+
+        def __call__(self, keep):
+            return float(np.sum(keep)) + (0.0 if list(keep) == base.keep else 1000.0)
+
+    cost, target = OnlyUniformFits(), float(sum(base.keep))
+    lowest = floor_of(base, 0.5, limits)
+    with pytest.raises(PrunekitError):
+        greedy(sens, names, sizes, cost, target, limits, lowest)
+    a = greedy_within(sens, base, cost, target, limits, lowest)  # what the search starts from
+    assert a.keep == base.keep and a.cost <= target and "uniform" in a.method
+    b = greedy_within(sens, base, toy, target, limits, lowest)  # where greedy fits, it is greedy's own
+    assert b.method == "greedy" and b.keep == greedy(sens, names, sizes, toy, target, limits, lowest).keep
 
 
 def test_an_impossible_budget_is_refused():

@@ -164,6 +164,18 @@ def greedy(sens: Sensitivity, names: list[str], sizes: Sequence[int], cost: Cost
     return Allocation(names, list(sizes), keep.tolist(), float(current), "greedy")
 
 
+def greedy_within(sens: Sensitivity, base: Allocation, cost: CostModel, target: float, limits: Limits,
+                  floor: Sequence[int]) -> Allocation:
+    """:func:`greedy` above ``floor``; where that cannot meet the budget, ``base`` (uniform pruning, which meets it):
+    a measured latency is not monotone in every channel count, so the floor (fewer channels than uniform in every
+    group) can cost more than uniform itself."""
+    try:
+        return greedy(sens, base.names, base.sizes, cost, target, limits, floor)
+    except PrunekitError:
+        return Allocation(base.names, list(base.sizes), list(base.keep), base.cost, "greedy (uniform: the floor does "
+                          "not fit)")
+
+
 def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitivity, names: list[str],
            sizes: Sequence[int], cost: CostModel, target: float, limits: Limits, candidates: int = 100,
            seed: int = 0, progress: Callable[[str], None] | None = None,
@@ -174,7 +186,7 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
     rng = np.random.default_rng(seed)
     base = uniform(names, sizes, cost, target, limits)
     lowest = floor_of(base, floor, limits)
-    start = greedy(sens, names, sizes, cost, target, limits, lowest)
+    start = greedy_within(sens, base, cost, target, limits, lowest)
     pool = [base, start]
     s0 = np.array([1 - k / n for k, n in zip(start.keep, sizes, strict=True)])
     seen = {tuple(a.keep) for a in pool}  # each allocation scored once (near the floor, directions coincide)
