@@ -313,7 +313,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
 
     from .pruning import strip
     from .pruning.budget import Budget, ChannelFractions, ProfileCost
-    from .pruning.search import floor_of, greedy_within, search, uniform
+    from .pruning.search import greedy_within, search, uniform
 
     t0 = time.perf_counter()
     p = cfg.prune
@@ -366,10 +366,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         if p.search_candidates > 0:
             return search(evaluator, sens, names, sizes, cost, aim, limits, p.search_candidates, cfg.seed,
                           progress=log, floor=p.search_floor)
-        base = uniform(names, sizes, cost, aim, limits)
-        lowest = floor_of(base, p.search_floor, limits)
-        a = greedy_within(sens, base, cost, aim, limits, lowest)
-        a.extra["floor"] = lowest
+        a = greedy_within(sens, uniform(names, sizes, cost, aim, limits), cost, aim, limits, p.search_floor)
         a.score = evaluator(a.keep)
         return a, []
 

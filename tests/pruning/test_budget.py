@@ -210,9 +210,9 @@ def test_a_floor_that_costs_more_than_uniform_falls_back_to_uniform():
     lowest = floor_of(base, 0.5, limits)
     with pytest.raises(PrunekitError):
         greedy(sens, names, sizes, cost, target, limits, lowest)
-    a = greedy_within(sens, base, cost, target, limits, lowest)  # what the search starts from
-    assert a.keep == base.keep and a.cost <= target and "uniform" in a.method
-    b = greedy_within(sens, base, toy, target, limits, lowest)  # where greedy fits, it is greedy's own
+    a = greedy_within(sens, base, cost, target, limits, 0.5)  # what the search starts from
+    assert a.keep == base.keep and a.cost <= target and "uniform" in a.method and a.extra["floor"] == lowest
+    b = greedy_within(sens, base, toy, target, limits, 0.5)  # where greedy fits, it is greedy's own
     assert b.method == "greedy" and b.keep == greedy(sens, names, sizes, toy, target, limits, lowest).keep
 
 
@@ -435,6 +435,19 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     assert b["met"] and b["measured"] <= b["target"] and b["measured"] == b["predicted"]
     rc, out, err = run_cli("surgery", "--model", tmp_path / "p" / "model", "--out", tmp_path / "s", "--json")
     assert rc == 0 and json.loads(out)["macs_after"] == b["measured"]
+
+
+def test_plan_without_candidates_is_the_greedy_allocation_above_the_floor(tiny_model_dir, tmp_path):
+    rc, out, err = run_cli("plan", "--model", tiny_model_dir, "--budget", "macs=0.25x", "--search-candidates", "0",
+                           "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--out", tmp_path / "plan")
+    assert rc == 0, err
+    plan = json.loads((tmp_path / "plan" / "budget_plan.json").read_text())
+    a, u = plan["allocation"], plan["uniform"]
+    assert a["method"].startswith("greedy") and plan["candidates"] == [] and a["cost"] <= plan["target"]
+    assert all(g["kept"] >= f >= 0.5 * h["kept"] for g, f, h in zip(a["groups"], a["floor"], u["groups"],
+                                                                     strict=True))
+    assert "prune.search_floor" in out
 
 
 class DriftingTimer:

@@ -75,12 +75,14 @@ class Limits:
 def floor_of(base: Allocation, fraction: float, limits: Limits) -> list[int]:
     """Per group, the fewest channels an allocation may keep: ``fraction`` x what ``base`` (uniform pruning to the
     same budget) keeps, rounded up to a multiple of ``round_to``, within the limits; 0 for no floor."""
+    if fraction <= 0:
+        return [0] * len(base.keep)
     out = []
     for k, n in zip(base.keep, base.sizes, strict=True):
         f = int(math.ceil(fraction * k - 1e-9))
         if limits.round_to > 1 and f % limits.round_to:
             f = (f // limits.round_to + 1) * limits.round_to
-        out.append(min(n, max(f, limits.keep(n, limits.max_sparsity))) if fraction > 0 else 0)
+        out.append(min(n, max(f, limits.keep(n, limits.max_sparsity))))
     return out
 
 
@@ -165,15 +167,19 @@ def greedy(sens: Sensitivity, names: list[str], sizes: Sequence[int], cost: Cost
 
 
 def greedy_within(sens: Sensitivity, base: Allocation, cost: CostModel, target: float, limits: Limits,
-                  floor: Sequence[int]) -> Allocation:
-    """:func:`greedy` above ``floor``; where that cannot meet the budget, ``base`` (uniform pruning, which meets it):
-    a measured latency is not monotone in every channel count, so the floor (fewer channels than uniform in every
-    group) can cost more than uniform itself."""
+                  floor: float) -> Allocation:
+    """:func:`greedy` above ``floor`` x ``base``'s channels (:func:`floor_of`, recorded as ``extra["floor"]``);
+    where that cannot meet the budget, ``base`` (uniform pruning, which meets it): a measured latency is not
+    monotone in every channel count, so the floor (fewer channels than uniform in every group) can cost more than
+    uniform itself."""
+    lowest = floor_of(base, floor, limits)
     try:
-        return greedy(sens, base.names, base.sizes, cost, target, limits, floor)
+        a = greedy(sens, base.names, base.sizes, cost, target, limits, lowest)
     except PrunekitError:
-        return Allocation(base.names, list(base.sizes), list(base.keep), base.cost, "greedy (uniform: the floor does "
-                          "not fit)")
+        a = Allocation(base.names, list(base.sizes), list(base.keep), base.cost, "greedy (uniform: the floor does "
+                       "not fit)")
+    a.extra["floor"] = lowest
+    return a
 
 
 def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitivity, names: list[str],
@@ -185,8 +191,8 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
     and every candidate's record (method, cost, score, channels kept per group)."""
     rng = np.random.default_rng(seed)
     base = uniform(names, sizes, cost, target, limits)
-    lowest = floor_of(base, floor, limits)
-    start = greedy_within(sens, base, cost, target, limits, lowest)
+    start = greedy_within(sens, base, cost, target, limits, floor)
+    lowest = start.extra["floor"]
     pool = [base, start]
     s0 = np.array([1 - k / n for k, n in zip(start.keep, sizes, strict=True)])
     seen = {tuple(a.keep) for a in pool}  # each allocation scored once (near the floor, directions coincide)
