@@ -189,22 +189,53 @@ def finetune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, teacher:
 # --- budgets: sensitivity, cost model, allocation search --------------------------------------------------
 
 
-def _train_slices(bundle: DataBundle, calib: int, evaluation: int, batch: int, seed: int,
-                  device: torch.device) -> tuple[list, list]:
-    """Two disjoint random slices of the *training* split (no augmentation): BatchNorm calibration and the
-    held-out images that score sensitivity and allocations."""
-    from .data import iterate_batches
-
-    n = len(bundle.train)
-    if n < calib + evaluation:  # a small dataset: a third for calibration, the rest for scoring
+def _held_out(n: int, calib: int, evaluation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of two disjoint random slices of a training split of ``n`` images: BatchNorm calibration and the
+    held-out images that score sensitivity and allocations (a small dataset: a third and the rest)."""
+    if n < calib + evaluation:
         calib, evaluation = max(1, n // 3), n - max(1, n // 3)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    return perm[:calib], perm[calib:calib + evaluation]
+
+
+def _train_slices(bundle: DataBundle, calib: int, evaluation: int, batch: int, seed: int,
+                  device: torch.device) -> tuple[list, list]:
+    """The two slices of :func:`_held_out` as batches (no augmentation)."""
+    from .data import iterate_batches
 
     def batches(idx: torch.Tensor) -> list:
         sub = dataclasses.replace(bundle, train=bundle.train.subset(idx))
         return list(iterate_batches(sub, "train", batch, train=False, device=device))
 
-    return batches(perm[:calib]), batches(perm[calib:calib + evaluation])
+    return tuple(batches(i) for i in _held_out(len(bundle.train), calib, evaluation, seed))
+
+
+def _finetune_scorer(cfg: RunConfig, bundle: DataBundle, evaluator: Any, device: torch.device):
+    """The search's final scorer: ``prune.search_finetune_steps`` SGD steps (batch <= 128, 0.1 x the
+    fine-tuning LR, the training's weight decay) on the training split minus the held-out slice, then adaptive
+    BN and the held-out score (:class:`prunekit.pruning.sensitivity.FinetuneEvaluator`)."""
+    from .data import iterate_batches
+    from .pruning.sensitivity import FinetuneEvaluator
+    from .train.optim import build_optimizer
+
+    p = cfg.prune
+    n = len(bundle.train)
+    _, held = _held_out(n, p.calib_images, p.sensitivity_images, cfg.seed)
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[held] = False
+    sub = dataclasses.replace(bundle, train=bundle.train.subset(torch.nonzero(rest).flatten()))
+    ft = cfg.finetune.training(cfg.train, cfg.seed)
+    batch = max(1, min(128, ft.batch_size, len(sub.train)))
+
+    def batches():
+        epoch = 0
+        while True:  # the same order for every candidate
+            yield from iterate_batches(sub, "train", batch, train=True, seed=cfg.seed + 1, epoch=epoch, device=device)
+            epoch += 1
+
+    return FinetuneEvaluator(evaluator, batches,
+                             lambda m: build_optimizer(m, ft.optimizer, 0.1 * ft.lr, ft.weight_decay, ft.momentum,
+                                                               ft.nesterov), p.search_finetune_steps)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -308,7 +339,8 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
                 data: DataBundle | None = None, device: str | torch.device = "cpu", log: Log = print) -> BudgetPlan:
     """Choose every group's channels for ``cfg.prune.budget``: sensitivity, the budget's cost model (MACs,
     parameters, or a latency table measured on ``cfg.prune.budget_runtime`` here), the greedy allocation and
-    ``search_candidates`` more scored by adaptive-BN accuracy. Nothing is trained."""
+    ``search_candidates`` more scored by adaptive-BN accuracy, the best few again after a short masked fine-tuning
+    (``search_finetune_steps``; the dense model's weights are left as they were)."""
     import time
 
     from .pruning import strip
@@ -362,10 +394,12 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     # aim a little under a measured budget: the final model is checked as measured (5% allowance)
     aim = target * (0.97 if budget.kind == "latency_ms" else 1.0)
 
+    refine = _finetune_scorer(cfg, bundle, evaluator, device) if p.search_finetune_steps > 0 else None
+
     def searched(aim: float):
         if p.search_candidates > 0:
             return search(evaluator, sens, names, sizes, cost, aim, limits, p.search_candidates, cfg.seed,
-                          progress=log, floor=p.search_floor)
+                          progress=log, floor=p.search_floor, refine=refine, refine_top=p.search_finetune_top)
         a = greedy_within(sens, uniform(names, sizes, cost, aim, limits), cost, aim, limits, p.search_floor)
         a.score = evaluator(a.keep)
         return a, []
@@ -412,8 +446,9 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         return best if best is not None else made  # none fits as measured: the last (the prune step reports it)
     alloc, records = measured_fit(searched, "searched", aim)
     base = measured_fit(lambda a: uniform(names, sizes, cost, a, limits), "uniform", aim)
-    base.score = next((dict(top1=r["top1"], loss=r["loss"]) for r in records if r["method"] == "uniform"
-                       and r["cost"] == base.cost), None) or evaluator(base.keep)
+    base.score = next(({k: r[k] for k in ("top1", "loss", "refined_top1", "refined_loss") if k in r}
+                       for r in records if r["method"] == "uniform" and r["cost"] == base.cost), None) \
+        or evaluator(base.keep)
     plan = BudgetPlan(str(budget), runtime, cost.dense, target, alloc, base, sens, records,
                       time.perf_counter() - t0, cost, checks, min(quiet) if budget.kind == "latency_ms" else None)
     if out is not None:

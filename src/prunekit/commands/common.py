@@ -98,6 +98,7 @@ def add_budget_args(p: argparse.ArgumentParser | Any) -> None:
     config_flag(p, "--budget-threads", "prune.budget_threads")
     config_flag(p, "--search-candidates", "prune.search_candidates")
     config_flag(p, "--search-floor", "prune.search_floor")
+    config_flag(p, "--search-finetune-steps", "prune.search_finetune_steps")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

@@ -89,6 +89,10 @@ def _budget(args: argparse.Namespace, cfg, plan: dict) -> int:
         print(f"{n:<28} {t:>6} {ku:>8} {ka:>9}")
     print(f"adaptive-BN top-1 on {res.sensitivity.meta.get('eval_images', '?')} held-out training images: searched "
           f"{a.score['top1']:.2f}% ({a.method}), uniform {u.score['top1']:.2f}%")
+    if "refined_top1" in a.score:
+        ur = f", uniform {u.score['refined_top1']:.2f}%" if "refined_top1" in u.score else ""
+        print(f"after {cfg.prune.search_finetune_steps} fine-tuning steps each (prune.search_finetune_steps): "
+              f"searched {a.score['refined_top1']:.2f}%{ur}")
     if any(a.extra.get("floor") or []):
         print(f"no group below {cfg.prune.search_floor:g} x uniform's channels (prune.search_floor): at least "
               f"{', '.join(map(str, a.extra['floor']))}")

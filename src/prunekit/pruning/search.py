@@ -8,7 +8,9 @@
 3. :func:`search` — EagleEye-style: a few hundred different candidate allocations that all meet the budget
    (the greedy and uniform ones, perturbations of the greedy one, random directions; near the cheapest allowed
    model a direction's groups saturate at max_sparsity one by one), each scored by adaptive-BN accuracy on a
-   held-out training slice; the best is kept.
+   held-out training slice; with ``refine`` (a short masked fine-tuning of each,
+   :class:`~prunekit.pruning.sensitivity.FinetuneEvaluator`), the best ``refine_top`` by that score and the
+   uniform and greedy allocations are scored again after it, and the best of those is kept.
 
 Every allocation respects ``round_to``, ``min_channels`` and ``max_sparsity``; groups that are not searched
 (exclusions, overrides) stay as they are. The greedy and searched allocations also keep every group at or above
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -185,10 +187,13 @@ def greedy_within(sens: Sensitivity, base: Allocation, cost: CostModel, target: 
 def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitivity, names: list[str],
            sizes: Sequence[int], cost: CostModel, target: float, limits: Limits, candidates: int = 100,
            seed: int = 0, progress: Callable[[str], None] | None = None,
-           floor: float = 0.5) -> tuple[Allocation, list[dict[str, Any]]]:
+           floor: float = 0.5, refine: Callable[[Sequence[int]], dict[str, float]] | None = None,
+           refine_top: int = 4) -> tuple[Allocation, list[dict[str, Any]]]:
     """Score the uniform and greedy allocations and ``candidates`` more that meet the budget, none keeping a group
-    below ``floor`` x uniform's channels there; keep the best by adaptive-BN top-1 (then loss). Returns the best
-    and every candidate's record (method, cost, score, channels kept per group)."""
+    below ``floor`` x uniform's channels there; keep the best by adaptive-BN top-1 (then loss). With ``refine``,
+    the ``refine_top`` best, uniform and greedy are scored again by it (records gain ``refined_top1`` and
+    ``refined_loss``) and the best by that score is kept. Returns the best and every candidate's record (method,
+    cost, score, channels kept per group)."""
     rng = np.random.default_rng(seed)
     base = uniform(names, sizes, cost, target, limits)
     start = greedy_within(sens, base, cost, target, limits, floor)
@@ -212,10 +217,31 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
     for i, a in enumerate(pool):
         a.score = evaluate(a.keep)
         records.append({"method": a.method, "cost": a.cost, **a.score, "kept": list(a.keep)})
-        if best is None or (a.score["top1"], -a.score["loss"]) > (best.score["top1"], -best.score["loss"]):
+        if best is None or _better(a.score, best.score):
             best = a
         if progress and (i + 1) % 10 == 0:
             progress(f"search: {i + 1}/{len(pool)} candidates, best top-1 {best.score['top1']:.2f}% ({best.method})")
-    chosen = Allocation(best.names, best.sizes, best.keep, best.cost, "search (best of "
-                        f"{len(pool)}: {best.method})", best.score, {"floor": lowest})
+    how = f"best of {len(pool)}: {best.method}"
+    if refine is not None:
+        order = sorted(range(len(pool)), key=lambda i: (-pool[i].score["top1"], pool[i].score["loss"]))
+        finalists = list(dict.fromkeys([0, 1, *order[:max(0, refine_top)]]))  # uniform, greedy, the best few
+        best = None
+        for n, i in enumerate(finalists):
+            r = refine(pool[i].keep)
+            records[i].update(refined_top1=r["top1"], refined_loss=r["loss"])
+            if best is None or _better(r, best[1]):
+                best = (pool[i], r)
+            if progress:
+                progress(f"search: fine-tuned {n + 1}/{len(finalists)} ({pool[i].method}): top-1 {r['top1']:.2f}% "
+                         f"(adaptive BN alone {pool[i].score['top1']:.2f}%)")
+        best = replace(best[0], score={**best[0].score, "refined_top1": best[1]["top1"],
+                                                   "refined_loss": best[1]["loss"]})
+        how = f"best of {len(finalists)} fine-tuned, from {len(pool)}: {best.method}"
+    chosen = Allocation(best.names, best.sizes, best.keep, best.cost, f"search ({how})", best.score,
+                        {"floor": lowest})
     return chosen, records
+
+
+def _better(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Higher top-1, then lower loss."""
+    return (a["top1"], -a["loss"]) > (b["top1"], -b["loss"])

@@ -3,7 +3,8 @@
 For every pruned group and sparsity ``s``, the group alone keeps its ``(1 - s)`` best channels (by the
 pruner's criterion), BatchNorm statistics are re-estimated on a few training batches (adaptive BN: without it a
 pruned network's stale statistics dominate the measurement, EagleEye, Li et al. 2020), and top-1 and loss are
-measured on a held-out slice. The same adaptive-BN evaluation scores whole allocations during the search.
+measured on a held-out slice. The same adaptive-BN evaluation scores whole allocations during the search, and
+:class:`FinetuneEvaluator` re-scores the best few after a short masked fine-tuning (the search's final pick).
 
 Data: both slices come from the *training* split (calibration and evaluation images are disjoint); the test
 split is never used to choose an allocation.
@@ -110,6 +111,48 @@ class AdaptiveBNEvaluator:
                 m.momentum = mom
             self.pruner.set_alive(before)
             self.model.train(was)
+
+
+class FinetuneEvaluator:
+    """Scores an allocation after ``steps`` SGD steps of the masked model (short-term fine-tuning, as NetAdapt
+    does for each proposal): adaptive BN, then top-1 and loss on the held-out slice, as
+    :class:`AdaptiveBNEvaluator`. Near the cheapest allowed model a pruned network scores near chance before
+    any training and adaptive BN alone ranks allocations poorly there; a few hundred steps separate them
+    (``benchmarks/results/search_finetune_proxy*``). Every candidate sees the same batches in the same order; the
+    weights, BatchNorm statistics and masks are restored afterwards.
+
+    ``batches()`` yields training batches (disjoint from the held-out slice) without end; ``optimizer(model)``
+    builds the optimizer: this module takes both from its caller and imports no trainer."""
+
+    def __init__(self, scorer: AdaptiveBNEvaluator, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                 optimizer: Callable[[nn.Module], torch.optim.Optimizer], steps: int):
+        self.scorer, self.batches, self.optimizer, self.steps = scorer, batches, optimizer, int(steps)
+        self.count = 0
+
+    def __call__(self, keep: Sequence[int]) -> dict[str, float]:
+        self.count += 1
+        s = self.scorer
+        model, pruner = s.model, s.pruner
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        before = pruner.alive()
+        was = model.training
+        try:
+            pruner.set_alive(s.alive_for(keep))
+            model.train()
+            opt = self.optimizer(model)
+            with torch.enable_grad():
+                for _, (x, y) in zip(range(self.steps), self.batches(), strict=False):
+                    loss = nnf.cross_entropy(model(x).float(), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            return s(keep)
+        finally:
+            model.load_state_dict(state)
+            for p in model.parameters():
+                p.grad = None
+            pruner.set_alive(before)
+            model.train(was)
 
 
 def measure_sensitivity(evaluator: AdaptiveBNEvaluator, sparsities: Iterable[float] = SPARSITIES,
