@@ -235,7 +235,7 @@ def _finetune_scorer(cfg: RunConfig, bundle: DataBundle, evaluator: Any, device:
 
     return FinetuneEvaluator(evaluator, batches,
                              lambda m: build_optimizer(m, ft.optimizer, 0.1 * ft.lr, ft.weight_decay, ft.momentum,
-                                                               ft.nesterov), p.search_finetune_steps)
+                                                               ft.nesterov), p.search_finetune_steps, cfg.seed)
 
 
 def _fingerprint(*parts: Any) -> str:

@@ -15,7 +15,12 @@ from prunekit.models import create_model
 from prunekit.pruning import OneShot, PolynomialDecay, PruningConfig, prune_, strip
 from prunekit.pruning.budget import Budget, ChannelFractions, ProfileCost
 from prunekit.pruning.search import Limits, floor_of, greedy, greedy_within, search, uniform
-from prunekit.pruning.sensitivity import AdaptiveBNEvaluator, Sensitivity, measure_sensitivity
+from prunekit.pruning.sensitivity import (
+    AdaptiveBNEvaluator,
+    FinetuneEvaluator,
+    Sensitivity,
+    measure_sensitivity,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHAPE = (1, 28, 28)
@@ -214,6 +219,83 @@ def test_a_floor_that_costs_more_than_uniform_falls_back_to_uniform():
     assert a.keep == base.keep and a.cost <= target and "uniform" in a.method and a.extra["floor"] == lowest
     b = greedy_within(sens, base, toy, target, limits, 0.5)  # where greedy fits, it is greedy's own
     assert b.method == "greedy" and b.keep == greedy(sens, names, sizes, toy, target, limits, lowest).keep
+
+
+def test_finalists_are_re_scored_and_the_best_after_refinement_is_kept():
+    """With ``refine``: uniform, greedy and the ``refine_top`` best by the first score (and only those) are scored
+    again; the pick is the best by the second score even where the first ranks it last among them."""
+    names, sizes, cost, sens = _toy((32, 32, 64, 64))
+    limits, target = Limits(4, 1, 0.9), 0.5 * 192
+    first = lambda keep: {"top1": float(keep[0]), "loss": 0.0}  # noqa: E731  likes group 0 wide
+    refined = []
+
+    def second(keep):  # likes the last group wide
+        refined.append(tuple(keep))
+        return {"top1": float(keep[3]), "loss": 0.0}
+
+    best, records = search(first, sens, names, sizes, cost, target, limits, candidates=30, seed=0, refine=second,
+                           refine_top=3)
+    top3 = sorted(records, key=lambda r: -r["top1"])[:3]
+    want = {tuple(records[0]["kept"]), tuple(records[1]["kept"])} | {tuple(r["kept"]) for r in top3}
+    assert set(refined) == want and len(refined) == len(want)  # each finalist once, nobody else
+    assert [tuple(r["kept"]) for r in records if "refined_top1" in r] == [k for k in (tuple(r["kept"]) for r in
+                                                                                     records) if k in want]
+    finalists = [r for r in records if "refined_top1" in r]
+    assert best.keep[3] == max(r["kept"][3] for r in finalists)
+    assert best.score["refined_top1"] == best.keep[3] and best.score["top1"] == best.keep[0]
+    assert "fine-tuned" in best.method and best.cost <= target
+    plain, _ = search(first, sens, names, sizes, cost, target, limits, candidates=30, seed=0)
+    assert plain.keep[0] == max(r["kept"][0] for r in records) and "refined_top1" not in plain.score
+
+
+def test_finetune_scorer_trains_the_masked_model_then_restores_it():
+    """The short fine-tuning changes the score (it trains the masked model on the given batches) and is repeatable
+    (the same batches in the same order); the weights, BatchNorm statistics and masks are as they were after."""
+    from prunekit.data import iterate_batches, synthetic
+
+    data = synthetic(train_size=256, test_size=8)
+    batches = list(iterate_batches(data, "train", 32, train=False))
+    m = mobilenet()
+    p = prune_(m, PruningConfig(schedule=OneShot(0.5), layers=r"blocks\.(0|5)\.pw"), SHAPE)
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    alive = {k: v.copy() for k, v in p.alive().items()}
+    ev = AdaptiveBNEvaluator(p, batches[:2], batches[2:4])
+    train = lambda: iter(batches[4:])  # noqa: E731
+    opt = lambda model: torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # noqa: E731
+    keep = [4, 32]
+    plain = ev(keep)
+    tuned = FinetuneEvaluator(ev, train, opt, steps=3)
+    a, b = tuned(keep), tuned(keep)
+    assert a == b and a != plain
+    assert FinetuneEvaluator(ev, train, opt, steps=0)(keep) == plain
+    assert m.training and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(np.array_equal(alive[k], v) for k, v in p.alive().items())
+    assert all(q.grad is None for q in m.parameters())
+
+
+def test_finetune_scorer_never_trains_on_the_held_out_images():
+    """The search's fine-tuning batches come from the training split minus the held-out slice that scores it."""
+    from prunekit.config import parse_config
+    from prunekit.data import synthetic
+    from prunekit.steps import _finetune_scorer, _held_out
+
+    data = synthetic(train_size=250, test_size=8)
+    n = len(data.train)
+    data.train.images[:] = torch.arange(n, dtype=torch.uint8).view(-1, 1, 1, 1)  # each image is its own index
+    cfg = parse_config({"prune": {"calib_images": 64, "sensitivity_images": 100, "search_finetune_steps": 7},
+                        "train": {"batch_size": 32}})
+    _, held = _held_out(n, 64, 100, cfg.seed)
+
+    class Scorer:  # records what it was trained on instead of training
+        pass
+
+    ft = _finetune_scorer(cfg, data, Scorer(), torch.device("cpu"))
+    mean, std = data.mean[0], data.std[0]
+    seen = set()
+    for _, (x, _y) in zip(range(30), ft.batches(), strict=False):  # several epochs; centre pixels (crop padding)
+        seen |= {round((float(v) * std + mean) * 255) for v in x[:, 0, 14, 14]}
+    assert ft.steps == 7 and len(seen) == n - 100 and not seen & set(held.tolist())
 
 
 def test_an_impossible_budget_is_refused():

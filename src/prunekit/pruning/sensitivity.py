@@ -119,14 +119,14 @@ class FinetuneEvaluator:
     :class:`AdaptiveBNEvaluator`. Near the cheapest allowed model a pruned network scores near chance before
     any training and adaptive BN alone ranks allocations poorly there; a few hundred steps separate them
     (``benchmarks/results/search_finetune_proxy*``). Every candidate sees the same batches in the same order; the
-    weights, BatchNorm statistics and masks are restored afterwards.
+    weights, BatchNorm statistics, masks and the global random state are restored afterwards.
 
     ``batches()`` yields training batches (disjoint from the held-out slice) without end; ``optimizer(model)``
     builds the optimizer: this module takes both from its caller and imports no trainer."""
 
     def __init__(self, scorer: AdaptiveBNEvaluator, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-                 optimizer: Callable[[nn.Module], torch.optim.Optimizer], steps: int):
-        self.scorer, self.batches, self.optimizer, self.steps = scorer, batches, optimizer, int(steps)
+                 optimizer: Callable[[nn.Module], torch.optim.Optimizer], steps: int, seed: int = 0):
+        self.scorer, self.batches, self.optimizer, self.steps, self.seed = scorer, batches, optimizer, int(steps), seed
         self.count = 0
 
     def __call__(self, keep: Sequence[int]) -> dict[str, float]:
@@ -140,7 +140,9 @@ class FinetuneEvaluator:
             pruner.set_alive(s.alive_for(keep))
             model.train()
             opt = self.optimizer(model)
-            with torch.enable_grad():
+            cuda = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
+            with torch.enable_grad(), torch.random.fork_rng(devices=cuda):  # the same dropout for every candidate
+                torch.manual_seed(self.seed)
                 for _, (x, y) in zip(range(self.steps), self.batches(), strict=False):
                     loss = nnf.cross_entropy(model(x).float(), y)
                     opt.zero_grad(set_to_none=True)
