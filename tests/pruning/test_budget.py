@@ -498,8 +498,8 @@ def test_latency_table_is_cached_and_keyed_by_machine_runtime_and_batch(tmp_path
 
 def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     rc, out, err = run_cli("plan", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
-                           "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
-                           "--out", tmp_path / "plan")
+                           "--search-finetune-steps", "3", "--set", "prune.sensitivity_images=128", "--set",
+                           "prune.calib_images=64", "--out", tmp_path / "plan")
     assert rc == 0, err
     assert "searched" in out and "uniform" in out and "predicted" in out and "next: prunekit prune" in out
     assert {"sensitivity.json", "sensitivity.png", "budget_plan.json", "allocation.png"} <= {
@@ -509,9 +509,16 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     floor, kept = plan["allocation"]["floor"], [g["kept"] for g in plan["allocation"]["groups"]]
     uniform_kept = [g["kept"] for g in plan["uniform"]["groups"]]
     assert "prune.search_floor" in out and ", ".join(map(str, floor)) in out
+    finalists = [r for r in plan["candidates"] if "refined_top1" in r]  # uniform, greedy, the best 4 (at most)
+    assert 2 <= len(finalists) <= 6 and {"uniform", "greedy"} <= {r["method"] for r in finalists}
+    a = plan["allocation"]
+    assert "fine-tuned" in a["method"] and a["score"]["refined_top1"] == max(r["refined_top1"] for r in finalists)
+    assert f"after 3 fine-tuning steps each (prune.search_finetune_steps): searched {a['score']['refined_top1']:.2f}%" \
+        in out and f"uniform {plan['uniform']['score']['refined_top1']:.2f}%" in out
     assert all(k >= f >= 0.5 * u for k, f, u in zip(kept, floor, uniform_kept, strict=True))
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
-                           "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--search-finetune-steps", "2", "--set",
+                           "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
                            "--epochs", "0.25", "--out", tmp_path / "p")
     assert rc == 0, err
     b = json.loads((tmp_path / "p" / "budget.json").read_text())
@@ -571,7 +578,8 @@ def test_prune_to_a_latency_budget_end_to_end(tiny_model_dir, tmp_path, monkeypa
     monkeypatch.setattr(L, "Timer", DriftingTimer)
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
-                           "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "4", "--search-finetune-steps", "2", "--set",
+                           "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
                            "--epochs", "0.25", "--out", tmp_path / "p")
     assert rc == 0, err
     b = json.loads((tmp_path / "p" / "budget.json").read_text())
@@ -612,7 +620,8 @@ def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path
     monkeypatch.setattr(L, "measure_ratio", spy)
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     rc, out, err = run_cli("plan", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
-                           "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "4", "--search-finetune-steps", "2", "--set",
+                           "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
                            "--out", tmp_path / "plan")
     assert rc == 0, err
     plan = json.loads((tmp_path / "plan" / "budget_plan.json").read_text())
