@@ -113,9 +113,10 @@ class PruneCfg(PruningConfig, StageTrainCfg):
     search_floor: float = F(0.5, "the budget search keeps every layer at or above this fraction of the channels "
                             "uniform pruning to the same budget keeps there (a layer cut far below it is a bottleneck "
                             "fine-tuning recovers from worst; 0: no floor)", lo=0, hi=1)
-    search_finetune_steps: int = F(300, "training steps (batch <= 128, 0.1 x finetune.lr) each of the search's "
-                                   "finalists gets before the final pick; adaptive BN alone ranks heavily pruned "
-                                   "networks near chance (0: pick by adaptive BN)", lo=0, hi=1_000_000)
+    search_finetune_steps: int = F(0, "training steps (batch <= 128, 0.1 x finetune.lr) each of the search's "
+                                   "finalists gets before the final pick (NetAdapt's short-term fine-tuning; 0: pick by "
+                                   "adaptive BN). Off by default: at 300 steps it ranked allocations no better here, "
+                                   "benchmarks/results/search_finetune_proxy.md", lo=0, hi=1_000_000)
     search_finetune_top: int = F(4, "finalists: the best candidates by adaptive BN, fine-tuned besides the uniform "
                                  "and greedy allocations", lo=1, hi=10_000)
     sensitivity_images: int = F(1000, "held-out training images that score sensitivity and search candidates",

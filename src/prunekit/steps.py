@@ -339,8 +339,8 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
                 data: DataBundle | None = None, device: str | torch.device = "cpu", log: Log = print) -> BudgetPlan:
     """Choose every group's channels for ``cfg.prune.budget``: sensitivity, the budget's cost model (MACs,
     parameters, or a latency table measured on ``cfg.prune.budget_runtime`` here), the greedy allocation and
-    ``search_candidates`` more scored by adaptive-BN accuracy, the best few again after a short masked fine-tuning
-    (``search_finetune_steps``; the dense model's weights are left as they were)."""
+    ``search_candidates`` more scored by adaptive-BN accuracy (with ``search_finetune_steps`` > 0, the best few
+    again after a short masked fine-tuning; the dense model's weights are left as they were)."""
     import time
 
     from .pruning import strip

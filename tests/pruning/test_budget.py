@@ -517,12 +517,14 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
         in out and f"uniform {plan['uniform']['score']['refined_top1']:.2f}%" in out
     assert all(k >= f >= 0.5 * u for k, f, u in zip(kept, floor, uniform_kept, strict=True))
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
-                           "--search-finetune-steps", "2", "--set",
-                           "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
                            "--epochs", "0.25", "--out", tmp_path / "p")
     assert rc == 0, err
     b = json.loads((tmp_path / "p" / "budget.json").read_text())
     assert b["met"] and b["measured"] <= b["target"] and b["measured"] == b["predicted"]
+    pruned_plan = json.loads((tmp_path / "p" / "budget_plan.json").read_text())  # by default: adaptive BN alone
+    assert not any("refined_top1" in r for r in pruned_plan["candidates"]) and "fine-tuned" not in \
+        pruned_plan["allocation"]["method"]
     rc, out, err = run_cli("surgery", "--model", tmp_path / "p" / "model", "--out", tmp_path / "s", "--json")
     assert rc == 0 and json.loads(out)["macs_after"] == b["measured"]
 
@@ -578,8 +580,7 @@ def test_prune_to_a_latency_budget_end_to_end(tiny_model_dir, tmp_path, monkeypa
     monkeypatch.setattr(L, "Timer", DriftingTimer)
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
-                           "4", "--search-finetune-steps", "2", "--set",
-                           "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
                            "--epochs", "0.25", "--out", tmp_path / "p")
     assert rc == 0, err
     b = json.loads((tmp_path / "p" / "budget.json").read_text())
@@ -620,8 +621,7 @@ def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path
     monkeypatch.setattr(L, "measure_ratio", spy)
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     rc, out, err = run_cli("plan", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
-                           "4", "--search-finetune-steps", "2", "--set",
-                           "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
                            "--out", tmp_path / "plan")
     assert rc == 0, err
     plan = json.loads((tmp_path / "plan" / "budget_plan.json").read_text())
