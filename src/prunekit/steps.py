@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -227,11 +228,9 @@ def _finetune_scorer(cfg: RunConfig, bundle: DataBundle, evaluator: Any, device:
     ft = cfg.finetune.training(cfg.train, cfg.seed)
     batch = max(1, min(128, ft.batch_size, len(sub.train)))
 
-    def batches():
-        epoch = 0
-        while True:  # the same order for every candidate
+    def batches():  # the same order for every candidate, epoch after epoch
+        for epoch in itertools.count():
             yield from iterate_batches(sub, "train", batch, train=True, seed=cfg.seed + 1, epoch=epoch, device=device)
-            epoch += 1
 
     return FinetuneEvaluator(evaluator, batches,
                              lambda m: build_optimizer(m, ft.optimizer, 0.1 * ft.lr, ft.weight_decay, ft.momentum,

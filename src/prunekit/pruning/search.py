@@ -234,8 +234,8 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
             if progress:
                 progress(f"search: fine-tuned {n + 1}/{len(finalists)} ({pool[i].method}): top-1 {r['top1']:.2f}% "
                          f"(adaptive BN alone {pool[i].score['top1']:.2f}%)")
-        best = replace(best[0], score={**best[0].score, "refined_top1": best[1]["top1"],
-                                                   "refined_loss": best[1]["loss"]})
+        pick, r = best
+        best = replace(pick, score={**pick.score, "refined_top1": r["top1"], "refined_loss": r["loss"]})
         how = f"best of {len(finalists)} fine-tuned, from {len(pool)}: {best.method}"
     chosen = Allocation(best.names, best.sizes, best.keep, best.cost, f"search ({how})", best.score,
                         {"floor": lowest})

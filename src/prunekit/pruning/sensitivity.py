@@ -4,7 +4,7 @@ For every pruned group and sparsity ``s``, the group alone keeps its ``(1 - s)``
 pruner's criterion), BatchNorm statistics are re-estimated on a few training batches (adaptive BN: without it a
 pruned network's stale statistics dominate the measurement, EagleEye, Li et al. 2020), and top-1 and loss are
 measured on a held-out slice. The same adaptive-BN evaluation scores whole allocations during the search, and
-:class:`FinetuneEvaluator` re-scores the best few after a short masked fine-tuning (the search's final pick).
+on request :class:`FinetuneEvaluator` re-scores the best few after a short masked fine-tuning.
 
 Data: both slices come from the *training* split (calibration and evaluation images are disjoint); the test
 split is never used to choose an allocation.
