@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from prunekit.report.html import _headline, collect, deploy_line, summary_rows
+from prunekit.report.html import _budget_summary, _headline, collect, deploy_line, summary_rows
 
 FP32, INT8 = "onnxruntime-fp32", "onnxruntime-int8"
 
@@ -71,3 +71,16 @@ def test_sentences_follow_the_measurements():
     assert deploy_line(doc).startswith(f"Deploy: {INT8} (model.int8.onnx). int8 is 2.06x faster")
     assert [r[0] for r in summary_rows(doc)[1:] if r[-1] == "yes"] == ["int8"]
     assert deploy_line({"deploy": {}}) is None
+
+
+@pytest.mark.parametrize("used", ["searched", "uniform"])
+def test_the_budget_sentence_names_the_allocation_pruned_to(used):
+    doc = collect(fake_pipeline(SLOWER))
+    b = {"budget": "latency_ms=0.5x", "target": 0.5, "predicted": 0.49, "measured": 0.48, "met": True,
+         "used": used, "allocation": {"score": {"top1": 41.0}}, "uniform": {"score": {"top1": 37.5}},
+         "candidates": [{}] * 3}
+    doc["budget"] = _budget_summary(b)
+    text = "\n".join(_headline(doc))
+    assert "Budget latency_ms=0.5x: target 0.5, predicted 0.49, measured 0.48 after pruning: met" in text
+    assert "scored 41.00% top-1 before training" in text and "scored 37.50%" in text
+    assert f"the {used} allocation was pruned to" in text

@@ -461,6 +461,11 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     return plan
 
 
+def _chosen(plan: BudgetPlan, which: str) -> Any:
+    """The allocation of ``plan`` that ``prune.budget_allocation`` names."""
+    return plan.uniform if which == "uniform" else plan.allocation
+
+
 def measure_cost(plan_or_budget: Any, model: nn.Module, input_shape: Sequence[int], cfg: RunConfig,
                  dense: nn.Module | None = None) -> dict[str, float]:
     """A plain model's cost in the budget's unit, as measured: ``{"measured": ...}`` (MACs/params counted;
@@ -530,7 +535,8 @@ def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataB
     if cfg.prune.budget or plan is not None:  # every group's final sparsity; the schedule ramps each to it
         if plan is None and ctx.is_main:
             plan = plan_budget(cfg, loaded, out, data=bundle, device=ctx.device, log=log)
-        pcfg.allocation = _broadcast_allocation(plan.allocation.sparsity() if plan else None)
+        chosen = _chosen(plan, cfg.prune.budget_allocation) if plan else None
+        pcfg.allocation = _broadcast_allocation(chosen.sparsity() if chosen else None)
     model = loaded.model
     teacher = copy.deepcopy(model).eval() if tcfg.distill > 0 else None  # the dense model
     pruner = prune_(model, pcfg, loaded.input_shape, steps_per_epoch=spe, total_steps=max(1, round(tcfg.epochs * spe)))
@@ -567,10 +573,11 @@ def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataB
         m = measure_cost(plan, small, loaded.input_shape, cfg, dense=strip(model, copy=True))
         measured = m["measured"]
         allowance = 1.05 if plan.runtime else 1.0 + 1e-9
-        budget = {**plan.to_dict(), **m, "met": measured <= plan.target * allowance, "allowance": allowance}
+        budget = {**plan.to_dict(), "used": cfg.prune.budget_allocation, "predicted": chosen.cost, **m,
+                  "met": measured <= plan.target * allowance, "allowance": allowance}
         write_json(out / "budget.json", budget)
-        log(f"budget {plan.budget}: predicted {plan.allocation.cost:.4g}, measured {measured:.4g}, target "
-            f"{plan.target:.4g}: {'met' if budget['met'] else 'NOT met'}")
+        log(f"budget {plan.budget} ({cfg.prune.budget_allocation} allocation): predicted {chosen.cost:.4g}, measured "
+            f"{measured:.4g}, target {plan.target:.4g}: {'met' if budget['met'] else 'NOT met'}")
     return PruneResult(out / "model", result["test"], pruner.sparsity(), pcfg.to_dict(), totals, budget)
 
 

@@ -525,6 +525,17 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     pruned_plan = json.loads((tmp_path / "p" / "budget_plan.json").read_text())  # by default: adaptive BN alone
     assert not any("refined_top1" in r for r in pruned_plan["candidates"]) and "fine-tuned" not in \
         pruned_plan["allocation"]["method"]
+    assert b["used"] == "searched" and b["predicted"] == b["allocation"]["cost"]
+    # the plan's other allocation: uniform pruning sized to the same budget, checked the same way
+    rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
+                           "--budget-allocation", "uniform", "--set", "prune.sensitivity_images=128", "--set",
+                           "prune.calib_images=64", "--epochs", "0.25", "--out", tmp_path / "pu")
+    assert rc == 0, err
+    bu = json.loads((tmp_path / "pu" / "budget.json").read_text())
+    assert bu["used"] == "uniform" and bu["met"] and bu["measured"] == bu["predicted"] == bu["uniform"]["cost"]
+    assert bu["uniform"]["cost"] != bu["allocation"]["cost"]  # a different model from the searched one
+    rc, out, err = run_cli("surgery", "--model", tmp_path / "pu" / "model", "--out", tmp_path / "su", "--json")
+    assert rc == 0 and json.loads(out)["macs_after"] == bu["uniform"]["cost"]
     rc, out, err = run_cli("surgery", "--model", tmp_path / "p" / "model", "--out", tmp_path / "s", "--json")
     assert rc == 0 and json.loads(out)["macs_after"] == b["measured"]
 

@@ -96,6 +96,7 @@ def add_budget_args(p: argparse.ArgumentParser | Any) -> None:
     config_flag(p, "--budget-runtime", "prune.budget_runtime")
     config_flag(p, "--budget-batch", "prune.budget_batch")
     config_flag(p, "--budget-threads", "prune.budget_threads")
+    config_flag(p, "--budget-allocation", "prune.budget_allocation")
     config_flag(p, "--search-candidates", "prune.search_candidates")
     config_flag(p, "--search-floor", "prune.search_floor")
     config_flag(p, "--search-finetune-steps", "prune.search_finetune_steps")

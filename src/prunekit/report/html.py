@@ -80,7 +80,7 @@ def _budget_summary(b: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the report says of a budgeted prune stage (the candidate list stays in stages/prune/budget.json)."""
     if not b:
         return None
-    keys = ("budget", "runtime", "dense_cost", "target", "predicted", "measured", "met", "allowance", "seconds")
+    keys = ("budget", "runtime", "dense_cost", "target", "predicted", "measured", "met", "allowance", "seconds", "used")
     return {**{k: b.get(k) for k in keys}, "allocation": b.get("allocation"), "uniform": b.get("uniform"),
             "candidates": len(b.get("candidates") or [])}
 
@@ -172,7 +172,8 @@ def _headline(doc: dict[str, Any]) -> list[str]:
         lines.append(f"Budget {b['budget']}: target {b['target']:.4g}, predicted {b['predicted']:.4g}, measured "
                      f"{b['measured']:.4g} after pruning: {'met' if b['met'] else 'NOT met'}. The searched allocation "
                      f"scored {a.get('top1', float('nan')):.2f}% top-1 before training (adaptive BN, held-out training "
-                     f"images) where uniform pruning to the same budget scored {u.get('top1', float('nan')):.2f}%.")
+                     f"images) where uniform pruning to the same budget scored {u.get('top1', float('nan')):.2f}%; "
+                     f"the {b.get('used', 'searched')} allocation was pruned to.")
     q = doc.get("quantize") or {}
     if q.get("settings"):
         guard = (q.get("guard") or {}).get("summary")
