@@ -13,6 +13,14 @@ import pytest
 import torch
 
 os.environ.setdefault("PRUNEKIT_TEST", "1")
+
+# Property tests draw the same examples on every run and machine (a fresh clone once failed on an unlucky draw of
+# random networks); PRUNEKIT_HYPOTHESIS=explore draws new ones each run, to look for bugs on purpose.
+from hypothesis import settings as _hypothesis  # noqa: E402
+
+_hypothesis.register_profile("fixed", derandomize=True, database=None)
+_hypothesis.register_profile("explore")
+_hypothesis.load_profile("explore" if os.environ.get("PRUNEKIT_HYPOTHESIS") == "explore" else "fixed")
 # pytest-xdist runs one worker per core (make test: 2): two threads in each worker would make 4 spin-waiting
 # threads on 2 cores; alone, a process may use two
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
