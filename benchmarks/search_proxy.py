@@ -55,16 +55,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{c['finetune_epochs']:g}" / "dense"
             bundle = C.load_fmnist(None, c["train_subset"])
             loaded = load(dense_dir / "model")
+            cfg = B.run_config(c, 0, study["budget"])
+            _, evaluator, _ = steps._budget_setup(cfg, loaded, bundle, torch.device("cpu"))
+            scorers = {n: steps._finetune_scorer(dataclasses.replace(cfg, prune=dataclasses.replace(
+                cfg.prune, search_finetune_steps=n)), bundle, evaluator, torch.device("cpu")) for n in step_list}
             rows = []
             for r in study["rows"]:
                 row = {"candidate": r["candidate"], "method": r["method"], "final": r["mean"],
                        "abn_top1": r["abn_top1"], "kept": r["kept"]}
-                for n in step_list:
-                    cfg = B.run_config(c, 0, study["budget"])
-                    cfg.prune = dataclasses.replace(cfg.prune, search_finetune_steps=n)
-                    pruner, evaluator, _ = steps._budget_setup(cfg, loaded, bundle, torch.device("cpu"))
+                for n in step_list:  # each scorer restores the model it trains: one setup serves every candidate
                     t0 = time.perf_counter()
-                    score = steps._finetune_scorer(cfg, bundle, evaluator, torch.device("cpu"))(r["kept"])
+                    score = scorers[n](r["kept"])
                     row[f"ft{n}_top1"], row[f"ft{n}_loss"] = score["top1"], score["loss"]
                     C.log(f"{study['budget']} candidate {r['candidate']} ({r['method']}): {n} steps -> top-1 "
                           f"{score['top1']:.2f}% ({time.perf_counter() - t0:.0f} s); final {r['mean']:.2f}")

@@ -129,10 +129,8 @@ class FinetuneEvaluator:
     def __init__(self, scorer: AdaptiveBNEvaluator, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                  optimizer: Callable[[nn.Module], torch.optim.Optimizer], steps: int, seed: int = 0):
         self.scorer, self.batches, self.optimizer, self.steps, self.seed = scorer, batches, optimizer, int(steps), seed
-        self.count = 0
 
     def __call__(self, keep: Sequence[int]) -> dict[str, float]:
-        self.count += 1
         s = self.scorer
         model, pruner = s.model, s.pruner
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
