@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle = C.load_fmnist(None, c["train_subset"])
             loaded = load(dense_dir / "model")
             cfg = B.run_config(c, 0, study["budget"])
-            _, evaluator, _ = steps._budget_setup(cfg, loaded, bundle, torch.device("cpu"))
+            _, evaluator, _, _ = steps._budget_setup(cfg, loaded, bundle, torch.device("cpu"))
             scorers = {n: steps._finetune_scorer(dataclasses.replace(cfg, prune=dataclasses.replace(
                 cfg.prune, search_finetune_steps=n)), bundle, evaluator, torch.device("cpu")) for n in step_list}
             rows = []

@@ -84,3 +84,20 @@ def test_the_budget_sentence_names_the_allocation_pruned_to(used):
     assert "Budget latency_ms=0.5x: target 0.5, predicted 0.49, measured 0.48 after pruning: met" in text
     assert "scored 41.00% top-1 before training" in text and "scored 37.50%" in text
     assert f"the {used} allocation was pruned to" in text
+
+
+@pytest.mark.parametrize("kept", ["searched", "uniform"])
+def test_the_budget_sentence_says_whether_fresh_images_confirmed_the_pick(kept):
+    """The plan's check on fresh images: confirmed, or the search's (rejected) pick and why uniform was kept."""
+    doc = collect(fake_pipeline(SLOWER))
+    check = {"images": 2000, "searched_top1": 19.7, "uniform_top1": 13.8, "diff": 5.9, "se": 1.18, "kept": kept}
+    alloc = ({"score": {"top1": 22.6}, "confirm": check} if kept == "searched" else
+             {"score": {"top1": 12.4}, "confirm": check, "rejected_score": {"top1": 22.6}})
+    doc["budget"] = _budget_summary({"budget": "macs=0.25x", "target": 1.0, "predicted": 0.9, "measured": 0.9,
+                                     "met": True, "used": "searched", "allocation": alloc,
+                                     "uniform": {"score": {"top1": 12.4}}, "candidates": []})
+    text = "\n".join(_headline(doc))
+    assert "best allocation scored 22.60% top-1" in text and "scored 12.40%" in text
+    assert "on 2000 fresh held-out images 19.70% vs 13.80% (+5.90 +- 1.18 paired)" in text
+    assert ("confirmed;" in text) == (kept == "searched")
+    assert ("so the plan kept uniform's allocation" in text) == (kept == "uniform")

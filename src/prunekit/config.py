@@ -123,6 +123,9 @@ class PruneCfg(PruningConfig, StageTrainCfg):
                                    "benchmarks/results/search_finetune_proxy.md", lo=0, hi=1_000_000)
     search_finetune_top: int = F(4, "finalists: the best candidates by adaptive BN, fine-tuned besides the uniform "
                                  "and greedy allocations", lo=1, hi=10_000)
+    search_confirm_images: int = F(2000, "fresh held-out training images on which the search's pick must beat "
+                                   "uniform's allocation by 2 paired standard errors, else the plan keeps uniform's "
+                                   "(0: no check)", lo=0, hi=1_000_000)
     sensitivity_images: int = F(1000, "held-out training images that score sensitivity and search candidates",
                                 lo=32, hi=1_000_000)
     calib_images: int = F(512, "training images that re-estimate BatchNorm statistics (adaptive BN)", lo=16,

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -190,40 +190,47 @@ def finetune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, teacher:
 # --- budgets: sensitivity, cost model, allocation search --------------------------------------------------
 
 
-def _held_out(n: int, calib: int, evaluation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of two disjoint random slices of a training split of ``n`` images: BatchNorm calibration and the
-    held-out images that score sensitivity and allocations (a small dataset: a third and the rest)."""
+def _held_out(n: int, calib: int, evaluation: int, seed: int,
+              confirm: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices of three disjoint random slices of a training split of ``n`` images: BatchNorm calibration, the
+    held-out images that score sensitivity and allocations (a small dataset: a third and the rest), and up to
+    ``confirm`` fresh images on which the search's pick is checked against uniform (what is left, maybe none)."""
     if n < calib + evaluation:
         calib, evaluation = max(1, n // 3), n - max(1, n // 3)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
-    return perm[:calib], perm[calib:calib + evaluation]
+    end = calib + evaluation
+    return perm[:calib], perm[calib:end], perm[end:end + max(0, confirm)]
 
 
 def _train_slices(bundle: DataBundle, calib: int, evaluation: int, batch: int, seed: int,
-                  device: torch.device) -> tuple[list, list]:
-    """The two slices of :func:`_held_out` as batches (no augmentation)."""
+                  device: torch.device, confirm: int = 0) -> tuple[list, list, list]:
+    """The three slices of :func:`_held_out` as batches (no augmentation)."""
     from .data import iterate_batches
 
     def batches(idx: torch.Tensor) -> list:
+        if len(idx) == 0:
+            return []
         sub = dataclasses.replace(bundle, train=bundle.train.subset(idx))
         return list(iterate_batches(sub, "train", batch, train=False, device=device))
 
-    return tuple(batches(i) for i in _held_out(len(bundle.train), calib, evaluation, seed))
+    return tuple(batches(i) for i in _held_out(len(bundle.train), calib, evaluation, seed, confirm))
 
 
 def _finetune_scorer(cfg: RunConfig, bundle: DataBundle, evaluator: Any, device: torch.device):
     """The search's final scorer: ``prune.search_finetune_steps`` SGD steps (batch <= 128, 0.1 x the
-    fine-tuning LR, the training's weight decay) on the training split minus the held-out slice, then adaptive
-    BN and the held-out score (:class:`prunekit.pruning.sensitivity.FinetuneEvaluator`)."""
+    fine-tuning LR, the training's weight decay) on the training split minus the held-out and confirmation slices,
+    then adaptive BN and the score of ``evaluator``'s held-out images
+    (:class:`prunekit.pruning.sensitivity.FinetuneEvaluator`)."""
     from .data import iterate_batches
     from .pruning.sensitivity import FinetuneEvaluator
     from .train.optim import build_optimizer
 
     p = cfg.prune
     n = len(bundle.train)
-    _, held = _held_out(n, p.calib_images, p.sensitivity_images, cfg.seed)
+    _, held, fresh = _held_out(n, p.calib_images, p.sensitivity_images, cfg.seed, p.search_confirm_images)
     rest = torch.ones(n, dtype=torch.bool)
     rest[held] = False
+    rest[fresh] = False
     sub = dataclasses.replace(bundle, train=bundle.train.subset(torch.nonzero(rest).flatten()))
     ft = cfg.finetune.training(cfg.train, cfg.seed)
     batch = max(1, min(128, ft.batch_size, len(sub.train)))
@@ -280,8 +287,16 @@ class BudgetPlan:
                 "dense_fastest": self.dense_fastest}
 
 
-def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: torch.device):
-    """A masked copy of the dense model, its adaptive-BN evaluator and the search limits."""
+class BudgetSetup(NamedTuple):
+    pruner: Any
+    evaluator: Any  # AdaptiveBNEvaluator on the held-out slice: sensitivity and the search's candidates
+    limits: Any
+    fresh: Any  # AdaptiveBNEvaluator on the confirmation slice (None: no images left for it)
+
+
+def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: torch.device) -> BudgetSetup:
+    """A masked copy of the dense model, its adaptive-BN evaluators (held-out and confirmation slices) and the
+    search limits."""
     from .pruning import OneShot, prune_, strip
     from .pruning.search import Limits
     from .pruning.sensitivity import AdaptiveBNEvaluator
@@ -290,10 +305,11 @@ def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: to
     model = strip(loaded.model, copy=True).eval().to(device)
     pruner = prune_(model, pcfg, loaded.input_shape)
     batch = min(256, cfg.train.batch_size)
-    calib, held_out = _train_slices(bundle, cfg.prune.calib_images, cfg.prune.sensitivity_images, batch, cfg.seed,
-                                    device)
+    calib, held_out, fresh = _train_slices(bundle, cfg.prune.calib_images, cfg.prune.sensitivity_images, batch,
+                                           cfg.seed, device, cfg.prune.search_confirm_images)
     limits = Limits(pcfg.round_to, pcfg.min_channels, pcfg.max_sparsity)
-    return pruner, AdaptiveBNEvaluator(pruner, calib, held_out), limits
+    return BudgetSetup(pruner, AdaptiveBNEvaluator(pruner, calib, held_out), limits,
+                       AdaptiveBNEvaluator(pruner, calib, fresh) if fresh else None)
 
 
 def sensitivity(cfg: RunConfig, model_ref: str | Path, out: str | Path | None = None, *, data: DataBundle | None = None,
@@ -308,7 +324,7 @@ def sensitivity(cfg: RunConfig, model_ref: str | Path, out: str | Path | None = 
     if loaded.pruner is not None:
         raise PrunekitError(f"{model_ref} carries pruning masks; measure the sensitivity of the dense model")
     bundle = model_data(loaded.spec, cfg.data, cfg.seed, data)
-    pruner, evaluator, limits = setup or _budget_setup(cfg, loaded, bundle, device)
+    pruner, evaluator, limits, _ = setup or _budget_setup(cfg, loaded, bundle, device)
     p = cfg.prune
     key = _fingerprint(loaded.model, cfg.data.name, cfg.data.root, p.criterion, p.layers, p.exclude, p.round_to,
                        p.min_channels, p.calib_images, p.sensitivity_images, cfg.seed, list(SPARSITIES))
@@ -355,7 +371,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     loaded = resolve(model_ref) if not isinstance(model_ref, Loaded) else model_ref
     bundle = model_data(loaded.spec, cfg.data, cfg.seed, data)
     setup = _budget_setup(cfg, loaded, bundle, device)
-    pruner, evaluator, limits = setup
+    pruner, evaluator, limits, fresh = setup
     sens = sensitivity(cfg, loaded, out, data=bundle, device=device, log=log, setup=setup)
     names, sizes = [g.name for g in pruner.groups], [g.size for g in pruner.groups]
     shape = loaded.input_shape
@@ -394,11 +410,20 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     aim = target * (0.97 if budget.kind == "latency_ms" else 1.0)
 
     refine = _finetune_scorer(cfg, bundle, evaluator, device) if p.search_finetune_steps > 0 else None
+    confirm = None  # the pick against uniform on fresh images, scored as the pick was (fine-tuned or not)
+    if fresh is not None:
+        rescore = _finetune_scorer(cfg, bundle, fresh, device) if refine else fresh
+
+        def confirm(keep: Sequence[int]) -> np.ndarray:
+            return rescore.per_image(keep)[0]
+    elif p.search_confirm_images > 0 and p.search_candidates > 0:
+        log("search: no training images left to confirm the pick on (prune.search_confirm_images): kept unconfirmed")
 
     def searched(aim: float):
         if p.search_candidates > 0:
             return search(evaluator, sens, names, sizes, cost, aim, limits, p.search_candidates, cfg.seed,
-                          progress=log, floor=p.search_floor, refine=refine, refine_top=p.search_finetune_top)
+                          progress=log, floor=p.search_floor, refine=refine, refine_top=p.search_finetune_top,
+                          confirm=confirm)
         a = greedy_within(sens, uniform(names, sizes, cost, aim, limits), cost, aim, limits, p.search_floor)
         a.score = evaluator(a.keep)
         return a, []

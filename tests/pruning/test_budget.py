@@ -246,6 +246,58 @@ def test_finalists_are_re_scored_and_the_best_after_refinement_is_kept():
     assert plain.keep == top3[0]["kept"] != last["kept"] and "refined_top1" not in plain.score
 
 
+@pytest.mark.parametrize("gained,lost,kept", [(60, 20, "searched"), (30, 20, "uniform"), (0, 0, "uniform"),
+                                               (20, 60, "uniform")])
+def test_the_pick_is_confirmed_only_by_a_paired_lead_of_two_standard_errors(gained, lost, kept):
+    """Paired on the same images: the difference of accuracies, its standard error the per-image differences'
+    (McNemar); +4 pt with 80 discordant images of 1000 is 4.5 SE (kept), +1 pt with 50 is 1.4 SE (not)."""
+    from prunekit.pruning.search import confirmed
+
+    rng = np.random.default_rng(0)
+    base = np.zeros(1000, dtype=bool)
+    base[:500] = True
+    pick = base.copy()
+    pick[500:500 + gained] = True  # images only the pick gets right
+    pick[:lost] = False            # images only uniform gets right
+    order = rng.permutation(1000)
+    c = confirmed(pick[order], base[order])
+    d = pick.astype(float) - base
+    assert c["images"] == 1000 and c["kept"] == kept
+    assert c["diff"] == pytest.approx(100 * d.mean()) and c["se"] == pytest.approx(100 * d.std() / np.sqrt(1000))
+    assert c["searched_top1"] == pytest.approx(100 * pick.mean()) and c["uniform_top1"] == 50.0
+    with pytest.raises(PrunekitError):
+        confirmed(pick, base[:10])
+
+
+def test_the_search_keeps_uniform_when_its_pick_is_not_confirmed_on_fresh_images():
+    """``confirm`` scores the search's pick and uniform's allocation (only those) on fresh images; a pick that does
+    not beat uniform there by 2 SE is replaced by uniform's allocation, and the plan records why."""
+    names, sizes, cost, sens = _toy((32, 32, 64, 64))
+    limits, target = Limits(4, 1, 0.9), 0.5 * 192
+    first = lambda keep: {"top1": float(keep[2]), "loss": 0.0}  # noqa: E731  the best on the first slice
+    plain, records = search(first, sens, names, sizes, cost, target, limits, candidates=30, seed=0)
+    base = records[0]["kept"]
+    assert records[0]["method"] == "uniform" and plain.keep != base
+
+    def fresh(lead):  # 1000 images: uniform gets 500 right, the pick ``lead`` more
+        def score(keep):
+            seen.append(list(keep))
+            out = np.zeros(1000, dtype=bool)
+            out[:500 + (lead if list(keep) != base else 0)] = True
+            return out
+        return score
+
+    seen = []
+    good, _ = search(first, sens, names, sizes, cost, target, limits, candidates=30, seed=0, confirm=fresh(100))
+    assert good.keep == plain.keep and good.method == plain.method and good.extra["confirm"]["kept"] == "searched"
+    assert sorted(seen) == sorted([plain.keep, base])  # the pick and uniform, nobody else
+    seen.clear()
+    bad, _ = search(first, sens, names, sizes, cost, target, limits, candidates=30, seed=0, confirm=fresh(3))
+    assert bad.keep == base and bad.cost == records[0]["cost"] and "not confirmed" in bad.method
+    assert bad.extra["confirm"]["kept"] == "uniform" and bad.extra["rejected"] == plain.keep
+    assert bad.score["top1"] == records[0]["top1"] and len(seen) == 2
+
+
 def test_finetune_scorer_trains_the_masked_model_then_restores_it():
     """The short fine-tuning changes the score (it trains the masked model on the given batches) and is repeatable
     (the same batches in the same order); the weights, BatchNorm statistics and masks are as they were after."""
@@ -276,7 +328,8 @@ def test_finetune_scorer_trains_the_masked_model_then_restores_it():
 
 
 def test_finetune_scorer_never_trains_on_the_held_out_images():
-    """The search's fine-tuning batches come from the training split minus the held-out slice that scores it."""
+    """The search's fine-tuning batches come from the training split minus the held-out slice that scores it and
+    the fresh slice that confirms its pick."""
     from prunekit.config import parse_config
     from prunekit.data import synthetic
     from prunekit.steps import _finetune_scorer, _held_out
@@ -284,9 +337,9 @@ def test_finetune_scorer_never_trains_on_the_held_out_images():
     data = synthetic(train_size=250, test_size=8)
     n = len(data.train)
     data.train.images[:] = torch.arange(n, dtype=torch.uint8).view(-1, 1, 1, 1)  # each image is its own index
-    cfg = parse_config({"prune": {"calib_images": 64, "sensitivity_images": 100, "search_finetune_steps": 7},
-                        "train": {"batch_size": 32}})
-    _, held = _held_out(n, 64, 100, cfg.seed)
+    cfg = parse_config({"prune": {"calib_images": 64, "sensitivity_images": 100, "search_finetune_steps": 7,
+                                  "search_confirm_images": 50}, "train": {"batch_size": 32}})
+    _, held, fresh = _held_out(n, 64, 100, cfg.seed, 50)
 
     class Scorer:  # records what it was trained on instead of training
         pass
@@ -296,7 +349,8 @@ def test_finetune_scorer_never_trains_on_the_held_out_images():
     seen = set()
     for _, (x, _y) in zip(range(30), ft.batches(), strict=False):  # several epochs; centre pixels (crop padding)
         seen |= {round((float(v) * std + mean) * 255) for v in x[:, 0, 14, 14]}
-    assert ft.steps == 7 and len(seen) == n - 100 and not seen & set(held.tolist())
+    assert len(fresh) == 50 and not set(held.tolist()) & set(fresh.tolist())
+    assert ft.steps == 7 and len(seen) == n - 150 and not seen & (set(held.tolist()) | set(fresh.tolist()))
 
 
 def test_an_impossible_budget_is_refused():
@@ -512,13 +566,20 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     finalists = [r for r in plan["candidates"] if "refined_top1" in r]  # uniform, greedy, the best 4 (at most)
     assert 2 <= len(finalists) <= 6 and {"uniform", "greedy"} <= {r["method"] for r in finalists}
     a = plan["allocation"]
-    assert "fine-tuned" in a["method"] and a["score"]["refined_top1"] == max(r["refined_top1"] for r in finalists)
+    best = a.get("rejected_score") or a["score"]  # the fine-tuned pick (uniform's allocation if not confirmed)
+    assert "fine-tuned" in a["method"] and best["refined_top1"] == max(r["refined_top1"] for r in finalists)
+    c = a["confirm"]  # checked on the bundled set's fresh images (the pick is not uniform's here)
+    assert c["images"] > 0 and (c["kept"] == "uniform") == (kept == uniform_kept) == ("not confirmed" in a["method"])
+    assert f"search's pick {c['searched_top1']:.2f}% vs uniform {c['uniform_top1']:.2f}%, {c['diff']:+.2f} +- " \
+        f"{c['se']:.2f} paired" in out
     assert f"after 3 fine-tuning steps each (prune.search_finetune_steps): searched {a['score']['refined_top1']:.2f}%" \
         in out and f"uniform {plan['uniform']['score']['refined_top1']:.2f}%" in out
     assert all(k >= f >= 0.5 * u for k, f, u in zip(kept, floor, uniform_kept, strict=True))
+    # the prune runs below compare the two allocations: without the check on fresh images, which on this briefly
+    # trained fixture may or may not keep the search's pick
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
                            "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
-                           "--epochs", "0.25", "--out", tmp_path / "p")
+                           "--set", "prune.search_confirm_images=0", "--epochs", "0.25", "--out", tmp_path / "p")
     assert rc == 0, err
     b = json.loads((tmp_path / "p" / "budget.json").read_text())
     assert b["met"] and b["measured"] <= b["target"] and b["measured"] == b["predicted"]
@@ -529,7 +590,8 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     # the plan's other allocation: uniform pruning sized to the same budget, checked the same way
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
                            "--budget-allocation", "uniform", "--set", "prune.sensitivity_images=128", "--set",
-                           "prune.calib_images=64", "--epochs", "0.25", "--out", tmp_path / "pu")
+                           "prune.calib_images=64", "--set", "prune.search_confirm_images=0", "--epochs", "0.25",
+                           "--out", tmp_path / "pu")
     assert rc == 0, err
     bu = json.loads((tmp_path / "pu" / "budget.json").read_text())
     assert bu["used"] == "uniform" and bu["met"] and bu["measured"] == bu["predicted"] == bu["uniform"]["cost"]

@@ -4,7 +4,8 @@ every group left alone with the reason (model input/output, grouped conv, untrac
 With --budget it also chooses how many channels every selected group keeps so that the model meets the
 budget (sensitivity per group with adaptive BatchNorm, the budget's cost model: MACs, parameters or a latency
 table measured here on --budget-runtime, then a greedy allocation and --search-candidates more scored by
-adaptive-BN accuracy) and prints the allocation against uniform pruning at the same budget. Nothing is
+adaptive-BN accuracy; the best must then beat uniform's allocation on fresh held-out images by 2 standard
+errors, else uniform's is kept) and prints the allocation against uniform pruning at the same budget. Nothing is
 trained; `prunekit prune --budget ...` then prunes to it.
 
 example:
@@ -93,6 +94,13 @@ def _budget(args: argparse.Namespace, cfg, plan: dict) -> int:
         ur = f", uniform {u.score['refined_top1']:.2f}%" if "refined_top1" in u.score else ""
         print(f"after {cfg.prune.search_finetune_steps} fine-tuning steps each (prune.search_finetune_steps): "
               f"searched {a.score['refined_top1']:.2f}%{ur}")
+    c = a.extra.get("confirm")
+    if c:
+        verdict = ("kept" if c["kept"] == "searched" else
+                   "not more than 2 SE: the plan keeps uniform's allocation (searched column = uniform)")
+        print(f"confirmed on {c['images']} fresh held-out images (prune.search_confirm_images): search's pick "
+              f"{c['searched_top1']:.2f}% vs uniform {c['uniform_top1']:.2f}%, {c['diff']:+.2f} +- {c['se']:.2f} "
+              f"paired: {verdict}")
     if any(a.extra.get("floor") or []):
         print(f"no group below {cfg.prune.search_floor:g} x uniform's channels (prune.search_floor): at least "
               f"{', '.join(map(str, a.extra['floor']))}")

@@ -11,6 +11,10 @@
    held-out training slice; with ``refine`` (a short masked fine-tuning of each,
    :class:`~prunekit.pruning.sensitivity.FinetuneEvaluator`), the best ``refine_top`` by that score and the
    uniform and greedy allocations are scored again after it, and the best of those is kept.
+4. :func:`confirmed` — the pick is scored again with uniform's allocation on fresh images, and kept only if it
+   beats uniform there by more than 2 paired standard errors: the best of a hundred noisy scores is partly luck
+   (near the cheapest allowed model every candidate scores near chance), and without evidence that the search
+   found something better, the search does not replace the baseline.
 
 Every allocation respects ``round_to``, ``min_channels`` and ``max_sparsity``; groups that are not searched
 (exclusions, overrides) stay as they are. The greedy and searched allocations also keep every group at or above
@@ -34,6 +38,7 @@ from .budget import CostModel, round_keep
 from .sensitivity import Sensitivity
 
 LEVELS = 32  # sparsity levels per group the greedy search steps through
+CONFIRM_Z = 2.0  # standard errors by which the search's pick must beat uniform on fresh images (:func:`confirmed`)
 
 
 @dataclass
@@ -188,12 +193,15 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
            sizes: Sequence[int], cost: CostModel, target: float, limits: Limits, candidates: int = 100,
            seed: int = 0, progress: Callable[[str], None] | None = None,
            floor: float = 0.5, refine: Callable[[Sequence[int]], dict[str, float]] | None = None,
-           refine_top: int = 4) -> tuple[Allocation, list[dict[str, Any]]]:
+           refine_top: int = 4, confirm: Callable[[Sequence[int]], np.ndarray] | None = None,
+           confirm_z: float = CONFIRM_Z) -> tuple[Allocation, list[dict[str, Any]]]:
     """Score the uniform and greedy allocations and ``candidates`` more that meet the budget, none keeping a group
     below ``floor`` x uniform's channels there; keep the best by adaptive-BN top-1 (then loss). With ``refine``,
     the ``refine_top`` best, uniform and greedy are scored again by it (records gain ``refined_top1`` and
-    ``refined_loss``) and the best by that score is kept. Returns the best and every candidate's record (method,
-    cost, score, channels kept per group)."""
+    ``refined_loss``) and the best by that score is kept. With ``confirm`` (which images of a fresh slice an
+    allocation classifies correctly), the pick must beat uniform there by more than ``confirm_z`` paired standard
+    errors, else uniform's allocation is returned (:func:`confirmed`; ``extra["confirm"]`` says what was measured).
+    Returns the chosen allocation and every candidate's record (method, cost, score, channels kept per group)."""
     rng = np.random.default_rng(seed)
     base = uniform(names, sizes, cost, target, limits)
     start = greedy_within(sens, base, cost, target, limits, floor)
@@ -239,7 +247,38 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
         how = f"best of {len(finalists)} fine-tuned, from {len(pool)}: {best.method}"
     chosen = Allocation(best.names, best.sizes, best.keep, best.cost, f"search ({how})", best.score,
                         {"floor": lowest})
-    return chosen, records
+    if confirm is None or best.keep == base.keep:
+        return chosen, records
+    check = confirmed(confirm(best.keep), confirm(base.keep), confirm_z)
+    chosen.extra["confirm"] = check
+    if progress:
+        progress(f"search: on {check['images']} fresh held-out images the pick scores {check['searched_top1']:.2f}%, "
+                 f"uniform {check['uniform_top1']:.2f}% ({check['diff']:+.2f} +- {check['se']:.2f} paired): "
+                 f"{'kept' if check['kept'] == 'searched' else 'not confirmed, uniform allocation kept'}")
+    if check["kept"] == "searched":
+        return chosen, records
+    score = {**base.score, **{k: records[0][k] for k in ("refined_top1", "refined_loss") if k in records[0]}}
+    return Allocation(base.names, base.sizes, base.keep, base.cost,
+                      f"uniform (the search's pick, {how}, was not confirmed)", score,
+                      {"floor": lowest, "confirm": check, "rejected": list(best.keep),
+                       "rejected_score": best.score}), records
+
+
+def confirmed(pick: np.ndarray, base: np.ndarray, z: float = CONFIRM_Z) -> dict[str, Any]:
+    """Does ``pick`` (which images one allocation classifies correctly) beat ``base`` (the same images, uniform's
+    allocation) by more than ``z`` standard errors? The paired difference of the two accuracies with its standard
+    error from the discordant images (McNemar): a search that keeps the best of a hundred noisy scores picks the
+    luckiest one; scored again on images it was not chosen on, its lead shrinks to what is real."""
+    pick, base = np.asarray(pick, dtype=bool), np.asarray(base, dtype=bool)
+    n = len(pick)
+    if n == 0 or len(base) != n:
+        raise PrunekitError(f"confirming an allocation needs the same images for both ({n} vs {len(base)})")
+    b, c = int((pick & ~base).sum()), int((~pick & base).sum())
+    diff = (b - c) / n
+    se = math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n
+    return {"images": n, "searched_top1": 100.0 * float(pick.mean()), "uniform_top1": 100.0 * float(base.mean()),
+            "diff": 100.0 * diff, "se": 100.0 * se, "z": z,
+            "kept": "searched" if diff > 0 and diff > z * se else "uniform"}
 
 
 def _better(a: dict[str, float], b: dict[str, float]) -> bool:

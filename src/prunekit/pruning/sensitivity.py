@@ -78,8 +78,14 @@ class AdaptiveBNEvaluator:
             out[g.id] = a
         return out
 
-    @torch.no_grad()
     def __call__(self, keep: Sequence[int]) -> dict[str, float]:
+        correct, losses = self.per_image(keep)
+        n = max(1, len(correct))
+        return {"top1": 100.0 * float(correct.sum()) / n, "loss": float(losses.sum()) / n}
+
+    @torch.no_grad()
+    def per_image(self, keep: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each held-out image is classified correctly, and its loss (in the evaluation batches' order)."""
         self.count += 1
         before = self.pruner.alive()
         saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
@@ -95,14 +101,14 @@ class AdaptiveBNEvaluator:
             for x, _ in self.calib:
                 self.model(x)
             self.model.eval()
-            correct = total = 0
-            loss = 0.0
+            correct, losses = [], []
             for x, y in self.evaluation:
                 logits = self.model(x).float()
-                loss += float(nnf.cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(1) == y).sum())
-                total += len(y)
-            return {"top1": 100.0 * correct / max(1, total), "loss": loss / max(1, total)}
+                losses.append(nnf.cross_entropy(logits, y, reduction="none").cpu())
+                correct.append((logits.argmax(1) == y).cpu())
+            if not correct:
+                return np.zeros(0, dtype=bool), np.zeros(0)
+            return torch.cat(correct).numpy(), torch.cat(losses).double().numpy()
         finally:
             for m, (mean, var, n, mom) in zip(self.bns, saved, strict=True):
                 m.running_mean.copy_(mean)
@@ -131,6 +137,13 @@ class FinetuneEvaluator:
         self.scorer, self.batches, self.optimizer, self.steps, self.seed = scorer, batches, optimizer, int(steps), seed
 
     def __call__(self, keep: Sequence[int]) -> dict[str, float]:
+        return self._trained(keep, self.scorer.__call__)
+
+    def per_image(self, keep: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`AdaptiveBNEvaluator.per_image` after the fine-tuning steps."""
+        return self._trained(keep, self.scorer.per_image)
+
+    def _trained(self, keep: Sequence[int], score: Callable[[Sequence[int]], Any]) -> Any:
         s = self.scorer
         model, pruner = s.model, s.pruner
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -148,7 +161,7 @@ class FinetuneEvaluator:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-            return s(keep)
+            return score(keep)
         finally:
             model.load_state_dict(state)
             for p in model.parameters():

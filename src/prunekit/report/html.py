@@ -168,12 +168,19 @@ def _headline(doc: dict[str, Any]) -> list[str]:
         lines.append(lat)
     b = doc.get("budget")
     if b:
-        a, u = b["allocation"]["score"] or {}, b["uniform"]["score"] or {}
+        c = b["allocation"].get("confirm")
+        a = b["allocation"].get("rejected_score") or b["allocation"]["score"] or {}
+        u = b["uniform"]["score"] or {}
         lines.append(f"Budget {b['budget']}: target {b['target']:.4g}, predicted {b['predicted']:.4g}, measured "
-                     f"{b['measured']:.4g} after pruning: {'met' if b['met'] else 'NOT met'}. The searched allocation "
-                     f"scored {a.get('top1', float('nan')):.2f}% top-1 before training (adaptive BN, held-out training "
-                     f"images) where uniform pruning to the same budget scored {u.get('top1', float('nan')):.2f}%; "
-                     f"the {b.get('used', 'searched')} allocation was pruned to.")
+                     f"{b['measured']:.4g} after pruning: {'met' if b['met'] else 'NOT met'}. The search's best "
+                     f"allocation scored {a.get('top1', float('nan')):.2f}% top-1 before training (adaptive BN, "
+                     f"held-out training images) where uniform pruning to the same budget scored "
+                     f"{u.get('top1', float('nan')):.2f}%"
+                     + (f"; on {c['images']} fresh held-out images {c['searched_top1']:.2f}% vs "
+                        f"{c['uniform_top1']:.2f}% ({c['diff']:+.2f} +- {c['se']:.2f} paired), "
+                        + ("confirmed" if c["kept"] == "searched" else
+                           "not 2 standard errors better, so the plan kept uniform's allocation") if c else "")
+                     + f"; the {b.get('used', 'searched')} allocation was pruned to.")
     q = doc.get("quantize") or {}
     if q.get("settings"):
         guard = (q.get("guard") or {}).get("summary")
