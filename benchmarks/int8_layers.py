@@ -164,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             for kind, (f, i) in kinds.items():
                 lines.append(f"| {kind} | {f:.0f} | {i:.0f} | {f / max(i, 1e-9):.2f}x | {100 * f / f_tot:.0f}% | "
                              f"{100 * i / i_tot:.0f}% |")
+            pw = kinds.get("1x1", [0.0, 0.0])[1]
+            first_f, first_i = kinds.get("first convolution", [0.0, 0.0])
+            lines += ["", f"Bounds (Amdahl, from this table): with every 1x1 convolution taking no time at all in "
+                      f"int8, the rest as measured, int8 would be at most {f_tot / max(i_tot - pw, 1e-9):.2f}x faster "
+                      f"than fp32; with the first convolution at its fp32 time instead of its int8 time (mixed "
+                      f"precision, not counting the extra quantize/dequantize), "
+                      f"{f_tot / max(i_tot - first_i + first_f, 1e-9):.2f}x."]
             lines.append("")
     j, md = write_results(Path(args.out), doc, "\n".join(lines) + "\n")
     log(f"wrote {j} and {md}")
