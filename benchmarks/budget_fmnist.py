@@ -538,6 +538,17 @@ def markdown(doc: dict) -> str:
                          f"{np.mean([r.get('latency_vs_dense', float('nan')) for r in rows]):.2f} | "
                          f"{'yes' if all(met) else ('-' if all(m is None for m in met) else 'NO')} |")
     lines += ["", f"Total {doc['seconds_total'] / 60:.0f} min; load average {doc['load']}.", ""]
+    picks = [e for e in doc["results"] if (e.get("allocation") or {}).get("confirm")]
+    if picks:
+        lines += ["The plan's pick checked against uniform's allocation on fresh held-out training images "
+                  "(`prune.search_confirm_images`; adaptive BN, before training):", ""]
+        for e in picks:
+            c = e["allocation"]["confirm"]
+            lines.append(f"- {e['budget']}: {c['searched_top1']:.2f}% vs {c['uniform_top1']:.2f}% on {c['images']} "
+                         f"images, {c['diff']:+.2f} ± {c['se']:.2f} paired: "
+                         + ("kept" if c["kept"] == "searched" else "not confirmed, uniform's allocation used")
+                         + f" ({e['allocation']['method']}).")
+        lines.append("")
     if doc.get("merged_from"):
         lines += ["Merged from the runs of: " + "; ".join(f"`{m['command']}` (commit "
                                                           f"{(m.get('provenance') or {}).get('git_commit', '?')[:7]})"
