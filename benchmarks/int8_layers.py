@@ -7,8 +7,9 @@ session at a time, ``--runs`` profiled runs after a warm-up, batch 1 and ``--bat
 convolution, in graph order). Everything that is not a convolution (input quantization, layout transposes,
 pooling, the classifier) is summed as "other".
 
-The last column is the bound this breakdown puts on the whole model (Amdahl): the int8 speed-up if every layer
-ran at its measured ratio. Profiled times include the profiler's own overhead (a few microseconds per node) and
+Under each model's tables, the bounds this breakdown puts on the whole model (Amdahl): the int8 speed-up if every
+1x1 convolution took no time at all (the rest as measured), and if the first convolution ran at its fp32 time
+(mixed precision, without the quantize/dequantize it would add). Profiled times include the profiler's own overhead (a few microseconds per node) and
 are therefore compared with each other, not with ``deploy_quick.md``'s latencies.
 
     python benchmarks/deploy_bench.py --quick      # first: trains and writes the models (about 30 min)

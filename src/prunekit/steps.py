@@ -203,17 +203,18 @@ def _held_out(n: int, calib: int, evaluation: int, seed: int,
 
 
 def _train_slices(bundle: DataBundle, calib: int, evaluation: int, batch: int, seed: int,
-                  device: torch.device, confirm: int = 0) -> tuple[list, list, list]:
-    """The three slices of :func:`_held_out` as batches (no augmentation)."""
+                  device: torch.device, confirm: int = 0) -> tuple[list, list, Callable[[], Any] | None]:
+    """The three slices of :func:`_held_out` as batches (no augmentation); the confirmation slice, scored twice
+    per search, as a function that makes its batches on each call instead of holding them (None: no images)."""
     from .data import iterate_batches
 
-    def batches(idx: torch.Tensor) -> list:
-        if len(idx) == 0:
-            return []
+    def batches(idx: torch.Tensor):
         sub = dataclasses.replace(bundle, train=bundle.train.subset(idx))
-        return list(iterate_batches(sub, "train", batch, train=False, device=device))
+        return iterate_batches(sub, "train", batch, train=False, device=device)
 
-    return tuple(batches(i) for i in _held_out(len(bundle.train), calib, evaluation, seed, confirm))
+    calib_idx, held_idx, fresh_idx = _held_out(len(bundle.train), calib, evaluation, seed, confirm)
+    return (list(batches(calib_idx)), list(batches(held_idx)),
+            (lambda: batches(fresh_idx)) if len(fresh_idx) else None)
 
 
 def _finetune_scorer(cfg: RunConfig, bundle: DataBundle, evaluator: Any, device: torch.device):
@@ -294,7 +295,8 @@ class BudgetSetup(NamedTuple):
     fresh: Any  # AdaptiveBNEvaluator on the confirmation slice (None: no images left for it)
 
 
-def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: torch.device) -> BudgetSetup:
+def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: torch.device,
+                  confirm: bool = True) -> BudgetSetup:
     """A masked copy of the dense model, its adaptive-BN evaluators (held-out and confirmation slices) and the
     search limits."""
     from .pruning import OneShot, prune_, strip
@@ -306,7 +308,7 @@ def _budget_setup(cfg: RunConfig, loaded: Loaded, bundle: DataBundle, device: to
     pruner = prune_(model, pcfg, loaded.input_shape)
     batch = min(256, cfg.train.batch_size)
     calib, held_out, fresh = _train_slices(bundle, cfg.prune.calib_images, cfg.prune.sensitivity_images, batch,
-                                           cfg.seed, device, cfg.prune.search_confirm_images)
+                                           cfg.seed, device, cfg.prune.search_confirm_images if confirm else 0)
     limits = Limits(pcfg.round_to, pcfg.min_channels, pcfg.max_sparsity)
     return BudgetSetup(pruner, AdaptiveBNEvaluator(pruner, calib, held_out), limits,
                        AdaptiveBNEvaluator(pruner, calib, fresh) if fresh else None)
@@ -324,7 +326,7 @@ def sensitivity(cfg: RunConfig, model_ref: str | Path, out: str | Path | None = 
     if loaded.pruner is not None:
         raise PrunekitError(f"{model_ref} carries pruning masks; measure the sensitivity of the dense model")
     bundle = model_data(loaded.spec, cfg.data, cfg.seed, data)
-    pruner, evaluator, limits, _ = setup or _budget_setup(cfg, loaded, bundle, device)
+    pruner, evaluator, limits, _ = setup or _budget_setup(cfg, loaded, bundle, device, confirm=False)
     p = cfg.prune
     key = _fingerprint(loaded.model, cfg.data.name, cfg.data.root, p.criterion, p.layers, p.exclude, p.round_to,
                        p.min_channels, p.calib_images, p.sensitivity_images, cfg.seed, list(SPARSITIES))

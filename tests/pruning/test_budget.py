@@ -353,6 +353,24 @@ def test_finetune_scorer_never_trains_on_the_held_out_images():
     assert ft.steps == 7 and len(seen) == n - 150 and not seen & (set(held.tolist()) | set(fresh.tolist()))
 
 
+def test_the_confirmation_slice_is_fresh_and_made_on_each_call():
+    """The third slice holds images neither calibration nor the held-out scoring use, and is not kept in memory:
+    a function makes its batches on each call (the same ones every time)."""
+    from prunekit.data import synthetic
+    from prunekit.steps import _train_slices
+
+    data = synthetic(train_size=250, test_size=8)
+    data.train.images[:] = torch.arange(250, dtype=torch.uint8).view(-1, 1, 1, 1)  # each image is its own index
+    ids = lambda batches: {round(float(v) * data.std[0] * 255 + data.mean[0] * 255)  # noqa: E731
+                           for x, _ in batches for v in x[:, 0, 14, 14]}
+    calib, held, fresh = _train_slices(data, 64, 100, 32, 0, torch.device("cpu"), 50)
+    assert isinstance(held, list) and callable(fresh)
+    once, again = list(fresh()), list(fresh())
+    assert sum(len(y) for _, y in once) == 50 and all(torch.equal(a[0], b[0]) for a, b in zip(once, again, strict=True))
+    assert not ids(once) & (ids(calib) | ids(held)) and len(ids(calib) | ids(held)) == 164
+    assert _train_slices(data, 64, 100, 32, 0, torch.device("cpu"), 0)[2] is None
+
+
 def test_an_impossible_budget_is_refused():
     names, sizes, cost, sens = _toy()
     floor = cost(np.array([Limits(max_sparsity=0.5).keep(n, 0.5) for n in sizes]))

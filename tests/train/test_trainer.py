@@ -94,6 +94,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path, data):
     fit(teacher, data, cfg(epochs=3), None, progress=False, log=lambda s: None)
     teacher.eval()
 
+    @torch.no_grad()
     def disagreement(m):
         m.eval()
         x = data.test.images.float().div(255).sub(0.5).div(0.25)

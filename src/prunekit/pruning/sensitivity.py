@@ -6,8 +6,8 @@ pruned network's stale statistics dominate the measurement, EagleEye, Li et al. 
 measured on a held-out slice. The same adaptive-BN evaluation scores whole allocations during the search, and
 on request :class:`FinetuneEvaluator` re-scores the best few after a short masked fine-tuning.
 
-Data: both slices come from the *training* split (calibration and evaluation images are disjoint); the test
-split is never used to choose an allocation.
+Data: every slice comes from the *training* split (calibration, evaluation and the search's confirmation images
+are disjoint); the test split is never used to choose an allocation.
 """
 
 from __future__ import annotations
@@ -58,10 +58,12 @@ class Sensitivity:
 
 class AdaptiveBNEvaluator:
     """Scores channel selections of a pruner's model: re-estimate BatchNorm statistics on ``calib`` batches,
-    then top-1 and mean loss on ``evaluation`` batches; the model's statistics are restored afterwards."""
+    then top-1 and mean loss on ``evaluation`` batches (or on the batches a function makes on each call, for a
+    slice not worth holding in memory); the model's statistics are restored afterwards."""
 
-    def __init__(self, pruner: Any, calib: Batches, evaluation: Batches):
-        self.pruner, self.calib, self.evaluation = pruner, list(calib), list(evaluation)
+    def __init__(self, pruner: Any, calib: Batches, evaluation: Batches | Callable[[], Iterable[Any]]):
+        self.pruner, self.calib = pruner, list(calib)
+        self.evaluation = evaluation if callable(evaluation) else list(evaluation)
         self.model: nn.Module = pruner.model
         self.bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                     and m.track_running_stats]
@@ -102,7 +104,7 @@ class AdaptiveBNEvaluator:
                 self.model(x)
             self.model.eval()
             correct, losses = [], []
-            for x, y in self.evaluation:
+            for x, y in (self.evaluation() if callable(self.evaluation) else self.evaluation):
                 logits = self.model(x).float()
                 losses.append(nnf.cross_entropy(logits, y, reduction="none").cpu())
                 correct.append((logits.argmax(1) == y).cpu())
