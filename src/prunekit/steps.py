@@ -289,6 +289,8 @@ class BudgetPlan:
 
 
 class BudgetSetup(NamedTuple):
+    """What sensitivity and the budget search work on (:func:`_budget_setup`)."""
+
     pruner: Any
     evaluator: Any  # AdaptiveBNEvaluator on the held-out slice: sensitivity and the search's candidates
     limits: Any

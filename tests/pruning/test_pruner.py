@@ -144,6 +144,35 @@ def test_global_lamp_is_blind_to_a_layers_scale_and_differs_from_the_mean():
 
 
 @pytest.mark.parametrize("target", ["macs", "params"])
+def test_global_per_cost_takes_channels_from_the_layers_that_cost_most_per_channel(target):
+    """With ``global_per_cost`` a MAC (parameter) target ranks each channel by its normalised score per MAC
+    (parameter) its removal saves: at equal scores, the channels saving the most per channel go first. Here every
+    channel scores the same, so the plain ranking only breaks ties, and the per-cost one keeps a smaller share of
+    the channels of the groups above the median cost per channel, a larger one below it; both meet the target."""
+    def run(per_cost):
+        m = model()
+        with torch.no_grad():
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.Conv2d):
+                    mod.weight.fill_(0.1)
+        p = prune_(m, one_shot(0.5, scope="global", criterion="l1_filters", target=target, global_floor=0.0,
+                               global_per_cost=per_cost), SHAPE)
+        full = {g.id: np.ones(g.size, dtype=bool) for g in p.groups}
+        unit, dense = p.allocator.unit_costs(full), p.allocator.cost(full)
+        p.step(0)
+        kept = {g.name: float(a.mean()) for g, a in zip(p.groups, p.alive().values(), strict=True)}
+        assert p.allocator.cost(p.alive()) <= 0.5 * dense * 1.001
+        return kept, {g.name: unit[g.id] for g in p.groups}
+
+    plain, unit = run(False)
+    kept, _ = run(True)
+    med = np.median(list(unit.values()))
+    costly, cheap = [k for k in unit if unit[k] > med], [k for k in unit if unit[k] < med]
+    share = lambda d, ks: np.mean([d[k] for k in ks])  # noqa: E731  mean kept fraction of these groups
+    assert share(kept, costly) < share(plain, costly) and share(kept, cheap) > share(plain, cheap)
+
+
+@pytest.mark.parametrize("target", ["macs", "params"])
 def test_mac_and_param_targets(target):
     from prunekit.cost import profile
 

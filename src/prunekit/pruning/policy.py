@@ -88,6 +88,9 @@ class PruningConfig:
                          "scores not below it, Lee et al. 2021)", choices=GLOBAL_NORMS)
     global_floor: float = F(0.5, "global scope: every group keeps at least this fraction of the channels the same "
                             "target would keep in every layer (0: no floor, 1: the same as local)", lo=0, hi=1)
+    global_per_cost: bool = F(False, "global scope with a macs/params target: rank channels by their normalised "
+                              "score per MAC (parameter) that removing one saves, so a channel of a costly layer "
+                              "goes before an equally ranked one of a cheap layer")
     allocation: dict[str, float] | None = F(None, "final sparsity per group (group name -> sparsity): what a budget "
                                             "search chose; each group ramps to its own target with the schedule",
                                             user=False)
@@ -183,6 +186,7 @@ class Allocator:
         free = [g for g in self.groups if g.id not in fixed]
         total = sum(g.size for g in free)
         target_keep = int(round(total * (1 - s)))
+        unit = self.unit_costs(alive) if self.cfg.global_per_cost and self.cfg.target != "channels" else None
         cand = []
         for g in free:
             a = alive[g.id]
@@ -192,6 +196,8 @@ class Allocator:
             else:
                 mean = float(sc[a].mean()) if a.any() else 1.0
                 norm = sc / mean if mean > 0 else np.zeros_like(sc)
+            if unit is not None:
+                norm = norm / unit[g.id]
             for j in np.flatnonzero(a):
                 cand.append((norm[j], g.id, j))
         cand.sort(key=lambda t: (t[0], t[1], t[2]))
@@ -235,6 +241,20 @@ class Allocator:
     def cost(self, keep: dict[int, np.ndarray]) -> float:
         """MACs or parameters with these keep-flags."""
         return self.cost_model(np.array([int(keep[g.id].sum()) for g in self.groups]))
+
+    def unit_costs(self, alive: dict[int, np.ndarray]) -> dict[int, float]:
+        """What removing one more channel of each group saves (MACs or parameters, at the current keep counts;
+        never below a millionth of the largest saving, so a group that saves nothing is ranked last, not
+        divided by zero)."""
+        counts = np.array([int(alive[g.id].sum()) for g in self.groups])
+        base = float(self.cost_model(counts))
+        saved = {}
+        for i, g in enumerate(self.groups):
+            fewer = counts.copy()
+            fewer[i] = max(0, fewer[i] - 1)
+            saved[g.id] = max(0.0, base - float(self.cost_model(fewer)))
+        top = max(saved.values(), default=0.0)
+        return {k: max(v, 1e-6 * top, 1e-12) for k, v in saved.items()}
 
 
 def _lamp(scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
