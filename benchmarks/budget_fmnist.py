@@ -142,7 +142,8 @@ def width_for(kind: str, target: float, c: dict, cache: dict) -> float:
 def global_tag(c: dict) -> str:
     """The global arm's settings in its directory name (a non-default floor or normalisation)."""
     return (f"_floor{c['global_floor']:g}" if c.get("global_floor") is not None else "") + \
-        (f"_{c['global_norm']}" if c.get("global_norm") else "") + ("_percost" if c.get("global_per_cost") else "")
+        (f"_{c['global_norm']}" if c.get("global_norm") else "") + \
+        {True: "_percost", False: "_nopercost", None: ""}[c.get("global_per_cost")]
 
 
 def arm_dir(work: Path, budget: str, name: str, seed: int, tag: str = "") -> Path:
@@ -263,8 +264,8 @@ def setup(args, ap: argparse.ArgumentParser) -> tuple[str, dict]:
         c["global_floor"] = args.global_floor
     if args.global_norm is not None:
         c["global_norm"] = args.global_norm
-    if args.global_per_cost:
-        c["global_per_cost"] = True
+    if args.global_per_cost is not None:
+        c["global_per_cost"] = args.global_per_cost
     if args.finetune_lr is not None:
         c["finetune_lr"] = args.finetune_lr
     if args.split:
@@ -293,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: the library's)")
     ap.add_argument("--global-norm", choices=["mean", "lamp"], default=None, help="prune.global_norm of the global "
                     "arm (default: the library's)")
-    ap.add_argument("--global-per-cost", action="store_true", help="prune.global_per_cost for the global arm: "
-                    "channels ranked by score per MAC their removal saves")
+    ap.add_argument("--global-per-cost", action=argparse.BooleanOptionalAction, default=None,
+                    help="prune.global_per_cost of the global arm (channels ranked by score per MAC their removal "
+                    "saves; default: the library's, on since 2026-12-01)")
     ap.add_argument("--methods", default=",".join(METHODS), help="arms to run (default all: %(default)s); "
                     "differences are taken against searched, or the first arm run")
     ap.add_argument("--paired", nargs="+", metavar="JSON", help="no training: read these result files of one setup "
@@ -510,8 +512,9 @@ def markdown(doc: dict) -> str:
              + (f" The global arm uses prune.global_floor {c['global_floor']:g}." if c.get("global_floor") is not None
                 else "")
              + (f" The global arm uses prune.global_norm {c['global_norm']}." if c.get("global_norm") else "")
-             + (" The global arm ranks channels per MAC saved (prune.global_per_cost)." if c.get("global_per_cost")
-                else "")
+             + ({True: " The global arm ranks channels per MAC saved (prune.global_per_cost).",
+                 False: " The global arm ranks channels by score alone (prune.global_per_cost false).", None: ""}
+                [c.get("global_per_cost")])
              + (f" Fine-tuning learning rate {c['finetune_lr']:g}." if c.get("finetune_lr") else "")
              + f" Dense: top-1 {doc['dense']['top1']:.2f}%, {doc['dense']['macs']:,} MACs, {doc['dense']['latency_ms_b32']:.2f} ms (ORT fp32, batch 32).", "",
              f"| budget | method | top-1 per seed | mean ± SE | {_base(doc)} − method (± SE) |"
