@@ -369,6 +369,12 @@ def test_the_confirmation_slice_is_fresh_and_made_on_each_call():
     assert sum(len(y) for _, y in once) == 50 and all(torch.equal(a[0], b[0]) for a, b in zip(once, again, strict=True))
     assert not ids(once) & (ids(calib) | ids(held)) and len(ids(calib) | ids(held)) == 164
     assert _train_slices(data, 64, 100, 32, 0, torch.device("cpu"), 0)[2] is None
+    # what is left after the other two slices, or nothing (then the plan keeps its pick unconfirmed and says so)
+    from prunekit.steps import _held_out
+
+    assert [len(i) for i in _held_out(250, 64, 100, 0, 2000)] == [64, 100, 86]
+    assert [len(i) for i in _held_out(250, 64, 200, 0, 2000)] == [83, 167, 0]
+    assert _train_slices(data, 64, 200, 32, 0, torch.device("cpu"), 2000)[2] is None
 
 
 def test_an_impossible_budget_is_refused():
