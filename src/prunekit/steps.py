@@ -416,7 +416,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     refine = _finetune_scorer(cfg, bundle, evaluator, device) if p.search_finetune_steps > 0 else None
     confirm = None  # the pick against uniform on fresh images, scored as the pick was (fine-tuned or not)
     if fresh is not None:
-        rescore = _finetune_scorer(cfg, bundle, fresh, device) if refine else fresh
+        rescore = refine.scoring(fresh) if refine else fresh
 
         def confirm(keep: Sequence[int]) -> np.ndarray:
             return rescore.per_image(keep)[0]

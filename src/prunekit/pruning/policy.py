@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -181,13 +182,15 @@ class Allocator:
             out[g.id] = _top(scores[g.id], a, min(k, int(a.sum())))
         return out
 
-    def global_(self, scores: dict[int, np.ndarray], alive: dict[int, np.ndarray], s: float) -> dict[int, np.ndarray]:
+    def global_(self, scores: dict[int, np.ndarray], alive: dict[int, np.ndarray], s: float,
+                unit: dict[int, float] | None = None) -> dict[int, np.ndarray]:
+        """Channels ranked across groups (normalised scores, divided by ``unit``, each group's saving per channel,
+        when given), each group kept at or above its floor."""
         fixed = {g.id for g in self.groups if g.id in self.excluded or g.id in self.scale}
         out = self.local(scores, alive, s) if fixed else {}
         free = [g for g in self.groups if g.id not in fixed]
         total = sum(g.size for g in free)
         target_keep = int(round(total * (1 - s)))
-        unit = self.unit_costs(alive) if self.cfg.global_per_cost and self.cfg.target != "channels" else None
         cand = []
         for g in free:
             a = alive[g.id]
@@ -226,6 +229,8 @@ class Allocator:
         fn = self.local if self.cfg.scope == "local" else self.global_
         if self.cfg.target == "channels":
             return fn(scores, alive, s)
+        if self.cfg.scope == "global" and self.cfg.global_per_cost:  # the savings per channel, once per step
+            fn = functools.partial(self.global_, unit=self.unit_costs(alive))
         # MAC/param targets: find the channel sparsity that removes fraction `s` of the cost.
         full = self.cost({g.id: np.ones(g.size, dtype=bool) for g in self.groups})
         goal = full * (1 - s)

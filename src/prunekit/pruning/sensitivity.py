@@ -139,7 +139,11 @@ class FinetuneEvaluator:
         self.scorer, self.batches, self.optimizer, self.steps, self.seed = scorer, batches, optimizer, int(steps), seed
 
     def __call__(self, keep: Sequence[int]) -> dict[str, float]:
-        return self._trained(keep, self.scorer.__call__)
+        return self._trained(keep, self.scorer)
+
+    def scoring(self, scorer: AdaptiveBNEvaluator) -> FinetuneEvaluator:
+        """The same fine-tuning (batches, optimizer, steps, seed), scored by ``scorer`` (e.g. on other images)."""
+        return FinetuneEvaluator(scorer, self.batches, self.optimizer, self.steps, self.seed)
 
     def per_image(self, keep: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`AdaptiveBNEvaluator.per_image` after the fine-tuning steps."""
