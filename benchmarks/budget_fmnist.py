@@ -8,6 +8,8 @@ fp32 at batch 32 on this machine):
 * searched: `prunekit`'s budget search (sensitivity with adaptive BN, cost model, greedy + candidate search)
   chooses every pointwise layer's sparsity; gradual pruning ramps each layer to it; surgery; fine-tuning;
 * uniform: the same sparsity in every layer, as small as meets the same budget; same schedule and epochs;
+* ranked: the plan's ranked allocation (no search: channels ranked across layers by LAMP-normalised score per
+  unit of the budget their removal saves, measured latency included; `--budget-allocation ranked`);
 * global (MAC budgets): scope=global with target=macs (one ranking across layers; no layer below half the
   channels uniform would keep it, prune.global_floor);
 * width: MobileNet V1 with the largest width multiplier that meets the budget, trained from scratch for the
@@ -55,7 +57,7 @@ MODES = {
              "batch_size": 256, "lr": 0.1, "candidates": 300},
 }
 BUDGETS = ["macs=0.5x", "macs=0.25x", "latency_ms=0.5x", "latency_ms=0.25x"]
-METHODS = ["searched", "uniform", "global", "narrow", "searched_scratch", "width"]
+METHODS = ["searched", "uniform", "ranked", "global", "narrow", "searched_scratch", "width"]
 SCRATCH = {"narrow": "uniform", "searched_scratch": "searched"}  # arm -> the pruned arm whose architecture it trains
 LATENCY_BATCH = 32
 
@@ -191,7 +193,7 @@ def paired(entries: list[dict], work: Path, bundle, tag: str = "") -> None:
     for e in entries:
         if not e.get("methods"):
             continue
-        base = e.get("base") or ("searched" if "searched" in e["methods"] else next(iter(e["methods"])))
+        base = e.get("base") or _pick_base(e["methods"])
         e["paired"] = {}
         for k, rows in e["methods"].items():
             if k == base:
@@ -366,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 C.write_results(_prefix(args, mode), doc, markdown(doc))
             arms = {"searched": plan, "uniform": copy.copy(plan)}
             arms["uniform"].allocation = plan.uniform
+            arms["ranked"] = copy.copy(plan)
+            arms["ranked"].allocation = plan.ranked
             if budget.startswith("macs"):
                 arms["global"] = None
             arms = {k: v for k, v in arms.items() if k in methods}
@@ -474,7 +478,7 @@ def _summarise(results: list[dict]) -> None:
         if not e.get("methods"):
             continue
         e["stats"] = {k: stats(v) for k, v in e["methods"].items()}
-        e["base"] = "searched" if "searched" in e["stats"] else next(iter(e["stats"]))
+        e["base"] = _pick_base(e["stats"])
         base = e["stats"][e["base"]]
         e["differences"] = {k: {"diff": base["mean"] - v["mean"], "se": math.hypot(base["se"], v["se"])}
                             for k, v in e["stats"].items() if k != e["base"]}
@@ -491,6 +495,11 @@ def _doc(c, env, dense, results, ls, t_all, seeds, partial=False) -> dict[str, A
                       "dense model (rounds alternate between the two) and reported as the ratio to it, and on the "
                       "scale of the dense model's first measurement: this machine's speed drifts by up to a third "
                       "over minutes, which the ratio cancels."]}
+
+
+def _pick_base(methods: dict) -> str:
+    """The arm the others are compared with: the searched allocation, else the ranked one, else the first."""
+    return next((k for k in ("searched", "ranked") if k in methods), next(iter(methods)))
 
 
 def _base(doc: dict) -> str:

@@ -73,17 +73,19 @@ def test_sentences_follow_the_measurements():
     assert deploy_line({"deploy": {}}) is None
 
 
-@pytest.mark.parametrize("used", ["searched", "uniform"])
+@pytest.mark.parametrize("used", ["searched", "uniform", "ranked"])
 def test_the_budget_sentence_names_the_allocation_pruned_to(used):
     doc = collect(fake_pipeline(SLOWER))
     b = {"budget": "latency_ms=0.5x", "target": 0.5, "predicted": 0.49, "measured": 0.48, "met": True,
          "used": used, "allocation": {"score": {"top1": 41.0}}, "uniform": {"score": {"top1": 37.5}},
-         "candidates": [{}] * 3}
+         "ranked": {"score": {"top1": 39.25}}, "candidates": [{}] * 3}
     doc["budget"] = _budget_summary(b)
     text = "\n".join(_headline(doc))
     assert "Budget latency_ms=0.5x: target 0.5, predicted 0.49, measured 0.48 after pruning: met" in text
     assert "scored 41.00% top-1 before training" in text and "scored 37.50%" in text
     assert f"the {used} allocation was pruned to" in text
+    assert ("the ranked allocation (no search: channels ranked across layers per unit of the budget they save) "
+            "scored 39.25%" in text) == (used == "ranked")
 
 
 @pytest.mark.parametrize("kept", ["searched", "uniform"])

@@ -279,11 +279,13 @@ class BudgetPlan:
     # may itself fall in a slow phase of the machine); a later check that times the dense model >10% slower than
     # this takes more passes (inference.latency.measure_ratio's dense_ref)
     dense_fastest: float | None = None
+    ranked: Any = None  # channels ranked across groups by score per unit of budget saved (search.ranked)
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "runtime": self.runtime, "dense_cost": self.dense_cost, "target": self.target,
                 "predicted": self.allocation.cost, "allocation": self.allocation.to_dict(),
-                "uniform": self.uniform.to_dict(), "candidates": self.candidates, "seconds": self.seconds,
+                "uniform": self.uniform.to_dict(),
+                **({"ranked": self.ranked.to_dict()} if self.ranked is not None else {}), "candidates": self.candidates, "seconds": self.seconds,
                 "calibration": getattr(self.cost_model, "calibration", None), "checks": self.checks,
                 "dense_fastest": self.dense_fastest}
 
@@ -364,7 +366,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
 
     from .pruning import strip
     from .pruning.budget import Budget, ChannelFractions, ProfileCost
-    from .pruning.search import greedy_within, search, uniform
+    from .pruning.search import greedy_within, ranked, search, uniform
 
     t0 = time.perf_counter()
     p = cfg.prune
@@ -423,11 +425,16 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     elif p.search_confirm_images > 0 and p.search_candidates > 0:
         log("search: no training images left to confirm the pick on (prune.search_confirm_images): kept unconfirmed")
 
+    scores = [evaluator.scores[g.id] for g in pruner.groups]  # the criterion's, on the dense model
+
+    def ranking(aim: float):
+        return ranked(scores, names, sizes, cost, aim, limits, p.search_floor, p.global_norm)
+
     def searched(aim: float):
         if p.search_candidates > 0:
             return search(evaluator, sens, names, sizes, cost, aim, limits, p.search_candidates, cfg.seed,
                           progress=log, floor=p.search_floor, refine=refine, refine_top=p.search_finetune_top,
-                          confirm=confirm)
+                          confirm=confirm, extra=[ranking(aim)])
         a = greedy_within(sens, uniform(names, sizes, cost, aim, limits), cost, aim, limits, p.search_floor)
         a.score = evaluator(a.keep)
         return a, []
@@ -474,11 +481,13 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         return best if best is not None else made  # none fits as measured: the last (the prune step reports it)
     alloc, records = measured_fit(searched, "searched", aim)
     base = measured_fit(lambda a: uniform(names, sizes, cost, a, limits), "uniform", aim)
-    base.score = next(({k: r[k] for k in ("top1", "loss", "refined_top1", "refined_loss") if k in r}
-                       for r in records if r["method"] == "uniform" and r["cost"] == base.cost), None) \
-        or evaluator(base.keep)
+    rank = measured_fit(ranking, "ranked", aim)
+    for a in (base, rank):  # scored as in the search when it scored the same channels, else now
+        a.score = next(({k: r[k] for k in ("top1", "loss", "refined_top1", "refined_loss") if k in r}
+                        for r in records if r["kept"] == list(a.keep)), None) or evaluator(a.keep)
     plan = BudgetPlan(str(budget), runtime, cost.dense, target, alloc, base, sens, records,
-                      time.perf_counter() - t0, cost, checks, min(quiet) if budget.kind == "latency_ms" else None)
+                      time.perf_counter() - t0, cost, checks, min(quiet) if budget.kind == "latency_ms" else None,
+                      rank)
     if out is not None:
         from .report import plots
 
@@ -492,7 +501,9 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
 
 def _chosen(plan: BudgetPlan, which: str) -> Any:
     """The allocation of ``plan`` that ``prune.budget_allocation`` names."""
-    return plan.uniform if which == "uniform" else plan.allocation
+    if which == "ranked" and plan.ranked is None:
+        raise PrunekitError("this budget plan has no ranked allocation (made before prunekit had one): plan again")
+    return {"uniform": plan.uniform, "ranked": plan.ranked}.get(which, plan.allocation)
 
 
 def measure_cost(plan_or_budget: Any, model: nn.Module, input_shape: Sequence[int], cfg: RunConfig,

@@ -221,6 +221,52 @@ def test_a_floor_that_costs_more_than_uniform_falls_back_to_uniform():
     assert b.method == "greedy" and b.keep == greedy(sens, names, sizes, toy, target, limits, lowest).keep
 
 
+def test_ranked_cuts_low_scores_and_costly_channels_first():
+    """The ranked allocation (no search): channels go lowest normalised score per unit of cost saved first. With
+    the same scores everywhere, the group whose channels cost 4x loses the largest share; a group with one strong
+    channel and weak others loses more than groups of even scores; the budget, the limits and the floor hold."""
+    from prunekit.pruning.search import ScoreLoss, ranked
+
+    sizes, names = [32, 32, 32, 32], ["g0", "g1", "g2", "g3"]
+    weight = np.array([1.0, 1.0, 4.0, 1.0])
+
+    class Cost:
+        kind = "macs"
+
+        def __call__(self, keep):
+            return float(np.dot(keep, weight))
+
+    even = np.linspace(1.0, 2.0, 32)
+    peaked = np.r_[np.full(31, 0.05), 10.0]
+    limits, target = Limits(4, 1, 0.9), 0.5 * float(np.dot(sizes, weight))
+    a = ranked([even, peaked, even, even], names, sizes, Cost(), target, limits, floor=0.5)
+    u = uniform(names, sizes, Cost(), target, limits)
+    assert a.method == "ranked" and a.cost <= target and a.cost == Cost()(np.array(a.keep))
+    assert a.keep[2] < a.keep[0] == a.keep[3] and a.keep[1] < a.keep[0]  # costly and peaked groups cut deepest
+    assert all(k % 4 == 0 and k >= f >= 0.5 * uk for k, f, uk in zip(a.keep, a.extra["floor"], u.keep, strict=True))
+    assert a.keep != u.keep
+    # the loss it ranks by: the sum of the lowest normalised scores a group loses (LAMP: every group's best is 1)
+    s = ScoreLoss(["x"], [np.array([3.0, 1.0, 2.0])])
+    assert s.loss_increase("x", 0.0) == 0.0 and s.loss_increase("x", 1.0) == pytest.approx(1 / 14 + 4 / 13 + 1)
+    assert s.loss_increase("x", 1 / 3) == pytest.approx(1 / 14)
+    with pytest.raises(PrunekitError, match="unknown score normalisation"):
+        ScoreLoss(["x"], [np.ones(2)], "max")
+
+
+def test_extra_candidates_are_scored_without_changing_the_random_draws():
+    """``extra`` allocations (the plan passes the ranked one) join the candidates after the random draws, which are
+    the same as without them; one that beats the rest is the pick."""
+    names, sizes, cost, sens = _toy((32, 32, 64, 64))
+    limits, target = Limits(4, 1, 0.9), 0.5 * 192
+    evaluate = lambda keep: {"top1": 100.0 if list(keep) == [32, 4, 4, 56] else 1.0, "loss": 0.0}  # noqa: E731
+    _, plain = search(evaluate, sens, names, sizes, cost, target, limits, candidates=12, seed=3)
+    special = uniform(names, sizes, cost, target, limits)
+    special = type(special)(names, sizes, [32, 4, 4, 56], 96.0, "ranked")
+    best, records = search(evaluate, sens, names, sizes, cost, target, limits, candidates=12, seed=3, extra=[special])
+    assert [r["kept"] for r in records[:-1]] == [r["kept"] for r in plain]
+    assert records[-1]["method"] == "ranked" and best.keep == [32, 4, 4, 56] and "ranked" in best.method
+
+
 def test_finalists_are_re_scored_and_the_best_after_refinement_is_kept():
     """With ``refine``: uniform, greedy and the ``refine_top`` best by the first score (and only those) are scored
     again; the pick is the best by the second score (here one that is neither the first score's pick nor the first
@@ -580,6 +626,7 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
                            "prune.calib_images=64", "--out", tmp_path / "plan")
     assert rc == 0, err
     assert "searched" in out and "uniform" in out and "predicted" in out and "next: prunekit prune" in out
+    assert "ranked" in out.splitlines()[[i for i, ln in enumerate(out.splitlines()) if ln.startswith("group")][0]]
     assert {"sensitivity.json", "sensitivity.png", "budget_plan.json", "allocation.png"} <= {
         f.name for f in (tmp_path / "plan").iterdir()}
     plan = json.loads((tmp_path / "plan" / "budget_plan.json").read_text())
@@ -624,6 +671,17 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     bu = json.loads((tmp_path / "pu" / "budget.json").read_text())
     assert bu["used"] == "uniform" and bu["met"] and bu["measured"] == bu["predicted"] == bu["uniform"]["cost"]
     assert bu["uniform"]["cost"] != bu["allocation"]["cost"]  # a different model from the searched one
+    # the ranked allocation (no search), the same way
+    rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
+                           "--budget-allocation", "ranked", "--set", "prune.sensitivity_images=128", "--set",
+                           "prune.calib_images=64", "--set", "prune.search_confirm_images=0", "--epochs", "0.25",
+                           "--out", tmp_path / "pr")
+    assert rc == 0, err
+    br = json.loads((tmp_path / "pr" / "budget.json").read_text())
+    assert br["used"] == "ranked" and br["met"] and br["measured"] == br["predicted"] == br["ranked"]["cost"]
+    assert br["ranked"]["method"].startswith("ranked") and br["ranked"]["score"]["top1"] >= 0
+    assert any(r["method"] == "ranked" or r["kept"] == [g["kept"] for g in br["ranked"]["groups"]]
+               for r in br["candidates"])  # a candidate of the search too
     rc, out, err = run_cli("surgery", "--model", tmp_path / "pu" / "model", "--out", tmp_path / "su", "--json")
     assert rc == 0 and json.loads(out)["macs_after"] == bu["uniform"]["cost"]
     rc, out, err = run_cli("surgery", "--model", tmp_path / "p" / "model", "--out", tmp_path / "s", "--json")

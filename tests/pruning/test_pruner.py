@@ -115,12 +115,12 @@ def test_global_floor_bounds_how_far_a_layer_falls_below_the_local_count():
 
 
 def test_lamp_scores():
-    from prunekit.pruning.policy import _lamp
+    from prunekit.pruning.policy import lamp
 
     alive = np.array([True, True, True, False])
-    got = _lamp(np.array([2.0, 1.0, 3.0, 5.0]), alive)
+    got = lamp(np.array([2.0, 1.0, 3.0, 5.0]), alive)
     np.testing.assert_allclose(got, [4 / 13, 1 / 14, 1.0, 0.0])  # s^2 over the squares of those not below it
-    tie = _lamp(np.array([1.0, 1.0]), np.array([True, True]))
+    tie = lamp(np.array([1.0, 1.0]), np.array([True, True]))
     assert tie[0] == 1.0 and tie[1] == pytest.approx(0.5)  # ties: the lower index ranks higher, as _top keeps it
 
 

@@ -196,7 +196,7 @@ class Allocator:
             a = alive[g.id]
             sc = scores[g.id]
             if self.cfg.global_norm == "lamp":
-                norm = _lamp(sc, a)
+                norm = lamp(sc, a)
             else:
                 mean = float(sc[a].mean()) if a.any() else 1.0
                 norm = sc / mean if mean > 0 else np.zeros_like(sc)
@@ -263,7 +263,7 @@ class Allocator:
         return {k: max(v, 1e-6 * top, 1e-12) for k, v in saved.items()}
 
 
-def _lamp(scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
+def lamp(scores: np.ndarray, alive: np.ndarray) -> np.ndarray:
     """LAMP scores of a group's alive components: ``s_j^2 / sum of s_k^2 over the alive k with s_k >= s_j`` (ties
     by index, as :func:`_top` breaks them); each group's best component scores 1, so a ranking across groups
     never empties one first. Dead components score 0."""

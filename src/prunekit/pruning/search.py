@@ -5,13 +5,16 @@
 2. :func:`greedy` — start dense; repeatedly take one step off the group whose step costs the least loss per unit
    of budget saved (loss from the measured sensitivity curves, cost from the budget's cost model: MACs,
    parameters or measured latency) until the budget is met.
-3. :func:`search` — EagleEye-style: a few hundred different candidate allocations that all meet the budget
-   (the greedy and uniform ones, perturbations of the greedy one, random directions; near the cheapest allowed
+3. :func:`ranked` — no search: every channel ranked across groups by its normalised weight score (LAMP) per unit
+   of budget its removal saves, the chunked form of ``scope: global`` with ``global_per_cost`` (which beat uniform
+   pruning at a quarter of the MACs, README) on any cost model, latency tables included.
+4. :func:`search` — EagleEye-style: a few hundred different candidate allocations that all meet the budget
+   (the greedy, uniform and ranked ones, perturbations of the greedy one, random directions; near the cheapest allowed
    model a direction's groups saturate at max_sparsity one by one), each scored by adaptive-BN accuracy on a
    held-out training slice; with ``refine`` (a short masked fine-tuning of each,
    :class:`~prunekit.pruning.sensitivity.FinetuneEvaluator`), the best ``refine_top`` by that score and the
    uniform and greedy allocations are scored again after it, and the best of those is kept.
-4. :func:`confirmed` — the pick is scored again with uniform's allocation on fresh images, and kept only if it
+5. :func:`confirmed` — the pick is scored again with uniform's allocation on fresh images, and kept only if it
    beats uniform there by more than 2 paired standard errors: the best of a hundred noisy scores is partly luck
    (near the cheapest allowed model every candidate scores near chance), and without evidence that the search
    found something better, the search does not replace the baseline.
@@ -35,6 +38,7 @@ import numpy as np
 
 from ..errors import PrunekitError
 from .budget import CostModel, round_keep
+from .policy import GLOBAL_NORMS, lamp
 from .sensitivity import Sensitivity
 
 LEVELS = 32  # sparsity levels per group the greedy search steps through
@@ -138,7 +142,31 @@ def uniform(names: list[str], sizes: Sequence[int], cost: CostModel, target: flo
     return a
 
 
-def greedy(sens: Sensitivity, names: list[str], sizes: Sequence[int], cost: CostModel, target: float,
+class ScoreLoss:
+    """What :func:`greedy` needs of a :class:`Sensitivity` (``loss_increase(group, sparsity)``), from channel scores
+    instead of measurements: the sum of the normalised scores of the channels a group loses at that sparsity (its
+    lowest). ``norm``: ``lamp`` (each score squared over the sum of the squares of the group's scores not below
+    it; every group's best channel scores 1) or ``mean`` (divided by the group's mean score)."""
+
+    def __init__(self, names: Sequence[str], scores: Sequence[np.ndarray], norm: str = "lamp"):
+        if norm not in GLOBAL_NORMS:
+            raise PrunekitError(f"unknown score normalisation '{norm}'; valid: {', '.join(GLOBAL_NORMS)}")
+        self.cum: dict[str, np.ndarray] = {}
+        for name, sc in zip(names, scores, strict=True):
+            sc = np.asarray(sc, dtype=np.float64)
+            if norm == "lamp":
+                v = lamp(sc, np.ones(len(sc), dtype=bool))
+            else:
+                mean = float(sc.mean()) if len(sc) else 0.0
+                v = sc / mean if mean > 0 else np.zeros_like(sc)
+            self.cum[name] = np.concatenate([[0.0], np.cumsum(np.sort(v))])
+
+    def loss_increase(self, name: str, sparsity: float) -> float:
+        c = self.cum[name]
+        return float(c[min(len(c) - 1, max(0, int(round(sparsity * (len(c) - 1)))))])
+
+
+def greedy(sens: Sensitivity | ScoreLoss, names: list[str], sizes: Sequence[int], cost: CostModel, target: float,
            limits: Limits, floor: Sequence[int] | None = None) -> Allocation:
     """Take steps off the groups with the least loss per unit of cost saved until the budget is met (no group
     below ``floor``)."""
@@ -189,14 +217,25 @@ def greedy_within(sens: Sensitivity, base: Allocation, cost: CostModel, target: 
     return a
 
 
+def ranked(scores: Sequence[np.ndarray], names: list[str], sizes: Sequence[int], cost: CostModel, target: float,
+           limits: Limits, floor: float = 0.5, norm: str = "lamp") -> Allocation:
+    """Channels ranked across groups by normalised score per unit of cost saved, removed lowest first (in the
+    steps of :meth:`Limits.levels`) until the budget is met; no group below ``floor`` x uniform's channels there
+    (:func:`greedy_within`). ``scores[i]``: group ``i``'s channel scores (the pruning criterion's)."""
+    a = greedy_within(ScoreLoss(names, scores, norm), uniform(names, sizes, cost, target, limits), cost, target,
+                      limits, floor)
+    a.method = "ranked" if a.method == "greedy" else a.method.replace("greedy", "ranked")
+    return a
+
+
 def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitivity, names: list[str],
            sizes: Sequence[int], cost: CostModel, target: float, limits: Limits, candidates: int = 100,
            seed: int = 0, progress: Callable[[str], None] | None = None,
            floor: float = 0.5, refine: Callable[[Sequence[int]], dict[str, float]] | None = None,
            refine_top: int = 4, confirm: Callable[[Sequence[int]], np.ndarray] | None = None,
-           confirm_z: float = CONFIRM_Z) -> tuple[Allocation, list[dict[str, Any]]]:
-    """Score the uniform and greedy allocations and ``candidates`` more that meet the budget, none keeping a group
-    below ``floor`` x uniform's channels there; keep the best by adaptive-BN top-1 (then loss). With ``refine``,
+           confirm_z: float = CONFIRM_Z, extra: Sequence[Allocation] = ()) -> tuple[Allocation, list[dict[str, Any]]]:
+    """Score the uniform and greedy allocations, ``extra`` ones (e.g. :func:`ranked`'s) and ``candidates`` more that
+    meet the budget, none keeping a group below ``floor`` x uniform's channels there; keep the best by adaptive-BN top-1 (then loss). With ``refine``,
     the ``refine_top`` best, uniform and greedy are scored again by it (records gain ``refined_top1`` and
     ``refined_loss``) and the best by that score is kept. With ``confirm`` (which images of a fresh slice an
     allocation classifies correctly), the pick must beat uniform there by more than ``confirm_z`` paired standard
@@ -220,6 +259,10 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
         if a is not None and tuple(a.keep) not in seen:
             seen.add(tuple(a.keep))
             pool.append(a)
+    for a in extra:  # after the random ones, which stay the same draws with or without them
+        if tuple(a.keep) not in seen:
+            seen.add(tuple(a.keep))
+            pool.append(replace(a, score=None))
     records = []
     best = None
     for i, a in enumerate(pool):

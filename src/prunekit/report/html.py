@@ -82,7 +82,7 @@ def _budget_summary(b: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = ("budget", "runtime", "dense_cost", "target", "predicted", "measured", "met", "allowance", "seconds", "used")
     return {**{k: b.get(k) for k in keys}, "allocation": b.get("allocation"), "uniform": b.get("uniform"),
-            "candidates": len(b.get("candidates") or [])}
+            "ranked": b.get("ranked"), "candidates": len(b.get("candidates") or [])}
 
 
 def _plots(p, doc: dict[str, Any], assets: Path) -> dict[str, bytes]:
@@ -180,6 +180,9 @@ def _headline(doc: dict[str, Any]) -> list[str]:
                         f"{c['uniform_top1']:.2f}% ({c['diff']:+.2f} +- {c['se']:.2f} paired), "
                         + ("confirmed" if c["kept"] == "searched" else
                            "not 2 standard errors better, so the plan kept uniform's allocation") if c else "")
+                     + (f"; the ranked allocation (no search: channels ranked across layers per unit of the budget "
+                        f"they save) scored {((b.get('ranked') or {}).get('score') or {}).get('top1', float('nan')):.2f}%"
+                        if b.get("used") == "ranked" else "")
                      + f"; the {b.get('used', 'searched')} allocation was pruned to.")
     q = doc.get("quantize") or {}
     if q.get("settings"):
