@@ -426,9 +426,12 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         log("search: no training images left to confirm the pick on (prune.search_confirm_images): kept unconfirmed")
 
     scores = [evaluator.scores[g.id] for g in pruner.groups]  # the criterion's, on the dense model
+    # a latency budget's ranking: per MAC saved, sized to the measured latency (see search.ranked)
+    by = ProfileCost(strip(pruner.model, copy=True), pruner.graph, pruner.groups, shape, "macs") \
+        if budget.kind == "latency_ms" else None
 
     def ranking(aim: float):
-        return ranked(scores, names, sizes, cost, aim, limits, p.search_floor, p.global_norm)
+        return ranked(scores, names, sizes, cost, aim, limits, p.search_floor, p.global_norm, by)
 
     def searched(aim: float):
         if p.search_candidates > 0:
@@ -492,8 +495,8 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         from .report import plots
 
         write_json(Path(out) / "budget_plan.json", plan.to_dict())
-        plots.allocation([{"group": n, "total": t, "searched": k, "uniform": u} for n, t, k, u in
-                          zip(names, sizes, alloc.keep, base.keep, strict=True)], Path(out) / "allocation.png")
+        plots.allocation([{"group": n, "total": t, "searched": k, "uniform": u, "ranked": r} for n, t, k, u, r in
+                          zip(names, sizes, alloc.keep, base.keep, rank.keep, strict=True)], Path(out) / "allocation.png")
     log(f"budget {budget}: target {target:.4g} of dense {cost.dense:.4g}; {alloc.method}: predicted "
         f"{alloc.cost:.4g}, adaptive-BN top-1 {alloc.score['top1']:.2f}% (uniform {base.score['top1']:.2f}%)")
     return plan

@@ -245,6 +245,18 @@ def test_ranked_cuts_low_scores_and_costly_channels_first():
     assert a.keep[2] < a.keep[0] == a.keep[3] and a.keep[1] < a.keep[0]  # costly and peaked groups cut deepest
     assert all(k % 4 == 0 and k >= f >= 0.5 * uk for k, f, uk in zip(a.keep, a.extra["floor"], u.keep, strict=True))
     assert a.keep != u.keep
+    # ranked by another cost's savings (``by``; a latency budget ranks per MAC): that cost decides which group
+    # goes first, the budget's own cost when to stop
+    macs = weight[[2, 1, 0, 3]]
+
+    class ByCost:
+        kind = "macs"
+
+        def __call__(self, keep):
+            return float(np.dot(keep, macs))
+
+    b = ranked([even, even, even, even], names, sizes, Cost(), target, limits, floor=0.5, by=ByCost())
+    assert b.cost <= target and b.keep[0] < min(b.keep[1:])  # without ``by``: group 2 goes first
     # the loss it ranks by: the sum of the lowest normalised scores a group loses (LAMP: every group's best is 1)
     s = ScoreLoss(["x"], [np.array([3.0, 1.0, 2.0])])
     assert s.loss_increase("x", 0.0) == 0.0 and s.loss_increase("x", 1.0) == pytest.approx(1 / 14 + 4 / 13 + 1)

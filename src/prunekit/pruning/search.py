@@ -167,22 +167,25 @@ class ScoreLoss:
 
 
 def greedy(sens: Sensitivity | ScoreLoss, names: list[str], sizes: Sequence[int], cost: CostModel, target: float,
-           limits: Limits, floor: Sequence[int] | None = None) -> Allocation:
+           limits: Limits, floor: Sequence[int] | None = None, by: CostModel | None = None) -> Allocation:
     """Take steps off the groups with the least loss per unit of cost saved until the budget is met (no group
-    below ``floor``)."""
+    below ``floor``). ``by``: the cost whose savings rank the steps (default ``cost``, which decides when to
+    stop)."""
     levels = [sorted({k for k in limits.levels(s) if k > f} | ({f} if f else set()), reverse=True) or [s]
               for s, f in zip(sizes, floor if floor is not None else [0] * len(sizes), strict=True)]
     pos = [0] * len(sizes)
     keep = np.array([lv[0] for lv in levels])
     current = cost(keep)
+    rank = by or cost
     while current > target:
         best, best_ratio, flat, flat_loss = None, np.inf, None, np.inf
+        now = current if by is None else by(keep)
         for i, lv in enumerate(levels):
             if pos[i] + 1 >= len(lv):
                 continue
             trial = keep.copy()
             trial[i] = lv[pos[i] + 1]
-            saved = current - cost(trial)
+            saved = now - rank(trial)
             s_now, s_next = 1 - keep[i] / sizes[i], 1 - trial[i] / sizes[i]
             dloss = sens.loss_increase(names[i], s_next) - sens.loss_increase(names[i], s_now)
             if saved <= 0:  # a measured cost need not fall with every step (latency tables are not monotone)
@@ -201,15 +204,15 @@ def greedy(sens: Sensitivity | ScoreLoss, names: list[str], sizes: Sequence[int]
     return Allocation(names, list(sizes), keep.tolist(), float(current), "greedy")
 
 
-def greedy_within(sens: Sensitivity, base: Allocation, cost: CostModel, target: float, limits: Limits,
-                  floor: float) -> Allocation:
+def greedy_within(sens: Sensitivity | ScoreLoss, base: Allocation, cost: CostModel, target: float, limits: Limits,
+                  floor: float, by: CostModel | None = None) -> Allocation:
     """:func:`greedy` above ``floor`` x ``base``'s channels (:func:`floor_of`, recorded as ``extra["floor"]``);
     where that cannot meet the budget, ``base`` (uniform pruning, which meets it): a measured latency is not
     monotone in every channel count, so the floor (fewer channels than uniform in every group) can cost more than
     uniform itself."""
     lowest = floor_of(base, floor, limits)
     try:
-        a = greedy(sens, base.names, base.sizes, cost, target, limits, lowest)
+        a = greedy(sens, base.names, base.sizes, cost, target, limits, lowest, by)
     except PrunekitError:
         a = Allocation(base.names, list(base.sizes), list(base.keep), base.cost, "greedy (uniform: the floor does "
                        "not fit)")
@@ -218,12 +221,15 @@ def greedy_within(sens: Sensitivity, base: Allocation, cost: CostModel, target: 
 
 
 def ranked(scores: Sequence[np.ndarray], names: list[str], sizes: Sequence[int], cost: CostModel, target: float,
-           limits: Limits, floor: float = 0.5, norm: str = "lamp") -> Allocation:
+           limits: Limits, floor: float = 0.5, norm: str = "lamp", by: CostModel | None = None) -> Allocation:
     """Channels ranked across groups by normalised score per unit of cost saved, removed lowest first (in the
     steps of :meth:`Limits.levels`) until the budget is met; no group below ``floor`` x uniform's channels there
-    (:func:`greedy_within`). ``scores[i]``: group ``i``'s channel scores (the pruning criterion's)."""
+    (:func:`greedy_within`). ``scores[i]``: group ``i``'s channel scores (the pruning criterion's). ``by``: the
+    cost whose savings rank the channels, when not the budget's own (a latency budget ranks per MAC saved: a
+    latency table's savings per channel are steps and timing noise, and ranked by them the allocation lost to
+    uniform pruning at a quarter of the latency, README)."""
     a = greedy_within(ScoreLoss(names, scores, norm), uniform(names, sizes, cost, target, limits), cost, target,
-                      limits, floor)
+                      limits, floor, by)
     a.method = "ranked" if a.method == "greedy" else a.method.replace("greedy", "ranked")
     return a
 

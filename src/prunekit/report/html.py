@@ -227,7 +227,7 @@ def write_report(p, out: Path) -> dict[str, Path]:
                 "Channel importance per layer (grey: all channels before pruning, blue: kept)",
                 "accuracy_vs_macs": "Top-1 vs MACs across stages",
                 "sensitivity": "Sensitivity: top-1 with each group pruned alone (adaptive BN)",
-                "allocation": "Kept channels per layer at the budget: uniform vs searched"}
+                "allocation": "Kept channels per layer at the budget: uniform, ranked and searched allocations"}
     pred = doc["predict"]
     md = ["# prunekit report", "", *_headline(doc), "", _md_table(rows), ""]
     if pred.get("top5"):

@@ -169,19 +169,23 @@ def sensitivity_curves(sens: dict[str, Any], path: str | Path | None = None, max
 
 
 def allocation(rows: Sequence[dict[str, Any]], path: str | Path | None = None) -> bytes:
-    """Kept channels per group: the searched allocation against uniform pruning at the same budget.
+    """Kept channels per group: the searched allocation against uniform pruning at the same budget (and the
+    ranked allocation, when rows have it).
 
-    ``rows``: dicts with ``group``, ``total``, ``searched`` and ``uniform`` kept counts."""
+    ``rows``: dicts with ``group``, ``total``, ``searched`` and ``uniform`` kept counts (``ranked`` optional)."""
     plt = _plt()
     rows = list(rows)
+    bars = ["uniform", *(["ranked"] if all("ranked" in r for r in rows) and rows else []), "searched"]
+    colors = {"uniform": "#9ecae1", "ranked": "#74c476", "searched": "#2b7bba"}
+    w = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * len(rows) + 2), 3.6))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["total"] for r in rows], 0.4, color="#e3e3e3", label="dense")
-    ax.bar(x - 0.2, [r["uniform"] for r in rows], 0.4, color="#9ecae1", label="uniform")
-    ax.bar(x + 0.2, [r["total"] for r in rows], 0.4, color="#e3e3e3")
-    ax.bar(x + 0.2, [r["searched"] for r in rows], 0.4, color="#2b7bba", label="searched")
+    for i, name in enumerate(bars):
+        off = (i - (len(bars) - 1) / 2) * w
+        ax.bar(x + off, [r["total"] for r in rows], w, color="#e3e3e3", label="dense" if i == 0 else None)
+        ax.bar(x + off, [r[name] for r in rows], w, color=colors[name], label=name)
     ax.set_xticks(x, [r["group"] for r in rows], rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("channels kept")
-    ax.set_title("Kept channels per layer at the same budget: uniform vs searched", fontsize=10)
+    ax.set_title("Kept channels per layer at the same budget: " + " vs ".join(bars), fontsize=10)
     ax.legend(fontsize=7, frameon=False)
     return _save(fig, path)
