@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paired", nargs="+", metavar="JSON", help="no training: read these result files of one setup "
                     "(merged), evaluate every arm's saved model on the test set, add seed-matched paired differences "
                     "and write --out")
+    ap.add_argument("--base", choices=METHODS, default=None, help="with --paired: the arm every other is compared "
+                    "with (default: searched, else ranked, else the first)")
     ap.add_argument("--tag", default="", help="a name for this variant of the setup (e.g. after a library change): "
                     "its own work directory for the pruned arms and result file name, the same dense model")
     ap.add_argument("--out", default=None)
@@ -366,10 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             def save_partial() -> None:  # after every arm: a run stopped by a time box keeps what finished
                 doc = _doc(c, env, dense_info, results, ls, t_all, seeds, partial=True)
                 C.write_results(_prefix(args, mode), doc, markdown(doc))
-            arms = {"searched": plan, "uniform": copy.copy(plan)}
-            arms["uniform"].allocation = plan.uniform
-            arms["ranked"] = copy.copy(plan)
-            arms["ranked"].allocation = plan.ranked
+            arms = {"searched": plan, "uniform": plan, "ranked": plan}  # prune.budget_allocation names which
             if budget.startswith("macs"):
                 arms["global"] = None
             arms = {k: v for k, v in arms.items() if k in methods}
@@ -385,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                         pr = steps.prune(gcfg, dense_dir / "model", run / "prune", data=bundle,
                                          ctx=ctx, log=C.log)
                     else:
-                        scfg = run_config(c, seed, budget)
+                        scfg = run_config(c, seed, budget, {"prune": {"budget_allocation": name}})
                         pr = steps.prune(scfg, dense_dir / "model", run / "prune", data=bundle,
                                          ctx=ctx, log=C.log, plan=arm)
                     rec = finish(run, pr.model_dir, run_config(c, seed, budget), bundle, t0, dense_dir)
@@ -436,7 +435,7 @@ def paired_main(args, mode: str, c: dict) -> int:
     doc = merge(docs) if len(docs) > 1 else docs[0]
     work, _ = _work_dirs(args, mode)
     bundle = C.load_fmnist(args.data_dir, c["train_subset"])
-    _summarise(doc["results"])
+    _summarise(doc["results"], args.base)
     paired(doc["results"], work, bundle, global_tag(doc["config"]))
     doc["paired_command"] = C.command_line()
     prefix = Path(args.out) if args.out else Path(args.paired[0]).with_name(Path(args.paired[0]).stem + "_paired")
@@ -471,16 +470,16 @@ def _prefix(args, mode: str) -> Path:
                                                           f"budget_fmnist_{mode}") + suffix)
 
 
-def _summarise(results: list[dict]) -> None:
-    """Per budget: each arm's mean ± SE, and the difference of means against the base arm (searched, or the
-    first arm run) with the unpaired SE."""
+def _summarise(results: list[dict], base: str | None = None) -> None:
+    """Per budget: each arm's mean ± SE, and the difference of means against the base arm (``base`` where it ran,
+    else searched, ranked or the first arm run) with the unpaired SE."""
     for e in results:
         if not e.get("methods"):
             continue
         e["stats"] = {k: stats(v) for k, v in e["methods"].items()}
-        e["base"] = _pick_base(e["stats"])
-        base = e["stats"][e["base"]]
-        e["differences"] = {k: {"diff": base["mean"] - v["mean"], "se": math.hypot(base["se"], v["se"])}
+        e["base"] = base if base in e["stats"] else _pick_base(e["stats"])
+        b = e["stats"][e["base"]]
+        e["differences"] = {k: {"diff": b["mean"] - v["mean"], "se": math.hypot(b["se"], v["se"])}
                             for k, v in e["stats"].items() if k != e["base"]}
 
 

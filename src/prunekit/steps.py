@@ -285,7 +285,8 @@ class BudgetPlan:
         return {"budget": self.budget, "runtime": self.runtime, "dense_cost": self.dense_cost, "target": self.target,
                 "predicted": self.allocation.cost, "allocation": self.allocation.to_dict(),
                 "uniform": self.uniform.to_dict(),
-                **({"ranked": self.ranked.to_dict()} if self.ranked is not None else {}), "candidates": self.candidates, "seconds": self.seconds,
+                **({"ranked": self.ranked.to_dict()} if self.ranked is not None else {}),
+                "candidates": self.candidates, "seconds": self.seconds,
                 "calibration": getattr(self.cost_model, "calibration", None), "checks": self.checks,
                 "dense_fastest": self.dense_fastest}
 
@@ -361,7 +362,8 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     """Choose every group's channels for ``cfg.prune.budget``: sensitivity, the budget's cost model (MACs,
     parameters, or a latency table measured on ``cfg.prune.budget_runtime`` here), the greedy allocation and
     ``search_candidates`` more scored by adaptive-BN accuracy (with ``search_finetune_steps`` > 0, the best few
-    again after a short masked fine-tuning; the dense model's weights are left as they were)."""
+    again after a short masked fine-tuning; the dense model's weights are left as they were). The plan also holds
+    uniform pruning and the ranked allocation (:func:`~prunekit.pruning.search.ranked`) sized to the same budget."""
     import time
 
     from .pruning import strip
@@ -498,14 +500,16 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         plots.allocation([{"group": n, "total": t, "searched": k, "uniform": u, "ranked": r} for n, t, k, u, r in
                           zip(names, sizes, alloc.keep, base.keep, rank.keep, strict=True)], Path(out) / "allocation.png")
     log(f"budget {budget}: target {target:.4g} of dense {cost.dense:.4g}; {alloc.method}: predicted "
-        f"{alloc.cost:.4g}, adaptive-BN top-1 {alloc.score['top1']:.2f}% (uniform {base.score['top1']:.2f}%)")
+        f"{alloc.cost:.4g}, adaptive-BN top-1 {alloc.score['top1']:.2f}% (uniform {base.score['top1']:.2f}%, ranked "
+        f"{rank.score['top1']:.2f}%)")
     return plan
 
 
 def _chosen(plan: BudgetPlan, which: str) -> Any:
     """The allocation of ``plan`` that ``prune.budget_allocation`` names."""
     if which == "ranked" and plan.ranked is None:
-        raise PrunekitError("this budget plan has no ranked allocation (made before prunekit had one): plan again")
+        raise PrunekitError("this budget plan has no ranked allocation (BudgetPlan.ranked): plan it with "
+                            "prunekit.steps.plan_budget")
     return {"uniform": plan.uniform, "ranked": plan.ranked}.get(which, plan.allocation)
 
 
