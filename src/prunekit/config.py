@@ -108,11 +108,12 @@ class PruneCfg(PruningConfig, StageTrainCfg):
                             choices=BUDGET_RUNTIMES)
     budget_batch: int = F(1, "batch size of a latency budget", lo=1, hi=4096)
     budget_threads: int = F(0, "threads of a latency budget (0: all cores)", lo=0, hi=512)
-    budget_allocation: str = F("searched", "which allocation of the budget's plan the prune step uses: searched (the "
-                               "search's pick), uniform (the same sparsity everywhere, sized to the budget; at "
-                               "latency budgets it did as well or better on our benchmark, see README) or ranked "
-                               "(no search: channels ranked across layers by normalised score, prune.global_norm, "
-                               "per unit of budget their removal saves)", choices=("searched", "uniform", "ranked"))
+    budget_allocation: str = F("ranked", "which allocation of the budget's plan the prune step uses: ranked (no "
+                               "search: channels ranked across layers by normalised score, prune.global_norm, per MAC "
+                               "their removal saves, sized to the budget; the best or as good as the best at 1/4 "
+                               "budgets on our benchmark, README), searched (the candidate search's pick; prune "
+                               "runs the search only for this) or uniform (the same sparsity everywhere)",
+                               choices=("ranked", "searched", "uniform"))
     search_candidates: int = F(100, "allocations the budget search scores by adaptive-BN accuracy (0: greedy only)",
                                lo=0, hi=100_000)
     search_floor: float = F(0.5, "the budget search keeps every layer at or above this fraction of the channels "

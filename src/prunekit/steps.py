@@ -580,8 +580,10 @@ def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataB
     spe = steps_per_epoch(bundle, tcfg.batch_size)
     pcfg = cfg.prune.pruning(cfg.seed)
     if cfg.prune.budget or plan is not None:  # every group's final sparsity; the schedule ramps each to it
-        if plan is None and ctx.is_main:
-            plan = plan_budget(cfg, loaded, out, data=bundle, device=ctx.device, log=log)
+        if plan is None and ctx.is_main:  # the candidate search only for the allocation that uses it
+            pc = cfg if cfg.prune.budget_allocation == "searched" else dataclasses.replace(
+                cfg, prune=dataclasses.replace(cfg.prune, search_candidates=0))
+            plan = plan_budget(pc, loaded, out, data=bundle, device=ctx.device, log=log)
         chosen = _chosen(plan, cfg.prune.budget_allocation) if plan else None
         pcfg.allocation = _broadcast_allocation(chosen.sparsity() if chosen else None)
     model = loaded.model

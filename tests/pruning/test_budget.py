@@ -664,7 +664,10 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     assert all(k >= f >= 0.5 * u for k, f, u in zip(kept, floor, uniform_kept, strict=True))
     # the prune runs below compare the two allocations: without the check on fresh images, which on this briefly
     # trained fixture may or may not keep the search's pick
+    assert any(r["method"] == "ranked" for r in plan["candidates"]) or \
+        [g["kept"] for g in plan["ranked"]["groups"]] in [r["kept"] for r in plan["candidates"]]  # a candidate too
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
+                           "--budget-allocation", "searched",
                            "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
                            "--set", "prune.search_confirm_images=0", "--epochs", "0.25", "--out", tmp_path / "p")
     assert rc == 0, err
@@ -683,17 +686,15 @@ def test_plan_and_prune_with_a_budget(tiny_model_dir, tmp_path):
     bu = json.loads((tmp_path / "pu" / "budget.json").read_text())
     assert bu["used"] == "uniform" and bu["met"] and bu["measured"] == bu["predicted"] == bu["uniform"]["cost"]
     assert bu["uniform"]["cost"] != bu["allocation"]["cost"]  # a different model from the searched one
-    # the ranked allocation (no search), the same way
+    # by default the ranked allocation (no search): the prune step runs no candidate search for it
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.5x", "--search-candidates", "4",
-                           "--budget-allocation", "ranked", "--set", "prune.sensitivity_images=128", "--set",
-                           "prune.calib_images=64", "--set", "prune.search_confirm_images=0", "--epochs", "0.25",
-                           "--out", tmp_path / "pr")
+                           "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--epochs", "0.25", "--out", tmp_path / "pr")
     assert rc == 0, err
     br = json.loads((tmp_path / "pr" / "budget.json").read_text())
     assert br["used"] == "ranked" and br["met"] and br["measured"] == br["predicted"] == br["ranked"]["cost"]
     assert br["ranked"]["method"].startswith("ranked") and br["ranked"]["score"]["top1"] >= 0
-    assert any(r["method"] == "ranked" or r["kept"] == [g["kept"] for g in br["ranked"]["groups"]]
-               for r in br["candidates"])  # a candidate of the search too
+    assert br["candidates"] == [] and br["allocation"]["method"].startswith("greedy")
     rc, out, err = run_cli("surgery", "--model", tmp_path / "pu" / "model", "--out", tmp_path / "su", "--json")
     assert rc == 0 and json.loads(out)["macs_after"] == bu["uniform"]["cost"]
     rc, out, err = run_cli("surgery", "--model", tmp_path / "p" / "model", "--out", tmp_path / "s", "--json")

@@ -106,6 +106,6 @@ def _budget(args: argparse.Namespace, cfg, plan: dict) -> int:
     if any(a.extra.get("floor") or []):
         print(f"no group below {cfg.prune.search_floor:g} x uniform's channels (prune.search_floor): at least "
               f"{', '.join(map(str, a.extra['floor']))}")
-    print(f"next: prunekit prune --model {args.model} --budget {res.budget} --out <dir>  (uniform's channels instead: "
-          "--budget-allocation uniform; ranked: --budget-allocation ranked)")
+    print(f"next: prunekit prune --model {args.model} --budget {res.budget} --out <dir>  (prunes to the ranked "
+          "allocation; --budget-allocation searched or uniform for the other columns)")
     return 0

@@ -168,22 +168,31 @@ def _headline(doc: dict[str, Any]) -> list[str]:
         lines.append(lat)
     b = doc.get("budget")
     if b:
+        used = b.get("used", "searched")
         c = b["allocation"].get("confirm")
         a = b["allocation"].get("rejected_score") or b["allocation"]["score"] or {}
         u = b["uniform"]["score"] or {}
-        lines.append(f"Budget {b['budget']}: target {b['target']:.4g}, predicted {b['predicted']:.4g}, measured "
-                     f"{b['measured']:.4g} after pruning: {'met' if b['met'] else 'NOT met'}. The search's best "
-                     f"allocation scored {a.get('top1', float('nan')):.2f}% top-1 before training (adaptive BN, "
-                     f"held-out training images) where uniform pruning to the same budget scored "
-                     f"{u.get('top1', float('nan')):.2f}%"
-                     + (f"; on {c['images']} fresh held-out images {c['searched_top1']:.2f}% vs "
-                        f"{c['uniform_top1']:.2f}% ({c['diff']:+.2f} +- {c['se']:.2f} paired), "
-                        + ("confirmed" if c["kept"] == "searched" else
-                           "not 2 standard errors better, so the plan kept uniform's allocation") if c else "")
-                     + (f"; the ranked allocation (no search: channels ranked across layers per unit of the budget "
-                        f"they save) scored {((b.get('ranked') or {}).get('score') or {}).get('top1', float('nan')):.2f}%"
-                        if b.get("used") == "ranked" else "")
-                     + f"; the {b.get('used', 'searched')} allocation was pruned to.")
+        r = (b.get("ranked") or {}).get("score") or {}
+        nan = float("nan")
+        head = (f"Budget {b['budget']}: target {b['target']:.4g}, predicted {b['predicted']:.4g}, measured "
+                f"{b['measured']:.4g} after pruning: {'met' if b['met'] else 'NOT met'}. ")
+        if used == "searched":
+            lines.append(head + f"The search's best allocation scored {a.get('top1', nan):.2f}% top-1 before training "
+                         f"(adaptive BN, held-out training images) where uniform pruning to the same budget scored "
+                         f"{u.get('top1', nan):.2f}%"
+                         + (f"; on {c['images']} fresh held-out images {c['searched_top1']:.2f}% vs "
+                            f"{c['uniform_top1']:.2f}% ({c['diff']:+.2f} +- {c['se']:.2f} paired), "
+                            + ("confirmed" if c["kept"] == "searched" else
+                               "not 2 standard errors better, so the plan kept uniform's allocation") if c else "")
+                         + "; the searched allocation was pruned to.")
+        else:
+            lines.append(head + f"The {used} allocation was pruned to"
+                         + (" (no search: channels ranked across layers per unit of the budget they save)"
+                            if used == "ranked" else "")
+                         + f"; before training (adaptive BN, held-out training images) it scored "
+                         f"{(r if used == 'ranked' else u).get('top1', nan):.2f}% top-1"
+                         + (f", uniform pruning to the same budget {u.get('top1', nan):.2f}%" if used == "ranked"
+                            else "") + ".")
     q = doc.get("quantize") or {}
     if q.get("settings"):
         guard = (q.get("guard") or {}).get("summary")
