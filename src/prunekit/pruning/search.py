@@ -5,12 +5,13 @@
 2. :func:`greedy` — start dense; repeatedly take one step off the group whose step costs the least loss per unit
    of budget saved (loss from the measured sensitivity curves, cost from the budget's cost model: MACs,
    parameters or measured latency) until the budget is met.
-3. :func:`ranked` — no search: every channel ranked across groups by its normalised weight score (LAMP) per unit
-   of budget its removal saves, the chunked form of ``scope: global`` with ``global_per_cost`` (which beat uniform
-   pruning at a quarter of the MACs, README) on any cost model, latency tables included.
+3. :func:`ranked` — no search: every channel ranked across groups by its normalised weight score (LAMP) per MAC
+   (or parameter) its removal saves, lowest first, until the budget is met — at a latency budget the ranking is
+   still per MAC, sized by the latency model. The chunked form of ``scope: global`` with ``global_per_cost``; the
+   default allocation of a budgeted prune (it did best at the quarter budgets of our benchmark, README).
 4. :func:`search` — EagleEye-style: a few hundred different candidate allocations that all meet the budget
-   (the greedy, uniform and ranked ones, perturbations of the greedy one, random directions; near the cheapest allowed
-   model a direction's groups saturate at max_sparsity one by one), each scored by adaptive-BN accuracy on a
+   (the greedy, uniform and ranked ones, perturbations of the greedy one, random directions; near the cheapest
+   allowed model a direction's groups saturate at max_sparsity one by one), each scored by adaptive-BN accuracy on a
    held-out training slice; with ``refine`` (a short masked fine-tuning of each,
    :class:`~prunekit.pruning.sensitivity.FinetuneEvaluator`), the best ``refine_top`` by that score and the
    uniform and greedy allocations are scored again after it, and the best of those is kept.
@@ -225,9 +226,8 @@ def ranked(scores: Sequence[np.ndarray], names: list[str], sizes: Sequence[int],
     """Channels ranked across groups by normalised score per unit of cost saved, removed lowest first (in the
     steps of :meth:`Limits.levels`) until the budget is met; no group below ``floor`` x uniform's channels there
     (:func:`greedy_within`). ``scores[i]``: group ``i``'s channel scores (the pruning criterion's). ``by``: the
-    cost whose savings rank the channels, when not the budget's own (a latency budget ranks per MAC saved: a
-    latency table's savings per channel are steps and timing noise, and ranked by them the allocation lost to
-    uniform pruning at a quarter of the latency, README)."""
+    cost whose savings rank the channels, when not the budget's own (a latency budget ranks per MAC saved: ranked
+    by the latency table's own savings the allocation lost to uniform pruning at a quarter of the latency, README)."""
     a = greedy_within(ScoreLoss(names, scores, norm), uniform(names, sizes, cost, target, limits), cost, target,
                       limits, floor, by)
     a.method = "ranked" if a.method == "greedy" else a.method.replace("greedy", "ranked")
@@ -241,7 +241,8 @@ def search(evaluate: Callable[[Sequence[int]], dict[str, float]], sens: Sensitiv
            refine_top: int = 4, confirm: Callable[[Sequence[int]], np.ndarray] | None = None,
            confirm_z: float = CONFIRM_Z, extra: Sequence[Allocation] = ()) -> tuple[Allocation, list[dict[str, Any]]]:
     """Score the uniform and greedy allocations, ``extra`` ones (e.g. :func:`ranked`'s) and ``candidates`` more that
-    meet the budget, none keeping a group below ``floor`` x uniform's channels there; keep the best by adaptive-BN top-1 (then loss). With ``refine``,
+    meet the budget, none keeping a group below ``floor`` x uniform's channels there; keep the best by adaptive-BN
+    top-1 (then loss). With ``refine``,
     the ``refine_top`` best, uniform and greedy are scored again by it (records gain ``refined_top1`` and
     ``refined_loss``) and the best by that score is kept. With ``confirm`` (which images of a fresh slice an
     allocation classifies correctly), the pick must beat uniform there by more than ``confirm_z`` paired standard
