@@ -9,7 +9,8 @@ fp32 at batch 32 on this machine):
   chooses every pointwise layer's sparsity; gradual pruning ramps each layer to it; surgery; fine-tuning;
 * uniform: the same sparsity in every layer, as small as meets the same budget; same schedule and epochs;
 * ranked: the plan's ranked allocation (no search: channels ranked across layers by LAMP-normalised score per
-  unit of the budget their removal saves, measured latency included; `--budget-allocation ranked`);
+  MAC their removal saves, sized to the budget, at latency budgets to the measured latency; prunekit's default,
+  `--budget-allocation ranked`);
 * global (MAC budgets): scope=global with target=macs (one ranking across layers; no layer below half the
   channels uniform would keep it, prune.global_floor);
 * width: MobileNet V1 with the largest width multiplier that meets the budget, trained from scratch for the

@@ -41,7 +41,7 @@ if [ -z "${GPU_BUDGET_NO_TESTS:-}" ]; then
 fi
 # 2. the budgets: one process each; both share the dense model (trained by the first)
 common=(benchmarks/budget_fmnist.py --data-dir "$DATA" --split "$SPLIT" --finetune-lr "$FTLR" --threads 6
-        --methods searched,uniform,searched_scratch,width ${GPU_BUDGET_ARGS:-})
+        --methods searched,uniform,ranked,searched_scratch,width ${GPU_BUDGET_ARGS:-})
 left() { echo $((TOTAL - SECONDS)); }
 timeout $(( $(left) - 60 )) "$PY" "${common[@]}" --budgets macs=0.25x --out "$OUT/budget_fmnist_gpu_macs0.25" \
   >"$EXTRA/macs0.25.log" 2>&1 &

@@ -56,7 +56,7 @@ def importance_histograms(groups: Sequence[dict[str, Any]], path: str | Path | N
         ax.hist(s[kept], bins=bins, color="#2b7bba", label=f"kept ({int(kept.sum())})")
         ax.set_title(g["name"], fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, frameon=False)
+        ax.legend(fontsize=6, frameon=False, loc="upper right")  # "best" is slow on big histograms
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
     fig.suptitle("channel importance per pruned layer (grey: before, blue: kept)", fontsize=10)
@@ -76,7 +76,7 @@ def weight_histogram(before: np.ndarray, after: np.ndarray, path: str | Path | N
     ax.set_yscale("log")
     ax.set_xlabel("|weight|")
     ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="upper right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -95,7 +95,7 @@ def kept_channels(rows: Sequence[dict[str, Any]], path: str | Path | None = None
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("channels")
     ax.set_title("kept / total channels per pruned layer")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="upper right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -187,5 +187,5 @@ def allocation(rows: Sequence[dict[str, Any]], path: str | Path | None = None) -
     ax.set_xticks(x, [r["group"] for r in rows], rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("channels kept")
     ax.set_title("Kept channels per layer at the same budget: " + " vs ".join(bars), fontsize=10)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
     return _save(fig, path)
