@@ -583,6 +583,9 @@ def prune(cfg: RunConfig, model_dir: str | Path, out: str | Path, *, data: DataB
         if plan is None and ctx.is_main:  # the candidate search only for the allocation that uses it
             pc = cfg if cfg.prune.budget_allocation == "searched" else dataclasses.replace(
                 cfg, prune=dataclasses.replace(cfg.prune, search_candidates=0))
+            if pc is not cfg and cfg.prune.search_candidates > 0:
+                log(f"budget: pruning to the {cfg.prune.budget_allocation} allocation, so no candidate search "
+                    "(--budget-allocation searched runs it)")
             plan = plan_budget(pc, loaded, out, data=bundle, device=ctx.device, log=log)
         chosen = _chosen(plan, cfg.prune.budget_allocation) if plan else None
         pcfg.allocation = _broadcast_allocation(chosen.sparsity() if chosen else None)
