@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -383,7 +384,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     sens = sensitivity(cfg, loaded, out, data=bundle, device=device, log=log, setup=setup)
     names, sizes = [g.name for g in pruner.groups], [g.size for g in pruner.groups]
     shape = loaded.input_shape
-    runtime = None
+    runtime, by = None, None  # by: the cost whose savings rank channels for the ranked allocation, if not cost's
     if budget.kind == "latency_ms":
         from .inference.latency import (
             LatencyCost,
@@ -411,6 +412,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
                            round_to=limits.round_to, progress=log, build=build)
         log(f"latency model on {runtime} (batch {p.budget_batch}): dense {cost.dense:.3f} ms measured, "
             f"{table.measured} layer timings made ({len(table.entries)} in the cache)")
+        by = ProfileCost(dense, pruner.graph, pruner.groups, shape, "macs")  # ranked per MAC (see search.ranked)
     else:
         cost = ProfileCost(strip(pruner.model, copy=True), pruner.graph, pruner.groups, shape, budget.kind)
     target = budget.target(cost.dense)
@@ -428,10 +430,8 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         log("search: no training images left to confirm the pick on (prune.search_confirm_images): kept unconfirmed")
 
     scores = [evaluator.scores[g.id] for g in pruner.groups]  # the criterion's, on the dense model
-    # a latency budget's ranking: per MAC saved, sized to the measured latency (see search.ranked)
-    by = ProfileCost(strip(pruner.model, copy=True), pruner.graph, pruner.groups, shape, "macs") \
-        if budget.kind == "latency_ms" else None
 
+    @functools.cache  # the search's candidate and the plan's first try share an aim
     def ranking(aim: float):
         return ranked(scores, names, sizes, cost, aim, limits, p.search_floor, p.global_norm, by)
 

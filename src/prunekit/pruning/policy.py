@@ -194,12 +194,7 @@ class Allocator:
         cand = []
         for g in free:
             a = alive[g.id]
-            sc = scores[g.id]
-            if self.cfg.global_norm == "lamp":
-                norm = lamp(sc, a)
-            else:
-                mean = float(sc[a].mean()) if a.any() else 1.0
-                norm = sc / mean if mean > 0 else np.zeros_like(sc)
+            norm = normalised(scores[g.id], a, self.cfg.global_norm)
             if unit is not None:
                 norm = norm / unit[g.id]
             for j in np.flatnonzero(a):
@@ -261,6 +256,15 @@ class Allocator:
             saved[g.id] = max(0.0, base - float(self.cost_model(fewer)))
         top = max(saved.values(), default=0.0)
         return {k: max(v, 1e-6 * top, 1e-12) for k, v in saved.items()}
+
+
+def normalised(scores: np.ndarray, alive: np.ndarray, norm: str) -> np.ndarray:
+    """A group's scores made comparable across groups (``global_norm``): ``lamp`` (:func:`lamp`) or ``mean``
+    (divided by the mean of the alive components' scores)."""
+    if norm == "lamp":
+        return lamp(scores, alive)
+    mean = float(scores[alive].mean()) if alive.any() else 1.0
+    return scores / mean if mean > 0 else np.zeros_like(scores)
 
 
 def lamp(scores: np.ndarray, alive: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import PrunekitError
 from .budget import CostModel, round_keep
-from .policy import GLOBAL_NORMS, lamp
+from .policy import GLOBAL_NORMS, normalised
 from .sensitivity import Sensitivity
 
 LEVELS = 32  # sparsity levels per group the greedy search steps through
@@ -155,11 +155,7 @@ class ScoreLoss:
         self.cum: dict[str, np.ndarray] = {}
         for name, sc in zip(names, scores, strict=True):
             sc = np.asarray(sc, dtype=np.float64)
-            if norm == "lamp":
-                v = lamp(sc, np.ones(len(sc), dtype=bool))
-            else:
-                mean = float(sc.mean()) if len(sc) else 0.0
-                v = sc / mean if mean > 0 else np.zeros_like(sc)
+            v = normalised(sc, np.ones(len(sc), dtype=bool), norm)
             self.cum[name] = np.concatenate([[0.0], np.cumsum(np.sort(v))])
 
     def loss_increase(self, name: str, sparsity: float) -> float:
