@@ -123,11 +123,11 @@ def environment(device: torch.device) -> dict[str, Any]:
            "provenance": provenance()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        import torch_pruning
+    from importlib import metadata
 
-        env["torch_pruning"] = torch_pruning.__version__
-    except ImportError:
+    try:  # the peer's distribution version (its module has no __version__ in some releases)
+        env["torch_pruning"] = metadata.version("torch-pruning")
+    except metadata.PackageNotFoundError:
         pass
     return env
 
