@@ -15,7 +15,7 @@ PY=${PYTHON:-python3}
 LOG="$OUT/session.log"
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
-  $PY -c "import torch, torchvision, onnx, onnxruntime, torch_pruning as tp; print('torch', torch.__version__, 'tv', torchvision.__version__, 'onnx', onnx.__version__, 'ort', onnxruntime.__version__, 'tp', tp.__version__, 'cuda', torch.cuda.is_available())"
+  $PY -c "import torch, torchvision, onnx, onnxruntime, torch_pruning, importlib.metadata as md; print('torch', torch.__version__, 'tv', torchvision.__version__, 'onnx', onnx.__version__, 'ort', onnxruntime.__version__, 'tp', md.version('torch-pruning'), 'cuda', torch.cuda.is_available())"
 } >"$LOG" 2>&1
 left() { echo $((TOTAL - SECONDS)); }
 
