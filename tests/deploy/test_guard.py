@@ -54,24 +54,33 @@ def sensitive(tiny_model_dir, tmp_path_factory):
     return dst
 
 
+@pytest.fixture(scope="module")
+def tol(sensitive, tmp_path_factory):
+    """The tolerance the guard must meet: 0.5 pt above what int8 costs the same model without the outlier (on
+    this CPU's int8 settings, e.g. 7-bit weights without VNNI, a briefly trained tiny model can lose 2-3 pt
+    anyway), at least 0.5 pt. The outlier costs tens of points, so the test stays about the outlier."""
+    res = _quantize(sensitive.with_name("m.onnx"), tmp_path_factory.mktemp("plain") / "m.int8.onnx", "--no-guard")
+    return max(0.5, res["top1_drop"] + 0.5)
+
+
 def _quantize(model, out, *extra):
     rc, so, se = run_cli("quantize", "--model", model, "--data", "bundled", "--calib-samples", "256",
                          "--eval-samples", "500", "--repeats", "3", "--throughput-batch", "2", "--out", out,
-                         "--json", *extra)
+                         "--json", "--fp32-prefix", "0", *extra)  # the guard alone (test_mixed: the prefix)
     assert rc == 0, se
     return json.loads(so)
 
 
-def test_guard_keeps_the_sensitive_layer_in_fp32(sensitive, tmp_path):
+def test_guard_keeps_the_sensitive_layer_in_fp32(sensitive, tmp_path, tol):
     out = tmp_path / "s.int8.onnx"
-    res = _quantize(sensitive, out)
+    res = _quantize(sensitive, out, "--tolerance", str(tol))
     g = res["guard"]
     first = g["tries"][0]
-    assert first["fp32_nodes"] == 0 and first["drop"] > 20  # fully int8 is broken ...
-    assert g["ok"] and g["drop"] <= 0.5 and len(g["tries"]) > 1  # ... and the guard repaired it
+    assert first["fp32_nodes"] == 0 and first["drop"] > 20 + tol  # fully int8 is broken ...
+    assert g["ok"] and g["drop"] <= tol and len(g["tries"]) > 1  # ... and the guard repaired it
     assert "outlier_mul" in g["fp32_nodes"] and len(g["fp32_nodes"]) <= 2
     assert g["ranking"][0]["node"] == "outlier_mul"  # found by measurement: ranked first
-    assert res["int8"]["top1"] == pytest.approx(g["top1"]) and res["top1_drop"] <= 0.5
+    assert res["int8"]["top1"] == pytest.approx(g["top1"]) and res["top1_drop"] <= tol
     # the int8 file is the repaired one: the Mul gets fp32 inputs, the convolutions int8 weights
     q = onnx.load(str(out))
     prod = {o: n for n in q.graph.node for o in n.output}
@@ -83,16 +92,16 @@ def test_guard_keeps_the_sensitive_layer_in_fp32(sensitive, tmp_path):
     assert "in fp32" in g["summary"] and "outlier_scale" in g["summary"]
 
 
-def test_without_the_guard_fp32_is_deployed(sensitive, tmp_path):
+def test_without_the_guard_fp32_is_deployed(sensitive, tmp_path, tol):
     out = tmp_path / "s.int8.onnx"
-    res = _quantize(sensitive, out, "--no-guard")
+    res = _quantize(sensitive, out, "--no-guard", "--tolerance", str(tol))
     assert len(res["guard"]["tries"]) == 1 and res["top1_drop"] > 20
     d = res["deploy"]
     assert d["choice"] == "onnxruntime-fp32" and "loses" in d["reason"] and out.is_file()
 
 
-def test_guard_gives_up_beyond_its_budget(sensitive, tmp_path):
-    res = _quantize(sensitive, tmp_path / "s.int8.onnx", "--max-fp32-layers", "1")
+def test_guard_gives_up_beyond_its_budget(sensitive, tmp_path, tol):
+    res = _quantize(sensitive, tmp_path / "s.int8.onnx", "--max-fp32-layers", "1", "--tolerance", str(tol))
     g = res["guard"]  # the Mul alone in fp32 is not enough: the classifier still quantizes the outlier tensor
     assert not g["ok"] and [t["fp32_nodes"] for t in g["tries"]] == [0, 1]
     assert res["deploy"]["choice"] == "onnxruntime-fp32"
