@@ -123,12 +123,11 @@ def environment(device: torch.device) -> dict[str, Any]:
            "provenance": provenance()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    import contextlib
     from importlib import metadata
 
-    try:  # the peer's distribution version (its module has no __version__ in some releases)
+    with contextlib.suppress(metadata.PackageNotFoundError):  # its module lacks __version__ in some releases
         env["torch_pruning"] = metadata.version("torch-pruning")
-    except metadata.PackageNotFoundError:
-        pass
     return env
 
 

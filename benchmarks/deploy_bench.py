@@ -57,6 +57,7 @@ from _common import (  # noqa: E402
 )
 
 FP32, INT8, PYTORCH = "onnxruntime-fp32", "onnxruntime-int8", "pytorch"
+INT8_FULL = "onnxruntime-int8-full"  # every layer int8 (timed when the int8 model keeps its first layers in fp32)
 SPEEDUP_GOAL, ACC_GOAL = 1.5, 0.5
 MODES = {  # per resolution: training images (0: all), test images (0: all), epochs, fine-tune epochs, batch, lr,
     # warm-up epochs (224: 1 epoch of 2,048 images at batch 16 reached 69.6% top-1 on 500 test images, batch 32
@@ -126,10 +127,17 @@ def deploy_model(name: str, model_dir: Path, bundle, mode: dict, threads: int) -
     log(f"{name}: quantizing, accuracy guard, fp32-vs-int8 decision")
     qres = steps.quantize(fp32, int8, DataCfg(name="fashion-mnist"), q, evaluate=True, bundle=bundle,
                           bench=BenchCfg(threads=threads, repeats=mode["repeats"]), log=lambda s: log(f"  {s}"))
+    files = {FP32: fp32, INT8: int8}
+    if (qres.get("mixed") or {}).get("fp32_prefix"):  # what keeping the first layers in fp32 bought: time both
+        full = model_dir.parent / "model.full.int8.onnx"
+        if full.exists():
+            full.unlink()
+        steps.quantize(fp32, full, DataCfg(name="fashion-mnist"), q, bundle=bundle)  # same settings, no layer fp32
+        files[INT8_FULL] = full
     loaded = load(model_dir)
     prof = profile(loaded.model, loaded.input_shape)
     log(f"{name}: timing ONNX Runtime fp32 vs int8 and PyTorch eager (batch 1 and 32)")
-    lat = compare_onnx({FP32: fp32, INT8: int8}, (1, 32), threads, mode["repeats"], 5, 60.0)
+    lat = compare_onnx(files, (1, 32), threads, mode["repeats"], 5, 60.0)
     model = loaded.model.eval()
     lat[PYTORCH] = {}
     for b in (1, 32):
@@ -151,7 +159,7 @@ def deploy_model(name: str, model_dir: Path, bundle, mode: dict, threads: int) -
             "sizes": {"safetensors": (model_dir / "model.safetensors").stat().st_size,
                       "onnx_fp32": fp32.stat().st_size, "onnx_int8": int8.stat().st_size},
             "quantization": qres["settings"], "guard": qres["guard"], "deploy": qres["deploy"],
-            "decision_latency": qres["latency"], "latency": lat, "int8_speedup": speed, "accuracy": acc,
+            "decision_latency": qres["latency"], "mixed": qres.get("mixed"), "latency": lat, "int8_speedup": speed, "accuracy": acc,
             "top1_drop": acc[FP32]["top1"] - acc[INT8]["top1"],
             "shipped_int8_slower": shipped == INT8 and speed["1"] < 1 / q.min_speedup, "load_avg": load_average(),
             "train_test_top1": (loaded.spec.extra.get("metrics") or {}).get("test", {}).get("top1")}
@@ -163,11 +171,13 @@ SWEEP = {"U8S8": ("uint8", "int8", False), "U8S8 reduce_range": ("uint8", "int8"
 
 def sweep(model_dir: Path, bundle, mode: dict, threads: int) -> dict:
     """The evidence behind the per-CPU table: every activation/weight type combination on this machine, per-channel
-    QDQ, int8 vs fp32 in ONNX Runtime at batch 1 and 32 (all variants and fp32 timed interleaved)."""
+    QDQ, int8 vs fp32 in ONNX Runtime at batch 1 and 32 (all variants and fp32 timed interleaved), and top-1 on the
+    held-out slice (the first ``eval_samples`` test images: 7-bit weights or saturation cost accuracy)."""
     import tempfile
 
     from prunekit.deploy import calibration_batches, quantize_onnx, settings_for
     from prunekit.inference.bench import compare_onnx
+    from prunekit.inference.runtime import evaluate_runtime, load_onnx
 
     fp32 = model_dir.parent / "model.onnx"
     with tempfile.TemporaryDirectory(prefix="sweep_") as tmp:
@@ -178,9 +188,13 @@ def sweep(model_dir: Path, bundle, mode: dict, threads: int) -> dict:
                           settings=settings_for(activations=act, weights=wt, reduce_range=rr))
             files[label] = out
         lat = compare_onnx(files, (1, 32), threads, mode["repeats"], 3, 60.0)
+        top1 = {k: evaluate_runtime(load_onnx(p, threads), bundle, "test", 64, mode["eval_samples"])["top1"]
+                for k, p in files.items()}
     return {label: {"p50_ms": {b: lat[label][b]["p50_ms"] for b in ("1", "32")},
-                    "speedup": {b: lat[FP32][b]["p50_ms"] / lat[label][b]["p50_ms"] for b in ("1", "32")}}
-            for label in SWEEP} | {FP32: {"p50_ms": {b: lat[FP32][b]["p50_ms"] for b in ("1", "32")}}}
+                    "speedup": {b: lat[FP32][b]["p50_ms"] / lat[label][b]["p50_ms"] for b in ("1", "32")},
+                    "top1": top1[label], "top1_drop": top1[FP32] - top1[label]}
+            for label in SWEEP} | {FP32: {"p50_ms": {b: lat[FP32][b]["p50_ms"] for b in ("1", "32")},
+                                          "top1": top1[FP32]}}
 
 
 def goals(models: dict) -> dict:
@@ -208,6 +222,14 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+def _full_cell(lat: dict, b: str) -> str:
+    """The every-layer int8 model's p50 and its speed-up over fp32 (same rounds), or '-' when not timed."""
+    if INT8_FULL not in lat:
+        return "-"
+    ms = lat[INT8_FULL][b]["p50_ms"]
+    return f"{ms:.3f} ms ({lat[FP32][b]['p50_ms'] / ms:.2f}x fp32)"
+
+
 def markdown(doc: dict) -> str:
     env = doc["environment"]
     lines = [f"# Deployment benchmark: does int8 pay? ({doc['mode']})", "",
@@ -230,6 +252,10 @@ def markdown(doc: dict) -> str:
                 cell = [f"{m['latency'][rt][b]['p50_ms']:.3f} ms ({m['latency'][rt][b]['img_per_s']:,.0f} img/s)"
                         for m in (d, p)]
                 lines.append(f"| {label} p50 @{b} | {cell[0]} | {cell[1]} |")
+        if any(INT8_FULL in m["latency"] for m in (d, p)):
+            for b in ("1", "32"):
+                cell = [_full_cell(m["latency"], b) for m in (d, p)]
+                lines.append(f"| ONNX Runtime int8, every layer p50 @{b} | {cell[0]} | {cell[1]} |")
         for b in ("1", "32"):
             lines.append(f"| **int8 speed-up vs fp32 (ORT) @{b}** | {d['int8_speedup'][b]:.2f}x | "
                          f"{p['int8_speedup'][b]:.2f}x |")
@@ -240,8 +266,11 @@ def markdown(doc: dict) -> str:
         lines.append(f"| int8 settings | {d['quantization']['label']} | {p['quantization']['label']} |")
         lines.append(f"| layers kept fp32 by the guard | {len(d['guard']['fp32_nodes'])} | "
                      f"{len(p['guard']['fp32_nodes'])} |")
+        lines.append("| first layers kept fp32 for speed | " + " | ".join(
+            str((m.get("mixed") or {}).get("fp32_prefix", "-")) for m in (d, p)) + " |")
         lines.append(f"| **deploy artifact** | {d['deploy']['choice']} | {p['deploy']['choice']} |")
-        lines += ["", *(f"- {n}: {m['deploy']['reason']}" for n, m in per.items()), ""]
+        lines += ["", *(f"- {n}: {m['deploy']['reason']}" for n, m in per.items()),
+                  *(f"- {n}, int8 variants: {m['mixed']['summary']}" for n, m in per.items() if m.get("mixed")), ""]
     g = doc["goals"]
     lines += ["## Goals (reported, not asserted)", "",
               f"| model | int8 speed-up @1 / @32 | goal {g['speedup_goal']}x (224) | top-1 drop | goal <= "
@@ -258,13 +287,15 @@ def markdown(doc: dict) -> str:
     lines += ["", f"int8 settings on this machine: {q}.", ""]
     if doc.get("sweep"):
         lines += ["## int8 type combinations on this CPU (dense models, per-channel QDQ)", "",
-                  "ONNX Runtime int8 speed-up over fp32 (fp32 and every variant timed interleaved); the row the "
-                  "per-CPU table picks is marked.", "", "| input | " + " | ".join(f"{k} @1 / @32" for k in SWEEP)
+                  "ONNX Runtime int8 speed-up over fp32 (fp32 and every variant timed interleaved) and, where "
+                  "measured, the top-1 drop against fp32 on the held-out slice (no guard); the column the per-CPU "
+                  "table picks is marked.", "", "| input | " + " | ".join(f"{k} @1 / @32" for k in SWEEP)
                   + " | fp32 p50 @1 / @32 |", "|---|" + "---:|" * (len(SWEEP) + 1)]
         chosen = doc["models"][next(iter(doc["models"]))]["dense"]["quantization"]["label"]
         for res, sw in doc["sweep"].items():
             cells = [f"{'**' if k == chosen else ''}{sw[k]['speedup']['1']:.2f}x / {sw[k]['speedup']['32']:.2f}x"
-                     f"{'**' if k == chosen else ''}" for k in SWEEP]
+                     f"{'**' if k == chosen else ''}"
+                     + (f" ({-sw[k]['top1_drop']:+.2f} pt)" if "top1_drop" in sw[k] else "") for k in SWEEP]
             lines.append(f"| {res} | " + " | ".join(cells) + f" | {sw[FP32]['p50_ms']['1']:.3f} / "
                          f"{sw[FP32]['p50_ms']['32']:.2f} ms |")
         lines.append("")

@@ -200,6 +200,9 @@ class QuantizeCfg:
     guard: bool = F(True, "when int8 loses more than `tolerance`, keep the most sensitive layers in fp32")
     max_fp32_layers: int = F(8, "the guard keeps at most this many layers in fp32, then falls back to fp32",
                              lo=0, hi=10000)
+    fp32_prefix: int = F(4, "int8 only where it is faster: also time int8 variants that keep the first 1, 2, "
+                         "4, ... (up to N) weighted layers in fp32 and keep the fastest when it beats fully int8 by "
+                         "`min_speedup` (objectives latency and throughput, CPU auto; 0: off)", lo=0, hi=10000)
 
 
 @dataclass

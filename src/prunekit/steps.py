@@ -723,6 +723,32 @@ def quant_settings(q: QuantizeCfg):
                         per_channel=q.per_channel)
 
 
+def times_prefixes(q: QuantizeCfg) -> bool:
+    """Whether :func:`quantize` times int8 variants with the first layers in fp32: only when speed on this
+    machine decides (objective latency or throughput, int8 settings for this CPU: ``cpu: auto``)."""
+    return bool(q.fp32_prefix) and q.objective in ("latency", "throughput") and q.cpu == "auto"
+
+
+def _fastest_prefix(builder: Any, g: Any, src: Path, q: QuantizeCfg, threads: int | None, repeats: int,
+                    log: Log | None):
+    """:func:`prunekit.deploy.mixed.fastest_prefix` on the guard's model, timed with ONNX Runtime on this machine
+    (interleaved with the fp32 model) at the objective's batch size."""
+    from .deploy.guard import write_candidate
+    from .deploy.mixed import fastest_prefix, weighted_nodes
+    from .inference.bench import compare_onnx
+
+    batch = 1 if q.objective == "latency" else q.throughput_batch
+
+    def time_ms(protos: dict[str, Any]) -> dict[str, float]:
+        files: dict[str, Any] = {"fp32": src}
+        files.update({k: write_candidate(p, builder.dir, f"prefix{k}.onnx") for k, p in protos.items()})
+        lat = compare_onnx(files, (batch,), threads, repeats)
+        return {k: v[str(batch)]["p50_ms"] for k, v in lat.items()}
+
+    return fastest_prefix(builder.build, time_ms, g.proto, g.fp32_nodes, weighted_nodes(builder.fp32_graph().graph),
+                          q.fp32_prefix, q.min_speedup, batch, log)
+
+
 def _batch_for(shape: Sequence[int], batch_size: int, budget: int) -> int:
     """``batch_size`` capped so that one batch holds at most ``budget`` input values (224x224 models)."""
     return max(1, min(batch_size, budget // max(1, int(np.prod(shape)))))
@@ -775,8 +801,17 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
 
             g = guard(builder.build, top1, fp32_ev["top1"], q.tolerance, q.max_fp32_layers if q.guard else 0, rank,
                       log)
-            res = builder.write(g.proto, out)
-            int8_ev = evals[id(g.proto)]
+            kept, mixed = g.proto, None
+            if times_prefixes(q):
+                mixed = _fastest_prefix(builder, g, src, q, threads, b.repeats, log)
+                if mixed.fp32_prefix:
+                    drop = fp32_ev["top1"] - top1(mixed.proto)
+                    if drop <= q.tolerance or drop <= g.drop:
+                        kept = mixed.proto
+                    else:  # more layers in fp32 and less accurate: noise on a tiny slice; keep the guard's model
+                        mixed.proto, mixed.fp32_prefix, mixed.layers, mixed.nodes = g.proto, 0, [], []
+            res = builder.write(kept, out)
+            int8_ev = evals[id(kept)]
     res["fp32_size_bytes"], res["size_bytes"] = src.stat().st_size, Path(out).stat().st_size
     res["settings_reason"] = settings.reason
     if q.calib_samples > len(bundle.train):
@@ -788,6 +823,7 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
     res["agreement"] = 100.0 * float((fp32_ev["predictions"] == int8_ev["predictions"]).mean())
     res["top1_drop"] = res["fp32"]["top1"] - res["int8"]["top1"]
     res["guard"] = {**g.to_dict(), "summary": g.summary(), "enabled": q.guard}
+    res["mixed"] = mixed.to_dict() if mixed is not None else None
     if log:
         log(f"timing fp32 and int8 on this machine (batch 1 and {q.throughput_batch}) ...")
     lat = compare_onnx({FP32: src, INT8: out}, (1, q.throughput_batch), threads, b.repeats)
@@ -795,7 +831,8 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
     tb = str(q.throughput_batch)
     cand = {k: Candidate(k, str(p), p.stat().st_size, res[n]["top1"], lat[k]["1"]["p50_ms"], lat[k][tb]["img_per_s"])
             for k, p, n in ((FP32, src, "fp32"), (INT8, Path(out), "int8"))}
-    note = g.summary() if len(g.tries) > 1 else ""
+    note = "; ".join(([g.summary()] if len(g.tries) > 1 else []) + ([mixed.summary()] if mixed and mixed.fp32_prefix
+                                                                       else []))
     res["deploy"] = choose(cand[FP32], cand[INT8], q.objective, q.tolerance, q.min_speedup, q.throughput_batch,
                            note).to_dict()
     from .inference.bench import load_average

@@ -7,9 +7,11 @@ preprocessed exactly like training. The activation/weight types suit this machin
 --activations, --weights and --reduce-range override that, and the choice and its reason are stored in the
 int8 model's metadata. Then, on the held-out slice (the first --eval-samples test images), fp32 and int8 top-1
 are compared; when int8 loses more than --tolerance points, the layers most sensitive to quantization (measured)
-are kept in fp32 until it does not (--no-guard: never). Both files are timed with ONNX Runtime on this machine
-(batch 1 and --throughput-batch, interleaved), and the deploy artifact is chosen for --objective (default: the
-faster at batch 1 within the tolerance): both files are kept, the last line says which one to ship and why.
+are kept in fp32 until it does not (--no-guard: never). int8 only where it is faster: variants that keep the
+first 1, 2, 4 layers in fp32 are timed against the fully int8 model, and the fastest is kept when it beats it
+(--fp32-prefix 0: off). Both files are timed with ONNX Runtime on this machine (batch 1 and --throughput-batch,
+interleaved), and the deploy artifact is chosen for --objective (default: the faster at batch 1 within the
+tolerance): both files are kept, the last line says which one to ship and why.
 
 example:
   prunekit quantize --model model.onnx --data bundled --out model.int8.onnx
@@ -61,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     config_flag(p, "--guard", "quantize.guard", help="keep the most sensitive layers in fp32 when int8 loses more "
                 "than the tolerance (default: on)")
     config_flag(p, "--max-fp32-layers", "quantize.max_fp32_layers")
+    config_flag(p, "--fp32-prefix", "quantize.fp32_prefix", help="also time int8 with the first 1, 2, 4, ... (up "
+                "to N) layers in fp32 and keep the fastest if it beats fully int8 (default 4; 0: off)")
     config_flag(p, "--threads", "bench.threads", help="threads for the timing (default: all cores)")
     config_flag(p, "--repeats", "bench.repeats", help="timed rounds per batch size (default 50)")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
@@ -105,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
               f"{res['agreement']:.1f}%)")
         if len(g["tries"]) > 1:
             print(f"guard: {g['summary']}")
+        mixed = res.get("mixed") or {}
+        if mixed.get("tried", [])[1:]:
+            print(f"mixed precision: {mixed['summary']}")
         print(_latency_table(res["latency"]))
         d = res["deploy"]
         print(f"deploy: {d['choice']} ({d['path']}): {d['reason']}")
