@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paired", nargs="+", metavar="JSON", help="no training: read these result files of one setup "
                     "(merged), evaluate every arm's saved model on the test set, add seed-matched paired differences "
                     "and write --out")
+    ap.add_argument("--combine", nargs="+", metavar="PAIRED_JSON", help="no training, no evaluation: pool the "
+                    "seed-matched differences of several --paired result files (other seeds of the same comparison, "
+                    "e.g. run on another machine) and write --out")
     ap.add_argument("--base", choices=METHODS, default=None, help="with --paired: the arm every other is compared "
                     "with (default: searched, else ranked, else the first)")
     ap.add_argument("--tag", default="", help="a name for this variant of the setup (e.g. after a library change): "
@@ -330,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.paired:
         return paired_main(args, mode, c)
+    if args.combine:
+        return combine_main(args)
     device = pick_device("auto")
     ctx = DistContext(device=device)
     env = C.environment(device)
@@ -441,6 +446,61 @@ def paired_main(args, mode: str, c: dict) -> int:
     doc["paired_command"] = C.command_line()
     prefix = Path(args.out) if args.out else Path(args.paired[0]).with_name(Path(args.paired[0]).stem + "_paired")
     j, m = C.write_results(prefix, doc, markdown(doc))
+    C.log(f"wrote {j} and {m}")
+    return 0
+
+
+def combine(docs: list[dict]) -> list[dict]:
+    """Per budget and compared pair of arms, the per-seed paired differences of every file pooled (a seed may appear
+    once), with the same SE rule as :func:`paired`."""
+    pooled: dict[tuple[str, str, str], list[dict]] = {}
+    for i, d in enumerate(docs):
+        for e in d["results"]:
+            for k, pr in (e.get("paired") or {}).items():
+                rows = pooled.setdefault((e["budget"], pr["base"], k), [])
+                seen = {r["seed"] for r in rows}
+                for r in pr["per_seed"]:
+                    if r["seed"] in seen:
+                        raise SystemExit(f"--combine: seed {r['seed']} of {e['budget']} {pr['base']} vs {k} is in "
+                                         "two files")
+                    rows.append({**r, "file": i})
+    out = []
+    for (budget, base, k), rows in pooled.items():
+        diffs = [r["diff"] for r in rows]
+        se = max(math.sqrt(sum(r["se"] ** 2 for r in rows)) / len(rows), C.seed_se(diffs))
+        out.append({"budget": budget, "base": base, "method": k, "seeds": [r["seed"] for r in rows],
+                    "diff": float(np.mean(diffs)), "se": se, "per_seed": rows})
+    return out
+
+
+def combine_main(args) -> int:
+    import json
+
+    if not args.out:
+        raise SystemExit("--combine needs --out")
+    docs = [json.loads(Path(p).read_text()) for p in args.combine]
+    budgets = set(args.budgets.split(","))
+    rows = [r for r in combine(docs) if r["budget"] in budgets]
+    src = [{"file": p, "commit": d["provenance"]["git_commit"][:10], "cpu": d["environment"].get("cpu"),
+            "cpu_class": d["environment"].get("cpu_class"), "created": d["provenance"].get("recorded")}
+           for p, d in zip(args.combine, docs, strict=True)]
+    doc = {"command": C.command_line(), "sources": src, "combined": rows, "environment": C.environment(torch.device("cpu")),
+           "provenance": C.provenance()}
+    lines = ["# Budget-driven pruning: paired differences pooled over result files", "",
+             C.provenance_line(doc["provenance"]) + " (this file only pools; each source records its own run).", "",
+             "| source | commit | CPU | class | run |", "|---|---|---|---|---|",
+             *(f"| `{Path(s['file']).name}` | {s['commit']} | {s['cpu']} | {s['cpu_class']} | {s['created']} |"
+               for s in src), "",
+             "| budget | base − method | seeds | per-seed differences (pt) | pooled (± SE) | SE units |",
+             "|---|---|---|---|---|---:|"]
+    for r in rows:
+        per = ", ".join(f"{x['diff']:+.2f}" for x in r["per_seed"])
+        lines.append(f"| {r['budget']} | {r['base']} − {r['method']} | {len(r['seeds'])} | {per} | "
+                     f"{r['diff']:+.2f} ± {r['se']:.2f} | {r['diff'] / r['se'] if r['se'] else float('nan'):.1f} |")
+    lines += ["", "Per seed: the difference of top-1 on the same 10k test images; the pooled SE is the larger of the "
+              "combined McNemar SE and the standard error of the per-seed differences (as in `--paired`). Seeds run "
+              "on different machines are paired within the machine: both arms of a seed come from one run.", ""]
+    j, m = C.write_results(Path(args.out), doc, "\n".join(lines))
     C.log(f"wrote {j} and {m}")
     return 0
 
