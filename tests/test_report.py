@@ -108,3 +108,16 @@ def test_the_budget_sentence_says_whether_fresh_images_confirmed_the_pick(kept):
     assert "on 2000 fresh held-out images 19.70% vs 13.80% (+5.90 +- 1.18 paired)" in text
     assert ("confirmed;" in text) == (kept == "searched")
     assert ("so the plan kept uniform's allocation" in text) == (kept == "uniform")
+
+
+def test_the_int8_variants_timed_are_reported():
+    p = fake_pipeline(SLOWER)
+    tried = [{"fp32_prefix": 0, "layers": [], "p50_ms": 0.20}, {"fp32_prefix": 1, "layers": ["stem.conv.weight"],
+                                                                "p50_ms": 0.15}]
+    p.results["quantize"]["mixed"] = {"fp32_prefix": 1, "tried": tried, "summary": "keeping the first 1 layer ..."}
+    doc = collect(p)
+    assert doc["quantize"]["mixed"]["fp32_prefix"] == 1  # report.json
+    text = "\n".join(_headline(doc))
+    assert "int8 top-1 88.90% vs fp32 89.00%; keeping the first 1 layer ...." in text
+    p.results["quantize"]["mixed"] = {"fp32_prefix": 0, "tried": tried[:1], "summary": "fully int8 (no layer ...)"}
+    assert "no layer" not in "\n".join(_headline(collect(p)))  # nothing was timed: nothing to say
