@@ -742,7 +742,8 @@ def _fastest_prefix(builder: Any, g: Any, src: Path, q: QuantizeCfg, threads: in
     def time_ms(protos: dict[str, Any]) -> dict[str, float]:
         files: dict[str, Any] = {"fp32": src}
         files.update({k: write_candidate(p, builder.dir, f"prefix{k}.onnx") for k, p in protos.items()})
-        lat = compare_onnx(files, (batch,), threads, repeats)
+        # 10 rounds of at least 60 runs: finer interleaving against a VM's drifting speed (mixed.py)
+        lat = compare_onnx(files, (batch,), threads, max(repeats, 60), rounds=10)
         return {k: v[str(batch)]["p50_ms"] for k, v in lat.items()}
 
     return fastest_prefix(builder.build, time_ms, g.proto, g.fp32_nodes, weighted_nodes(builder.fp32_graph().graph),

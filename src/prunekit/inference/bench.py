@@ -173,9 +173,10 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: in
 
 
 def compare_onnx(files: dict[str, str | os.PathLike], batches: Sequence[int] = (1, 32), threads: int | None = None,
-                 repeats: int = 50, warmup: int = 5, max_seconds: float = 20.0) -> dict[str, dict[str, Any]]:
-    """Latency/throughput of ONNX files on this machine, timed in alternating rounds, one session alive at a
-    time (:func:`time_alternating`): ``{label: {str(batch): stats}}``.
+                 repeats: int = 50, warmup: int = 5, max_seconds: float = 20.0,
+                 rounds: int = 3) -> dict[str, dict[str, Any]]:
+    """Latency/throughput of ONNX files on this machine, timed in ``rounds`` alternating rounds, one session
+    alive at a time (:func:`time_alternating`): ``{label: {str(batch): stats}}``.
 
     Every file gets the same random input; each batch size is timed for at most ``max_seconds``."""
     from .runtime import load_onnx
@@ -186,7 +187,7 @@ def compare_onnx(files: dict[str, str | os.PathLike], batches: Sequence[int] = (
     for b in batches:
         x = g.standard_normal((b, *shape)).astype(np.float32)
         times = time_alternating({k: _onnx_runner(p, threads, x) for k, p in files.items()}, warmup, repeats,
-                                 max_seconds)
+                                 max_seconds, rounds)
         for k, t in times.items():
             out[k][str(b)] = stats(t, b)
     return out
