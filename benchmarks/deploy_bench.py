@@ -23,7 +23,8 @@ behind the per-CPU settings: U8S8, U8S8 + reduce_range, S8S8 and U8U8 timed agai
 
 Quick mode cuts: 28x28 trained on 10k images for 2+1 epochs (full: 60k, 8+3), 224x224 on 2,048 images for 1+1
 epochs (full: 8,000, 2+1) with 1,000 test images (full: all 10k), a 500-image held-out slice for the deploy
-decision (full: 2,000), 20 timed rounds (full: 100), and the round_to study with 10 rounds. Writes
+decision (full: 2,000), 60 timed runs in 10 alternating rounds (full: 100; the deploy decision and this table alike:
+``DECISION_ROUNDS``), and the round_to study with 10 rounds. Writes
 ``benchmarks/results/deploy.{json,md}`` (quick: ``deploy_quick.*``) and ``round_to.{json,md}``
 (quick: ``round_to_quick.*``), each with commit, versions, machine and the load average over the run. Models are
 kept in ``benchmarks/results/_work/deploy_<mode>/`` and reused by a run with the same settings (--retrain: redo).
@@ -117,7 +118,14 @@ def deploy_model(name: str, model_dir: Path, bundle, mode: dict, threads: int) -
     from prunekit import steps
     from prunekit.config import BenchCfg, DataCfg, QuantizeCfg
     from prunekit.cost import profile
-    from prunekit.inference.bench import compare_onnx, load_average, stats, time_interleaved
+    from prunekit.inference.bench import (
+        DECISION_MIN_RUNS,
+        DECISION_ROUNDS,
+        compare_onnx,
+        load_average,
+        stats,
+        time_interleaved,
+    )
     from prunekit.inference.runtime import evaluate_runtime, load_onnx
     from prunekit.saved import load
 
@@ -137,7 +145,7 @@ def deploy_model(name: str, model_dir: Path, bundle, mode: dict, threads: int) -
     loaded = load(model_dir)
     prof = profile(loaded.model, loaded.input_shape)
     log(f"{name}: timing ONNX Runtime fp32 vs int8 and PyTorch eager (batch 1 and 32)")
-    lat = compare_onnx(files, (1, 32), threads, mode["repeats"], 5, 60.0)
+    lat = compare_onnx(files, (1, 32), threads, max(mode["repeats"], DECISION_MIN_RUNS), 5, 60.0, DECISION_ROUNDS)
     model = loaded.model.eval()
     lat[PYTORCH] = {}
     for b in (1, 32):

@@ -172,6 +172,12 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: in
     return {k: np.asarray(v) for k, v in times.items()}
 
 
+# A decision between ONNX files (fp32 or int8, which int8 variant) is timed in this many alternating rounds of at
+# least this many runs in all: on a 2-core VM the same file timed 0.77-1.17x itself in 3 rounds of 20 runs and
+# 1.00-1.05x in 10 rounds of 60 (its speed drifts over seconds; finer interleaving averages the drift out).
+DECISION_ROUNDS, DECISION_MIN_RUNS = 10, 60
+
+
 def compare_onnx(files: dict[str, str | os.PathLike], batches: Sequence[int] = (1, 32), threads: int | None = None,
                  repeats: int = 50, warmup: int = 5, max_seconds: float = 20.0,
                  rounds: int = 3) -> dict[str, dict[str, Any]]:
