@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     data_dir = find_data_dir(args.data_dir)
     t0 = time.perf_counter()
+    env = environment(torch.device("cpu"))
     doc = {"created": now(), "mode": mode_name, "command": command_line(), "threads": threads, "config": {
         k: v for k, v in mode.items() if not isinstance(k, int)}, "data": {}, "training": {}, "models": {}}
     with LoadSampler(30) as load:
@@ -364,13 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         doc["goals"] = goals(doc["models"])
         if args.round_to:
             rt = round_to_bench.run((28, 224), threads, mode["round_to_repeats"])
-            rt["environment"] = environment(torch.device("cpu"))
+            rt["environment"] = env
             rt_prefix = RESULTS / ("round_to_quick" if args.quick else "round_to")
             write_results(rt_prefix, rt, round_to_bench.markdown(rt))
             doc["round_to"] = {"recommendation": rt["recommendation"], "load": rt["load"]}
             doc["round_to_file"] = str(rt_prefix.with_suffix(".md").relative_to(RESULTS.parent.parent))
     doc["load"] = load.summary()
-    doc["environment"] = environment(torch.device("cpu"))
+    doc["environment"] = env  # read at the start: the commit and tree that ran, not what HEAD is at the end
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     prefix = Path(args.out) if args.out else RESULTS / ("deploy_quick" if args.quick else "deploy")
     j, md = write_results(prefix, doc, markdown(doc))
