@@ -808,8 +808,10 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
                     drop = fp32_ev["top1"] - top1(mixed.proto)
                     if drop <= q.tolerance or drop <= g.drop:
                         kept = mixed.proto
-                    else:  # more layers in fp32 and less accurate: noise on a tiny slice; keep the guard's model
-                        mixed.proto, mixed.fp32_prefix, mixed.layers, mixed.nodes = g.proto, 0, [], []
+                    else:  # more layers in fp32 and less accurate: noise on a small slice; keep the guard's model
+                        n = mixed.fp32_prefix
+                        mixed.reject(g.proto, f"the first {n} layer{'s' if n != 1 else ''} in fp32 ran faster but "
+                                              f"lost {drop:.2f} top-1 points (> tolerance {q.tolerance:g})")
             res = builder.write(kept, out)
             int8_ev = evals[id(kept)]
     res["fp32_size_bytes"], res["size_bytes"] = src.stat().st_size, Path(out).stat().st_size

@@ -67,6 +67,16 @@ def test_within_noise_the_fewest_fp32_layers_win():
     assert _search({0: 1.0, 1: 0.80, 2: 0.70, 4: 0.69})[0].fp32_prefix == 2
 
 
+def test_a_rejected_variant_says_why():
+    r, _, _ = _search({0: 1.0, 1: 0.8, 2: 0.7, 4: 0.9})
+    base = {"fp32": frozenset()}
+    r.reject(base, "the first 2 layers in fp32 ran faster but lost 0.80 top-1 points (> tolerance 0.5)")
+    assert r.fp32_prefix == 0 and r.proto is base and r.layers == [] and r.nodes == []
+    assert r.summary() == "fully int8 kept: the first 2 layers in fp32 ran faster but lost 0.80 top-1 points " \
+                          "(> tolerance 0.5)"
+    assert r.to_dict()["rejected"].startswith("the first 2 layers")
+
+
 def test_within_noise_the_fully_int8_model_stays():
     r, _, _ = _search({0: 1.0, 1: 0.97, 2: 0.99, 4: 1.2})
     assert r.fp32_prefix == 0 and r.proto == {"fp32": frozenset()} and r.layers == []

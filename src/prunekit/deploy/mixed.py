@@ -63,11 +63,17 @@ class MixedResult:
     fp32_ms: float | None = None  # the fp32 model in the same timing rounds
     min_speedup: float = 1.05
     confirm: dict[str, Any] | None = None  # the second, independent timing of the fastest variant vs fully int8
+    rejected: str = ""  # why a confirmed faster variant was not kept (e.g. it measured less accurate)
 
     def to_dict(self) -> dict[str, Any]:
         return {"fp32_prefix": self.fp32_prefix, "layers": self.layers, "batch": self.batch, "tried": self.tried,
-                "confirm": self.confirm, "fp32_ms": self.fp32_ms, "min_speedup": self.min_speedup,
-                "summary": self.summary()}
+                "confirm": self.confirm, "rejected": self.rejected, "fp32_ms": self.fp32_ms,
+                "min_speedup": self.min_speedup, "summary": self.summary()}
+
+    def reject(self, base: Any, why: str) -> None:
+        """Go back to ``base`` (the fully int8 model) and say why."""
+        self.rejected = why
+        self.proto, self.fp32_prefix, self.layers, self.nodes = base, 0, [], []
 
     def summary(self) -> str:
         """One sentence on what was timed and kept."""
@@ -83,6 +89,8 @@ class MixedResult:
         best = min(self.tried[1:], key=lambda t: t["p50_ms"], default=None)
         if best is None:
             return "fully int8 (no layer prefix to try)"
+        if self.rejected:
+            return f"fully int8 kept: {self.rejected}"
         if self.confirm:
             c = self.confirm
             return (f"fully int8 kept: keeping the first {c['fp32_prefix']} layers in fp32 looked faster "
