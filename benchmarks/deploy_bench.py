@@ -134,7 +134,8 @@ def deploy_model(name: str, model_dir: Path, bundle, mode: dict, threads: int) -
     q = QuantizeCfg(calib_samples=mode["calib_samples"], eval_samples=mode["eval_samples"])
     log(f"{name}: quantizing, accuracy guard, fp32-vs-int8 decision")
     qres = steps.quantize(fp32, int8, DataCfg(name="fashion-mnist"), q, evaluate=True, bundle=bundle,
-                          bench=BenchCfg(threads=threads, repeats=mode["repeats"]), log=lambda s: log(f"  {s}"))
+                          bench=BenchCfg(threads=threads, repeats=max(mode["repeats"], DECISION_MIN_RUNS)),
+                          log=lambda s: log(f"  {s}"))
     files = {FP32: fp32, INT8: int8}
     if (qres.get("mixed") or {}).get("fp32_prefix"):  # what keeping the first layers in fp32 bought: time both
         full = model_dir.parent / "model.full.int8.onnx"

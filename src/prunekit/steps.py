@@ -735,14 +735,14 @@ def _fastest_prefix(builder: Any, g: Any, src: Path, q: QuantizeCfg, threads: in
     (interleaved with the fp32 model) at the objective's batch size."""
     from .deploy.guard import write_candidate
     from .deploy.mixed import fastest_prefix, weighted_nodes
-    from .inference.bench import DECISION_MIN_RUNS, DECISION_ROUNDS, compare_onnx
+    from .inference.bench import DECISION_ROUNDS, compare_onnx
 
     batch = 1 if q.objective == "latency" else q.throughput_batch
 
     def time_ms(protos: dict[str, Any]) -> dict[str, float]:
         files: dict[str, Any] = {"fp32": src}
         files.update({k: write_candidate(p, builder.dir, f"prefix{k}.onnx") for k, p in protos.items()})
-        lat = compare_onnx(files, (batch,), threads, max(repeats, DECISION_MIN_RUNS), rounds=DECISION_ROUNDS)
+        lat = compare_onnx(files, (batch,), threads, repeats, rounds=DECISION_ROUNDS)
         return {k: v[str(batch)]["p50_ms"] for k, v in lat.items()}
 
     return fastest_prefix(builder.build, time_ms, g.proto, g.fp32_nodes, weighted_nodes(builder.fp32_graph().graph),
@@ -768,7 +768,7 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
     from .deploy import Int8Builder, calibration_batches, load_onnx_proto, onnx_meta
     from .deploy.artifact import FP32, INT8, Candidate, choose
     from .deploy.guard import guard, layer_sensitivity, write_candidate
-    from .inference.bench import DECISION_MIN_RUNS, DECISION_ROUNDS, compare_onnx
+    from .inference.bench import DECISION_ROUNDS, compare_onnx
     from .inference.runtime import evaluate_runtime, load_onnx
 
     src = Path(src)
@@ -828,8 +828,7 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
     res["mixed"] = mixed.to_dict() if mixed is not None else None
     if log:
         log(f"timing fp32 and int8 on this machine (batch 1 and {q.throughput_batch}) ...")
-    lat = compare_onnx({FP32: src, INT8: out}, (1, q.throughput_batch), threads, max(b.repeats, DECISION_MIN_RUNS),
-                       rounds=DECISION_ROUNDS)
+    lat = compare_onnx({FP32: src, INT8: out}, (1, q.throughput_batch), threads, b.repeats, rounds=DECISION_ROUNDS)
     res["latency"] = lat
     tb = str(q.throughput_batch)
     cand = {k: Candidate(k, str(p), p.stat().st_size, res[n]["top1"], lat[k]["1"]["p50_ms"], lat[k][tb]["img_per_s"])

@@ -66,8 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     config_flag(p, "--fp32-prefix", "quantize.fp32_prefix", help="also time int8 with the first 1, 2, 4, ... (up "
                 "to N) layers in fp32 and keep the fastest if it beats fully int8 (default 4; 0: off)")
     config_flag(p, "--threads", "bench.threads", help="threads for the timing (default: all cores)")
-    config_flag(p, "--repeats", "bench.repeats", help="timed runs per batch size (default 50; at least 60, in 10 "
-                "alternating rounds, decide fp32 vs int8)")
+    config_flag(p, "--repeats", "bench.repeats", help="timed runs per batch size, in 10 alternating rounds (default 50)")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="quantize only: no accuracy check, no guard, no timing, no deploy choice")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
