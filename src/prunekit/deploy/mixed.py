@@ -93,7 +93,8 @@ class MixedResult:
             return f"fully int8 kept: {self.rejected}"
         if self.confirm:
             c = self.confirm
-            return (f"fully int8 kept: keeping the first {c['fp32_prefix']} layers in fp32 looked faster "
+            n = c["fp32_prefix"]
+            return (f"fully int8 kept: keeping the first {n} layer{'s' if n != 1 else ''} in fp32 looked faster "
                     f"({best['p50_ms']:.3f} vs {base:.3f} ms) but not when timed again ({c['p50_ms']:.3f} vs "
                     f"{c['fully_int8_ms']:.3f} ms {at})")
         return (f"fully int8 kept: keeping the first {ks} layers in fp32 was not {self.min_speedup:g}x faster {at} "
