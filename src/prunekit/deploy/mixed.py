@@ -7,10 +7,10 @@ for the layout changes around them, while the 1x1 convolutions further on gain 2
 fp32 at batch 1, its first convolution at 0.54x). So besides the fully int8 model, the variants that keep the
 first 1, 2, 4, ... (up to ``max_layers``) weighted layers in fp32 (graph order) are built from the same
 calibration ranges and timed interleaved with it, and the fastest is kept when it beats the fully int8 model by
-at least ``min_speedup`` twice: in that timing (10 alternating rounds) and in a fresh one of the two alone (the fastest of several noisy
-timings is biased towards luck; on a 2-core VM the same file timed 0.77-1.17x itself in 3 rounds of 20 runs,
-1.00-1.05x in 10 rounds of 60). A smaller gap is timing noise: then the fully int8 model stays, being the
-smaller; likewise among variants within that band of the fastest, the one with the fewest fp32 layers is kept.
+at least ``min_speedup`` twice: in that timing (10 alternating rounds) and in a fresh one of the two alone (the
+fastest of several noisy timings is biased towards luck: see ``inference.bench.DECISION_ROUNDS``). A smaller gap
+is timing noise: then the fully int8 model stays, being the smaller; likewise among variants within that band of
+the fastest, the one with the fewest fp32 layers is kept.
 
 Selection and the fp32-vs-int8 deploy decision are made on separate measurements (the deploy decision times
 again), so picking the fastest of several noisy timings cannot by itself make int8 look faster than fp32.
