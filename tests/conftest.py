@@ -114,6 +114,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out / "model"
 
 
+@pytest.fixture(scope="module")
+def fp32_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model exported to fp32 ONNX (``m.onnx``), one per test module (modules write files beside it)."""
+    out = tmp_path_factory.mktemp("fp32_model") / "m.onnx"
+    rc, so, se = run_cli("export", "--model", tiny_model_dir, "--out", out)
+    assert rc == 0, se
+    return out
+
+
 @pytest.fixture(scope="session")
 def pruned_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model pruned to 50% of pointwise channels (gradual, 1 epoch), saved with its masks."""

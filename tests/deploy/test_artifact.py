@@ -59,14 +59,6 @@ def test_objectives():
     assert set(OBJECTIVES) == {"latency", "throughput", "size", "fp32", "int8"}
 
 
-@pytest.fixture(scope="module")
-def fp32_model(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("artifact") / "m.onnx"
-    rc, so, se = run_cli("export", "--model", tiny_model_dir, "--out", out)
-    assert rc == 0, se
-    return out
-
-
 @pytest.fixture
 def slow(monkeypatch):
     """Make ONNX Runtime inference of one precision 2 ms slower (real wall time, measured by the real timer)."""

@@ -95,14 +95,6 @@ def _weights_and_zero_points(path):
     return weights, act_zp
 
 
-@pytest.fixture(scope="module")
-def fp32_model(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cpu") / "m.onnx"
-    rc, so, se = run_cli("export", "--model", tiny_model_dir, "--out", out)
-    assert rc == 0, se
-    return out
-
-
 @pytest.mark.parametrize("name,label,act_dtype,max_w", [("haswell", "U8S8 reduce_range", np.uint8, 64),
                                                         ("zen4", "U8S8", np.uint8, 127),
                                                         ("graviton2", "S8S8", np.int8, 127)])

@@ -100,14 +100,6 @@ def test_at_least_one_layer_stays_int8_and_nothing_is_timed_without_variants():
     assert built == [] and timed == [] and r.fp32_prefix == 0 and r.summary() == "fully int8 (no layer prefix to try)"
 
 
-@pytest.fixture(scope="module")
-def fp32_model(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("mixed") / "m.onnx"
-    rc, so, se = run_cli("export", "--model", tiny_model_dir, "--out", out)
-    assert rc == 0, se
-    return out
-
-
 def test_weighted_nodes_in_graph_order(fp32_model):
     import onnx
 
