@@ -739,8 +739,8 @@ def _fastest_prefix(builder: Any, g: Any, src: Path, q: QuantizeCfg, threads: in
 
     batch = 1 if q.objective == "latency" else q.throughput_batch
 
-    def time_ms(protos: dict[str, Any]) -> dict[str, float]:
-        files: dict[str, Any] = {"fp32": src}
+    def time_ms(protos: dict[str, Any], with_fp32: bool) -> dict[str, float]:
+        files: dict[str, Any] = {"fp32": src} if with_fp32 else {}
         files.update({k: write_candidate(p, builder.dir, f"prefix{k}.onnx") for k, p in protos.items()})
         lat = compare_onnx(files, (batch,), threads, repeats, rounds=DECISION_ROUNDS)
         return {k: v[str(batch)]["p50_ms"] for k, v in lat.items()}

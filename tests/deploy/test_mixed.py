@@ -29,10 +29,11 @@ def _search(times: dict[int, float], base_exclude=(), max_layers=4, nodes=NODES,
         built.append(list(exclude))
         return {"fp32": frozenset(exclude)}
 
-    def time_ms(protos):
+    def time_ms(protos, with_fp32):
         timed.append(sorted(protos, key=int))
+        assert with_fp32 == (len(timed) == 1)  # fp32 only in the first timing: the second compares two int8 files
         t = times if len(timed) == 1 or again is None else again
-        return {"fp32": 9.0, **{k: t[int(k)] for k in protos}}
+        return {**({"fp32": 9.0} if with_fp32 else {}), **{k: t[int(k)] for k in protos}}
 
     base = {"fp32": frozenset(base_exclude)}
     return fastest_prefix(build, time_ms, base, list(base_exclude), nodes, max_layers, min_speedup), built, timed

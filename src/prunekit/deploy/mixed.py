@@ -101,7 +101,7 @@ class MixedResult:
                 f"(best {best['p50_ms']:.3f} ms with {best['fp32_prefix']} vs {base:.3f} ms)")
 
 
-def fastest_prefix(build: Callable[[Sequence[str]], Any], time_ms: Callable[[dict[str, Any]], dict[str, float]],
+def fastest_prefix(build: Callable[[Sequence[str]], Any], time_ms: Callable[[dict[str, Any], bool], dict[str, float]],
                    base: Any, base_exclude: Sequence[str], nodes: Sequence[tuple[str, str]], max_layers: int,
                    min_speedup: float = 1.05, batch: int = 1,
                    log: Callable[[str], None] | None = None) -> MixedResult:
@@ -109,8 +109,9 @@ def fastest_prefix(build: Callable[[Sequence[str]], Any], time_ms: Callable[[dic
     1, 2, 4, ... of ``nodes`` (:func:`weighted_nodes` of the graph ``build`` quantizes) in fp32, and return the
     fastest if it beats ``base`` by ``min_speedup``, else ``base``.
 
-    ``build(exclude)`` -> ModelProto; ``time_ms({key: proto})`` -> ``{key: p50 ms}`` (one interleaved round
-    over all of them, plus ``"fp32"`` when the caller times the fp32 model alongside)."""
+    ``build(exclude)`` -> ModelProto; ``time_ms({key: proto}, with_fp32)`` -> ``{key: p50 ms}`` (one interleaved
+    timing of all of them, plus ``"fp32"`` when ``with_fp32`` and the caller times the fp32 model alongside: asked
+    for the first timing only)."""
     already = set(base_exclude)
     protos: dict[str, Any] = {"0": base}
     chosen_nodes: dict[str, list[tuple[str, str]]] = {"0": []}
@@ -129,7 +130,7 @@ def fastest_prefix(build: Callable[[Sequence[str]], Any], time_ms: Callable[[dic
     if log:
         log(f"timing int8 with the first {', '.join(list(protos)[1:])} layers in fp32 against fully int8 "
             f"(batch {batch}) ...")
-    t = time_ms(protos)
+    t = time_ms(protos, True)
     res.fp32_ms = t.get("fp32")
     res.tried = [{"fp32_prefix": int(k), "layers": [w for _, w in chosen_nodes[k]], "p50_ms": t[k]} for k in protos]
     fastest = min(t[k] for k in protos)
@@ -137,7 +138,7 @@ def fastest_prefix(build: Callable[[Sequence[str]], Any], time_ms: Callable[[dic
     best = min((k for k in protos if k != "0" and t[k] <= fastest * min_speedup), key=int, default="0")
     if best != "0" and t["0"] / t[best] >= min_speedup:
         # the fastest of several noisy timings is biased towards luck: a fresh round of the two must agree
-        c = time_ms({"0": base, best: protos[best]})
+        c = time_ms({"0": base, best: protos[best]}, False)
         res.confirm = {"fp32_prefix": int(best), "p50_ms": c[best], "fully_int8_ms": c["0"]}
         if c["0"] / c[best] >= min_speedup:
             res.proto, res.fp32_prefix = protos[best], int(best)
