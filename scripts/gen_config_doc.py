@@ -17,7 +17,7 @@ starts from an imported model).
 and trains it `train.epochs` more epochs, 0 = as it is) → `prune` (prune) →
 `surgery` → `finetune` (finetune, train) → `export` (export) → `quantize` (quantize, bench) → `evaluate` (bench) →
 `predict` (predict) → `report`. A stage reruns when its own keys or an earlier stage changed; `--from STAGE`
-forces a rerun.
+forces a rerun, `--to STAGE` stops after one.
 
 **The pruning schedule** follows TF Model Optimization: between the begin and end step, every `frequency` steps,
 the target sparsity is `final + (initial - final) * (1 - p)^power` (`p` = progress in [0, 1]; `constant` and

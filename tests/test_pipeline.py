@@ -25,7 +25,7 @@ TINY = {
 }
 
 
-def run(out, start=None, **over):
+def run(out, start=None, stop=None, **over):
     import copy
 
     d = copy.deepcopy(TINY)
@@ -35,7 +35,7 @@ def run(out, start=None, **over):
     d["out"] = str(out)
     logs = []
     pipe = Pipeline(parse_config(d), log=logs.append)
-    pipe.run(start)
+    pipe.run(start, stop)
     return pipe, logs
 
 
@@ -117,6 +117,23 @@ def test_from_stage_forces_a_rerun(tmp_path, first_run):
     assert ran == ["evaluate", "predict", "report"]
 
 
+def test_to_stage_stops_after_it(first_run):
+    out, _, _ = first_run
+    before = (out / "report.json").stat().st_mtime_ns
+    _, logs = run(out, start="surgery", stop="finetune", prune__final_sparsity=0.3)
+    status = [ln.split("]")[0][1:] for ln in logs if ln.endswith(("running", "skipped"))]
+    assert status == ["train", "prune", "surgery", "finetune"]
+    assert [ln.split("]")[0][1:] for ln in logs if ln.endswith("running")] == ["surgery", "finetune"]
+    assert (out / "report.json").stat().st_mtime_ns == before  # later stages not run
+    # ... but no longer up to date: finetune ran, so the next run redoes export (and the rest)
+    _, logs = run(out, stop="export", prune__final_sparsity=0.3)
+    assert [ln.split("]")[0][1:] for ln in logs if ln.endswith("running")] == ["export"]
+    from conftest import run_cli
+
+    rc, _, se = run_cli("run", out / "config.yaml", "--from", "prune", "--to", "train")
+    assert rc == 2 and se.count("\n") == 1 and "--to train comes before --from prune" in se
+
+
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     cfg = tmp_path / "c.yaml"
     import yaml
@@ -135,9 +152,12 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL, "".join(seen[-5:])
     assert (tmp_path / "run" / "stages" / "train" / "checkpoint.pt").is_file()
-    r = subprocess.run([sys.executable, "-m", "prunekit", "run", str(cfg)], capture_output=True, text=True,
-                       timeout=900, env=env)
+    # the resumed run stops after train (`--to`): the later stages have nothing to do with resuming
+    r = subprocess.run([sys.executable, "-m", "prunekit", "run", str(cfg), "--to", "train"], capture_output=True,
+                       text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "stopped after train" in r.stdout and "not run: prune, surgery" in r.stdout
+    assert not (tmp_path / "run" / "stages" / "prune").exists()
     assert "[train] running (resuming)" in r.stdout
     assert "resumed from" in r.stdout and "at step" in r.stdout
     assert "[train] epoch 1.00" not in r.stdout  # it did not start over
@@ -157,7 +177,8 @@ def test_cli_run_prints_summary_and_rejects_bad_config(tmp_path, first_run):
     cfg = tmp_path / "c.yaml"
     import yaml
 
-    cfg.write_text(yaml.safe_dump({**TINY, "out": str(out)}))
+    # the sparsity the earlier tests left the run at: only what they left out of date runs again
+    cfg.write_text(yaml.safe_dump({**TINY, "out": str(out), "prune": {**TINY["prune"], "final_sparsity": 0.3}}))
     rc, so, se = run_cli("run", cfg)
     assert rc == 0, se
     assert "stage" in so and "int8" in so and "report.html" in so

@@ -255,15 +255,25 @@ class Pipeline:
                    "deps": {d: self.fingerprints.get(d) for d in stage.deps}}
         return _fp(payload)
 
-    def run(self, start: str | None = None) -> dict[str, Any]:
-        if start is not None and start not in STAGES:
-            raise PrunekitError(f"unknown stage '{start}'{closest(start, STAGES)}; stages: {', '.join(STAGES)}")
+    def run(self, start: str | None = None, stop: str | None = None) -> dict[str, Any]:
+        """Run the stages in order, skipping those up to date; ``start`` forces that stage and all later ones,
+        ``stop`` ends the run after that stage: the later ones are not run, and when any stage ran their
+        up-to-date markers are removed (a forced stage's new outputs would otherwise leave them stale), so that
+        the next run redoes them."""
+        for name in (start, stop):
+            if name is not None and name not in STAGES:
+                raise PrunekitError(f"unknown stage '{name}'{closest(name, STAGES)}; stages: {', '.join(STAGES)}")
+        if start is not None and stop is not None and STAGES.index(stop) < STAGES.index(start):
+            raise PrunekitError(f"--to {stop} comes before --from {start}; stages: {', '.join(STAGES)}")
         check_writable_dir(self.out, "run directory")
         if self.ctx.is_main:
             write_text(self.out / "config.yaml", dump_config(self.cfg))
         forced = False
         t_all = time.perf_counter()
-        for stage in self.stages:
+        names = [s.name for s in self.stages]
+        end = names.index(stop) + 1 if stop else len(names)
+        ran = False
+        for stage in self.stages[:end]:
             forced = forced or stage.name == start
             fp = self.fingerprint(stage)
             self.fingerprints[stage.name] = fp
@@ -293,6 +303,10 @@ class Pipeline:
             if not self.ctx.is_main:
                 result = read_json(d / MARKER)["result"]
             self.results[stage.name] = result
+            ran = True
+        if ran and self.ctx.is_main:
+            for later in names[end:]:
+                (self.stage_dir(later) / MARKER).unlink(missing_ok=True)
         self.results["_seconds"] = round(time.perf_counter() - t_all, 2)
         return self.results
 

@@ -11,6 +11,7 @@ example:
   prunekit run configs/demo.yaml --set prune.final_sparsity=0.5      # reruns from prune on
   prunekit run configs/fashion_mnist.yaml --set data.root=~/fmnist --out runs/fmnist
   prunekit run configs/demo.yaml --from finetune                      # force stages from finetune on
+  prunekit run configs/demo.yaml --to prune                           # stop after prune (a later run goes on)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set prune.final_sparsity=0.5 (repeatable)")
     p.add_argument("--from", dest="start", choices=STAGES, help="rerun this stage and all later ones")
+    p.add_argument("--to", dest="stop", choices=STAGES,
+                   help="stop after this stage; a later run without --to skips what is done and goes on")
     p.add_argument("--out", help="run directory (default: the config's `out`)")
 
 
@@ -36,7 +39,13 @@ def run(args: argparse.Namespace) -> int:
     sets = list(args.set) + ([f"out={args.out}"] if args.out else [])
     cfg = load_config(args.config, sets)
     pipe = Pipeline(cfg)
-    pipe.run(args.start)
+    pipe.run(args.start, args.stop)
+    if args.stop and args.stop != STAGES[-1]:
+        if pipe.ctx.is_main:
+            done = STAGES[: STAGES.index(args.stop) + 1]
+            print(f"stopped after {args.stop} ({pipe.results['_seconds']:.0f} s); done: {', '.join(done)} in "
+                  f"{pipe.out / 'stages'}; not run: {', '.join(STAGES[len(done):])}")
+        return 0
     if pipe.ctx.is_main:
         doc = collect(pipe)
         print()
