@@ -100,6 +100,24 @@ def test_legacy_exporter_is_verified_too(shrunk_model_dir, tmp_path):
     assert res["exporter"] == "legacy" and res["max_abs_diff"] <= 1e-4
 
 
+def test_an_older_opset_is_the_opset_in_the_file(shrunk_model_dir, tmp_path):
+    """The dynamo exporter writes opset 18 and, when converting down fails, logs a traceback and keeps 18: the file
+    claimed opset 17 and held 18. Now auto uses the legacy exporter below 18 and the file holds what was asked."""
+    import onnx
+
+    from prunekit.deploy.onnx import opset_of
+
+    out = tmp_path / "o17.onnx"
+    rc, so, se = run_cli("export", "--model", shrunk_model_dir, "--out", out, "--opset", "17", "--json")
+    assert rc == 0 and "Traceback" not in se, se
+    res = json.loads(so)
+    assert res["opset"] == 17 and res["exporter"] == "legacy" and "below the dynamo exporter" in res["legacy_reason"]
+    assert opset_of(onnx.load(str(out))) == 17
+    rc, _, se = run_cli("export", "--model", shrunk_model_dir, "--out", tmp_path / "d17.onnx", "--opset", "17",
+                        "--exporter", "dynamo")
+    assert rc == 2 and "writes opset 18 or newer, not 17" in se and not (tmp_path / "d17.onnx").exists()
+
+
 def test_verification_failure_exits_2_and_keeps_existing_output(shrunk_model_dir, tmp_path, monkeypatch):
     """A wrong export (simulated: the exporter adds 0.5 to every logit) is caught by the automatic check.
 

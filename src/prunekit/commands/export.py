@@ -69,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"metadata embedded and in {res['sidecar']}")
     if res.get("dynamo_error"):
         print(f"note: the dynamo exporter failed ({res['dynamo_error']}); used the legacy exporter")
+    if res.get("legacy_reason"):
+        print(f"note: {res['legacy_reason']}; used the legacy exporter")
     return 0

@@ -1,6 +1,7 @@
 """ONNX export with a dynamic batch axis, embedded metadata, and automatic verification with ONNX Runtime.
 
-Exporter choice: the torch.export-based exporter (``torch.onnx.export(..., dynamo=True)``) is the default.
+Exporter choice: the torch.export-based exporter (``torch.onnx.export(..., dynamo=True)``) is the default
+from opset 18 (below it, "auto" uses the legacy exporter: the dynamo one converts down and keeps 18 on failure).
 It is the supported path (the TorchScript-based exporter warns that it will be removed), it captures the
 graph with the same tracer as our ExportedProgram format, emits opset 18 natively, and its optimiser folds
 BatchNorm into the convolutions, so the file holds what ONNX Runtime runs. Both exporters give verified
@@ -36,13 +37,28 @@ EXPORTERS = ("auto", "dynamo", "legacy")
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf limit; larger models would need external data (not supported here)
 
 
+DYNAMO_MIN_OPSET = 18  # the dynamo exporter's native opset; it cannot always convert down (see opset_of)
+
+
 def _quiet():
-    """Silence exporter chatter (progress lines on stdout would corrupt --json output; deprecation warnings)."""
+    """Silence exporter chatter (progress lines on stdout would corrupt --json output; deprecation warnings; the
+    tracebacks onnxscript logs when a version conversion fails: we check the result's opset ourselves)."""
+    import logging
+
     stack = contextlib.ExitStack()
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
+    for name in ("onnxscript", "torch.onnx"):
+        logger = logging.getLogger(name)
+        stack.callback(logger.setLevel, logger.level)
+        logger.setLevel(logging.CRITICAL)
     return stack
+
+
+def opset_of(proto) -> int | None:
+    """The default-domain ONNX opset a model imports (None when it imports none)."""
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int):
@@ -148,11 +164,19 @@ def export_onnx_bytes(model: nn.Module, input_shape, meta: DeployMeta, opset: in
         raise PrunekitError(f"unknown exporter '{exporter}'; valid: {', '.join(EXPORTERS)}")
     model = model.eval().cpu()
     example = torch.randn(2, *input_shape)  # batch 2: a batch of 1 would be specialised by torch.export
-    used, fallback = exporter, None
-    if exporter in ("auto", "dynamo"):
+    used, fallback, why_legacy = exporter, None, None
+    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
+        raise PrunekitError(f"the dynamo exporter writes opset {DYNAMO_MIN_OPSET} or newer, not {opset}; use "
+                            "--exporter legacy (or auto, which does) for an older opset")
+    if exporter == "auto" and opset < DYNAMO_MIN_OPSET:
+        used = "legacy"  # the dynamo exporter would convert down, and leaves opset 18 when that fails
+        why_legacy = f"opset {opset} is below the dynamo exporter's {DYNAMO_MIN_OPSET}"
+    elif exporter in ("auto", "dynamo"):
         try:
             proto = _export_dynamo(model, example, opset)
             used = "dynamo"
+            if opset_of(proto) != opset:  # its version conversion failed: it said so in a log, not an error
+                raise PrunekitError(f"it wrote opset {opset_of(proto)} instead of {opset}")
         except Exception as e:
             if exporter == "dynamo":
                 raise PrunekitError(f"ONNX export (dynamo exporter) failed: {type(e).__name__}: "
@@ -165,9 +189,13 @@ def export_onnx_bytes(model: nn.Module, input_shape, meta: DeployMeta, opset: in
         except Exception as e:
             raise PrunekitError(f"ONNX export failed: {type(e).__name__}: "
                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        if opset_of(proto) != opset:
+            raise PrunekitError(f"ONNX export failed: opset {opset} was asked for, the exporter wrote opset "
+                                f"{opset_of(proto)}")
     _clean(proto)
     meta.opset = opset
-    meta.info = {**meta.info, "exporter": used, **({"dynamo_error": fallback} if fallback else {})}
+    extra = {k: v for k, v in (("dynamo_error", fallback), ("legacy_reason", why_legacy)) if v}
+    meta.info = {**meta.info, "exporter": used, **extra}
     proto.producer_name = "prunekit"
     from .._version import __version__
 
@@ -194,7 +222,7 @@ def export_onnx_bytes(model: nn.Module, input_shape, meta: DeployMeta, opset: in
     if len(data) > MAX_PROTO_BYTES:
         raise PrunekitError(f"the ONNX model is {len(data) / 2**30:.1f} GiB, over protobuf's 2 GiB limit")
     return data, {"exporter": used, "max_abs_diff": max(diffs.values()) if diffs else None,
-                  "verified_batches": sorted(diffs), **({"dynamo_error": fallback} if fallback else {})}
+                  "verified_batches": sorted(diffs), **extra}
 
 
 def export_onnx(model: nn.Module, meta: DeployMeta, path: str | os.PathLike, opset: int = 18,
