@@ -364,9 +364,11 @@ def assert_one_line_error(r, match: str) -> None:
 
 @pytest.fixture(scope="module")
 def results(w, request) -> dict[str, tuple]:
-    """Run the selected cases, a few processes at a time (each spends ~2 s importing torch), and record
-    what each may touch before and after. Cases only read the shared inputs, so they can overlap."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Run the selected cases, three processes at a time, and record what each may touch before and after.
+    Cases only read the shared inputs, so they can overlap. Each case is its own process, forked from one that
+    imported torch and prunekit once (`cli_fork`: 64 fresh interpreters spent ~2 s of CPU each importing torch);
+    `test_out_in_read_only_directory` runs a fresh `python -m prunekit`."""
+    from cli_fork import run_many
 
     wanted = {it.callspec.params["case"].id for it in request.session.items
               if it.module is request.module and hasattr(it, "callspec") and "case" in it.callspec.params}
@@ -374,11 +376,8 @@ def results(w, request) -> dict[str, tuple]:
     before = {c.id: snapshot(touched(c, w)) for c in cases}
     tree_before = snapshot([w["root"]])
 
-    def one(c: Case):
-        return run_cli_subprocess(*c.args(w), cwd=w["root"], timeout=300, env=ENV)
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        done = dict(zip([c.id for c in cases], pool.map(one, cases), strict=True))
+    runs = run_many([c.args(w) for c in cases], cwd=w["root"], env=ENV, workers=3, timeout=300)
+    done = dict(zip([c.id for c in cases], runs, strict=True))
     out = {c.id: (done[c.id], before[c.id], snapshot(touched(c, w))) for c in cases}
     out["_tree"] = (tree_before, snapshot([w["root"]]))
     return out

@@ -23,8 +23,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli_subprocess
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "prunekit"
 ENV = {"OMP_NUM_THREADS": "1"}
 
@@ -214,14 +212,14 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def results(s, request) -> dict:
-    from concurrent.futures import ThreadPoolExecutor
+    """Each case in its own process, forked from one that imported torch and prunekit once (`cli_fork`)."""
+    from cli_fork import run_many
 
     wanted = {it.callspec.params["case"].id for it in request.session.items
               if it.module is request.module and hasattr(it, "callspec") and "case" in it.callspec.params}
     cases = [c for c in CASES if c.id in wanted]
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        out = pool.map(lambda c: run_cli_subprocess(*c.args(s), cwd=s["root"], timeout=300, env=ENV), cases)
-        return dict(zip([c.id for c in cases], out, strict=True))
+    out = run_many([c.args(s) for c in cases], cwd=s["root"], env=ENV, workers=3, timeout=300)
+    return dict(zip([c.id for c in cases], out, strict=True))
 
 
 def test_payloads_are_live(tmp_path):

@@ -1,0 +1,110 @@
+"""Many `python -m prunekit ARGS` processes without paying for `import torch` in each (~2 s of CPU apiece).
+
+``run_many`` starts one server process (this file as a script) that imports torch and prunekit once, then forks
+one child per command: the child sets ``sys.argv``, runs the ``prunekit.__main__`` module as
+``python -m prunekit`` would (an uncaught exception prints its traceback and exits 1) with its stdout and stderr
+redirected at the file-descriptor level (what C++ libraries print is seen too), and exits. No state passes from
+one command to the next, and the server has run nothing but imports when it forks, so no thread pool exists yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _child(args: list[str], env: dict[str, str], out: str, err: str) -> None:
+    """In the forked child: run one command and exit with its code (never returns)."""
+    import runpy
+    import traceback
+
+    code = 1
+    try:
+        os.environ.update(env)
+        if "OMP_NUM_THREADS" in env:  # a fresh interpreter reads it when importing torch; the server imported it
+            import torch
+
+            torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+        for fd, path in ((1, out), (2, err)):
+            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(f, fd)
+            os.close(f)
+        sys.argv = ["prunekit", *args]
+        try:
+            runpy.run_module("prunekit", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:  # what the interpreter makes of sys.exit(code)
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _serve(jobs: list[dict], workers: int, timeout: float, tmp: str) -> list[dict]:
+    """In the server: fork a child per job, ``workers`` alive at a time; a child over ``timeout`` is killed."""
+    results: list[dict | None] = [None] * len(jobs)
+    alive: dict[int, tuple[int, float]] = {}  # pid -> (job index, start time)
+    todo = list(range(len(jobs)))
+    while todo or alive:
+        while todo and len(alive) < workers:
+            i = todo.pop(0)
+            out, err = os.path.join(tmp, f"{i}.out"), os.path.join(tmp, f"{i}.err")
+            os.chdir(jobs[i]["cwd"])
+            pid = os.fork()
+            if pid == 0:
+                _child(jobs[i]["args"], jobs[i]["env"], out, err)
+            alive[pid] = (i, time.monotonic())
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            for p, (_, t0) in list(alive.items()):
+                if time.monotonic() - t0 > timeout:
+                    os.kill(p, 9)
+            time.sleep(0.005)
+            continue
+        i, _ = alive.pop(pid)
+        rc = os.waitstatus_to_exitcode(status)
+        read = lambda ext, i=i: Path(tmp, f"{i}.{ext}").read_text(errors="replace")  # noqa: E731
+        results[i] = {"rc": rc, "stdout": read("out"), "stderr": read("err")}
+    return results  # type: ignore[return-value]
+
+
+def run_many(commands: Sequence[Sequence[object]], cwd: str | Path, env: dict[str, str] | None = None,
+             workers: int = 3, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Run each ``prunekit`` command line in its own process, ``workers`` at a time; results in order. A
+    command killed after ``timeout`` seconds has return code -9."""
+    import tempfile
+
+    todo = [[str(a) for a in c] for c in commands]
+    with tempfile.TemporaryDirectory() as tmp:
+        req = {"jobs": [{"args": c, "cwd": str(cwd), "env": dict(env or {})} for c in todo], "workers": workers,
+               "timeout": timeout, "tmp": tmp}
+        r = subprocess.run([sys.executable, __file__], input=json.dumps(req), capture_output=True, text=True,
+                           timeout=timeout * len(todo) + 120)
+        if r.returncode != 0:
+            raise RuntimeError(f"cli_fork server failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        done = json.loads(r.stdout)
+    return [subprocess.CompletedProcess([sys.executable, "-m", "prunekit", *c], d["rc"], d["stdout"], d["stderr"])
+            for c, d in zip(todo, done, strict=True)]
+
+
+if __name__ == "__main__":
+    request = json.loads(sys.stdin.read())
+    import torch  # noqa: F401  (what every command would import: once, here)
+
+    import prunekit.cli  # noqa: F401
+    import prunekit.steps  # noqa: F401
+
+    print(json.dumps(_serve(request["jobs"], request["workers"], request["timeout"], request["tmp"])))
