@@ -81,7 +81,7 @@ def _quantize(fp32_model, tmp_path, *extra):
     out = tmp_path / "m.int8.onnx"
     rc, so, se = run_cli("quantize", "--model", fp32_model, "--data", "bundled", "--calib-samples", "128",
                          "--eval-samples", "300", "--repeats", "5", "--throughput-batch", "4", "--tolerance", "5",
-                         "--out", out, *extra)
+                         "--fp32-prefix", "0", "--out", out, *extra)  # mixed-precision variants: test_mixed.py
     assert rc == 0, se
     return out, so
 

@@ -27,7 +27,10 @@ def dense_fp32(tiny_model_dir, tmp_path_factory):
 def dense_int8(dense_fp32):
     out = dense_fp32.with_name("dense.int8.onnx")
     rc, so, se = run_cli("quantize", "--model", dense_fp32, "--data", "bundled", "--calib-samples", "512",
-                         "--method", "minmax", "--out", out, "--json")
+                         "--method", "minmax", "--out", out, "--json",
+                         # speed is not what this module tests (test_artifact.py, test_mixed.py): few timed runs, and
+                         # no fp32-prefix variant, which a timing on a busy machine could otherwise keep
+                         "--repeats", "5", "--fp32-prefix", "0")
     assert rc == 0, se
     return out, json.loads(so)
 
