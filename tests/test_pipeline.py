@@ -10,7 +10,7 @@ import time
 import pytest
 
 from prunekit.config import parse_config
-from prunekit.pipeline import STAGES, Pipeline
+from prunekit.pipeline import MARKER, STAGES, Pipeline
 
 TINY = {
     "seed": 0,
@@ -120,7 +120,12 @@ def test_from_stage_forces_a_rerun(tmp_path, first_run):
 def test_to_stage_stops_after_it(first_run):
     out, _, _ = first_run
     before = (out / "report.json").stat().st_mtime_ns
+    # a later stage left as if killed half-way: it must not resume on top of the new finetune either
+    pred = out / "stages" / "predict"
+    (pred / "partial.json").write_text(json.dumps({"fingerprint": json.loads((pred / MARKER).read_text())[
+        "fingerprint"]}))
     _, logs = run(out, start="surgery", stop="finetune", prune__final_sparsity=0.3)
+    assert not (pred / "partial.json").exists() and not (pred / MARKER).exists()
     status = [ln.split("]")[0][1:] for ln in logs if ln.endswith(("running", "skipped"))]
     assert status == ["train", "prune", "surgery", "finetune"]
     assert [ln.split("]")[0][1:] for ln in logs if ln.endswith("running")] == ["surgery", "finetune"]

@@ -258,8 +258,8 @@ class Pipeline:
     def run(self, start: str | None = None, stop: str | None = None) -> dict[str, Any]:
         """Run the stages in order, skipping those up to date; ``start`` forces that stage and all later ones,
         ``stop`` ends the run after that stage: the later ones are not run, and when any stage ran their
-        up-to-date markers are removed (a forced stage's new outputs would otherwise leave them stale), so that
-        the next run redoes them."""
+        up-to-date and partial markers are removed (a forced stage's new outputs would otherwise leave them stale
+        or resumable from old inputs), so that the next run redoes them from the start."""
         for name in (start, stop):
             if name is not None and name not in STAGES:
                 raise PrunekitError(f"unknown stage '{name}'{closest(name, STAGES)}; stages: {', '.join(STAGES)}")
@@ -305,8 +305,9 @@ class Pipeline:
             self.results[stage.name] = result
             ran = True
         if ran and self.ctx.is_main:
-            for later in names[end:]:
-                (self.stage_dir(later) / MARKER).unlink(missing_ok=True)
+            for later in names[end:]:  # neither up to date nor resumable: their inputs may have changed
+                for f in (MARKER, "partial.json"):
+                    (self.stage_dir(later) / f).unlink(missing_ok=True)
         self.results["_seconds"] = round(time.perf_counter() - t_all, 2)
         return self.results
 
