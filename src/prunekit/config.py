@@ -215,8 +215,8 @@ class PredictCfg:
 class BenchCfg:
     enabled: bool = F(True, "measure latency for the report")
     threads: int = F(0, "intra-op threads (0: all cores); also for the fp32-vs-int8 measurement", lo=0, hi=512)
-    repeats: int = F(50, "timed runs per model, runtime and batch size (the fp32-vs-int8 decision: in 10 "
-                     "alternating rounds)", lo=3, hi=100000)
+    repeats: int = F(50, "timed runs per model, runtime and batch size (ONNX Runtime: in 10 alternating rounds, "
+                     "each at least 25 ms of runs)", lo=3, hi=100000)
 
 
 @dataclass

@@ -117,11 +117,12 @@ LATENCY_RUNTIMES = (PYTORCH, ORT_FP32, ORT_INT8)
 def _evaluate(p: Pipeline, d: Path) -> dict[str, Any]:
     """Accuracy of every stage on the full test split, and batch-1 latency of every stage in every runtime it
     has on this machine (PyTorch eager; ONNX Runtime fp32, exported here for dense and pruned; ONNX Runtime
-    int8 for the quantized model), each runtime's models timed in alternating rounds."""
+    int8 for the quantized model), each runtime's models timed in alternating rounds (ONNX Runtime: as many as the
+    deploy decision, ``DECISION_ROUNDS``; with 3, the demo's dense/fine-tuned ratio ranged 2.3-3.5x run to run)."""
     import torch
 
     from .cost import profile
-    from .inference.bench import compare_onnx, load_average, stats, time_interleaved
+    from .inference.bench import DECISION_ROUNDS, compare_onnx, load_average, stats, time_interleaved
     from .inference.runtime import load_runtime
     from .saved import load
 
@@ -161,7 +162,8 @@ def _evaluate(p: Pipeline, d: Path) -> dict[str, Any]:
                                  b.repeats, 20.0)
         for name, t in times.items():
             stages[name]["latency"][PYTORCH] = stats(t, 1)["p50_ms"]
-        ort = compare_onnx({f"{n}|{r}": f for (n, r), f in onnx_files.items()}, (1,), threads, b.repeats)
+        ort = compare_onnx({f"{n}|{r}": f for (n, r), f in onnx_files.items()}, (1,), threads, b.repeats,
+                           rounds=DECISION_ROUNDS)
         for key, per in ort.items():
             name, runtime = key.split("|")
             stages[name]["latency"][runtime] = per["1"]["p50_ms"]

@@ -100,19 +100,30 @@ def machine_info() -> dict[str, Any]:
             "numpy": np.__version__, "prunekit": __version__}
 
 
-def time_runs(fn: Callable[[], Any], warmup: int, repeats: int, max_seconds: float) -> np.ndarray:
-    """Per-run wall times (s): ``warmup`` untimed runs, then up to ``repeats`` timed ones (>= 3, time-capped)."""
+def time_runs(fn: Callable[[], Any], warmup: int, repeats: int, max_seconds: float,
+              min_seconds: float = 0.0) -> np.ndarray:
+    """Per-run wall times (s): ``warmup`` untimed runs, then ``repeats`` timed ones, or more until
+    ``min_seconds`` have passed (>= 3, capped at ``max_seconds``)."""
     for _ in range(warmup):
         fn()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < repeats:
+    while True:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-        if len(times) >= 3 and time.perf_counter() - start > max_seconds:
+        elapsed = time.perf_counter() - start
+        if len(times) >= 3 and elapsed > max_seconds:
+            break
+        if len(times) >= repeats and elapsed >= min_seconds:
             break
     return np.asarray(times)
+
+
+# Each block of runs of one ONNX Runtime session lasts at least this long: 50 runs of a 0.07 ms model are 3.5 ms of
+# work, and the median of such blocks followed this VM's slow phases (the demo's fine-tuned model timed 0.068-0.161
+# ms in the pipeline's evaluate stage, run to run; 0.067-0.071 ms with blocks of 50 ms or more, scratch, 4 runs each)
+MIN_BLOCK_SECONDS = 0.025
 
 
 def alternating_rounds(factories: Sequence[Callable[[], Callable[[], Any]]], rounds: int,
@@ -137,7 +148,8 @@ def time_alternating(factories: dict[str, Callable[[], Callable[[], Any]]], warm
                      max_seconds: float, rounds: int = 3) -> dict[str, np.ndarray]:
     """Per-run wall times (s) of several ONNX Runtime models, timed in alternating rounds with one session
     alive at a time: ``factories[k]()`` loads one and returns its run function; each round times a block of
-    ``repeats / rounds`` runs of each in turn (``repeats`` in all, within ``max_seconds``). ONNX Runtime's idle
+    ``repeats / rounds`` runs of each in turn (``repeats`` in all, within ``max_seconds``; more for a fast model: a
+    block lasts at least ``MIN_BLOCK_SECONDS``). ONNX Runtime's idle
     thread pools spin (``session.intra_op.allow_spinning``, on by default) and take the cores of the session
     being timed on a machine with few of them (benchmarks/results/ort_live_sessions.md)."""
     rounds = max(1, min(rounds, repeats))
@@ -145,7 +157,7 @@ def time_alternating(factories: dict[str, Callable[[], Callable[[], Any]]], warm
     box = max_seconds / (rounds * max(1, len(factories)))
     keys = list(factories)
     got = alternating_rounds([factories[k] for k in keys], rounds,
-                             lambda run, r: time_runs(run, warmup, per[r], box))
+                             lambda run, r: time_runs(run, warmup, per[r], box, min(MIN_BLOCK_SECONDS, box)))
     return {k: np.concatenate(t) for k, t in zip(keys, got, strict=True)}
 
 
@@ -328,7 +340,7 @@ def bench_model(directory: str | os.PathLike, s: BenchSettings, log: Callable[[s
         (("pytorch_fp32",), lambda x: time_interleaved({"pytorch_fp32": lambda: torch_rt.predict_logits(x)},
                                                         s.warmup, s.repeats, s.max_seconds)),
         (tuple(onnx), lambda x: time_alternating({n: _onnx_runner(f, threads, x) for n, f in onnx.items()},
-                                                 s.warmup, s.repeats, s.max_seconds)))
+                                                 s.warmup, s.repeats, s.max_seconds, DECISION_ROUNDS)))
     for group, timed in timings:
         if log:
             log(f"timing {prep['name']}: {', '.join(RUNTIME_LABELS[n] for n in group)} ...")
