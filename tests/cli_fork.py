@@ -76,7 +76,10 @@ def _serve(jobs: list[dict], workers: int, timeout: float, tmp: str) -> list[dic
             continue
         i, _ = alive.pop(pid)
         rc = os.waitstatus_to_exitcode(status)
-        read = lambda ext, i=i: Path(tmp, f"{i}.{ext}").read_text(errors="replace")  # noqa: E731
+        def read(ext: str, i: int = i) -> str:  # absent when the child died before redirecting
+            f = Path(tmp, f"{i}.{ext}")
+            return f.read_text(errors="replace") if f.is_file() else ""
+
         results[i] = {"rc": rc, "stdout": read("out"), "stderr": read("err")}
     return results  # type: ignore[return-value]
 
