@@ -53,6 +53,11 @@ def _child(args: list[str], env: dict[str, str], out: str, err: str) -> None:
             os._exit(code)
 
 
+def _read(f: Path) -> str:
+    """A child's captured output; absent when it died before redirecting."""
+    return f.read_text(errors="replace") if f.is_file() else ""
+
+
 def _serve(jobs: list[dict], workers: int, timeout: float, tmp: str) -> list[dict]:
     """In the server: fork a child per job, ``workers`` alive at a time; a child over ``timeout`` is killed."""
     results: list[dict | None] = [None] * len(jobs)
@@ -76,11 +81,7 @@ def _serve(jobs: list[dict], workers: int, timeout: float, tmp: str) -> list[dic
             continue
         i, _ = alive.pop(pid)
         rc = os.waitstatus_to_exitcode(status)
-        def read(ext: str, i: int = i) -> str:  # absent when the child died before redirecting
-            f = Path(tmp, f"{i}.{ext}")
-            return f.read_text(errors="replace") if f.is_file() else ""
-
-        results[i] = {"rc": rc, "stdout": read("out"), "stderr": read("err")}
+        results[i] = {"rc": rc, "stdout": _read(Path(tmp, f"{i}.out")), "stderr": _read(Path(tmp, f"{i}.err"))}
     return results  # type: ignore[return-value]
 
 

@@ -28,6 +28,7 @@ from .io import check_writable_dir, read_json, write_json, write_text
 
 STAGES = ("train", "prune", "surgery", "finetune", "export", "quantize", "evaluate", "predict", "report")
 MARKER = ".stage.json"
+PARTIAL = "partial.json"  # a stage that started and has not finished (its fingerprint: resumable)
 DISTRIBUTED_STAGES = {"train", "prune", "finetune"}
 
 
@@ -285,13 +286,13 @@ class Pipeline:
                 self.results[stage.name] = marker.get("result", {})
                 self.log(f"[{stage.name}] up to date, skipped")
                 continue
-            partial = (d / "partial.json").is_file() and read_json(d / "partial.json").get("fingerprint") == fp
+            partial = (d / PARTIAL).is_file() and read_json(d / PARTIAL).get("fingerprint") == fp
             if self.ctx.is_main and d.exists() and (marker or not partial or forced):
                 shutil.rmtree(d)  # stale outputs from another config: start this stage afresh
             self._barrier()
             if self.ctx.is_main:
                 d.mkdir(parents=True, exist_ok=True)
-                write_json(d / "partial.json", {"fingerprint": fp})
+                write_json(d / PARTIAL, {"fingerprint": fp})
             self._barrier()
             t0 = time.perf_counter()
             self.log(f"[{stage.name}] running" + (" (resuming)" if partial and not forced else ""))
@@ -300,7 +301,7 @@ class Pipeline:
             self._barrier()
             if self.ctx.is_main:
                 write_json(d / MARKER, {"fingerprint": fp, "result": result, "finished": time.time()})
-                (d / "partial.json").unlink(missing_ok=True)
+                (d / PARTIAL).unlink(missing_ok=True)
             self._barrier()
             if not self.ctx.is_main:
                 result = read_json(d / MARKER)["result"]
@@ -308,7 +309,7 @@ class Pipeline:
             ran = True
         if ran and self.ctx.is_main:
             for later in names[end:]:  # neither up to date nor resumable: their inputs may have changed
-                for f in (MARKER, "partial.json"):
+                for f in (MARKER, PARTIAL):
                     (self.stage_dir(later) / f).unlink(missing_ok=True)
         self.results["_seconds"] = round(time.perf_counter() - t_all, 2)
         return self.results

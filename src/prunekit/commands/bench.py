@@ -5,9 +5,10 @@ For each model: parameters, MACs, file sizes (model.safetensors, fp32 ONNX, int8
 quantized into MODEL/.bench/ with the int8 settings `prunekit quantize` picks for this CPU, reused while the
 model is unchanged), batch latency p50/p90 at the smallest --batch and throughput (images/s) at the largest,
 and int8's speed-up over fp32 within ONNX Runtime (the two are timed in 10 alternating rounds, each at least
-25 ms of runs, so a fast model gets more than --repeats). Warm-up runs precede the timed runs; --threads sets torch.set_num_threads and ONNX Runtime's intra-op threads. The
-JSON records the machine (CPU, its int8 class, cores, load average, platform, versions). Ratios between
-runtimes are not given: compare within a row. Close other programs for stable numbers.
+25 ms of runs, so a fast model gets more than --repeats). Warm-up runs precede the timed runs; --threads sets
+torch.set_num_threads and ONNX Runtime's intra-op threads. The JSON records the machine (CPU, its int8 class,
+cores, load average, platform, versions). Ratios between runtimes are not given: compare within a row. Close
+other programs for stable numbers.
 
 example:
   prunekit bench --model runs/dense/model --model runs/shrunk
@@ -38,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_batches, default=(1, 32), help="batch sizes, e.g. 1,32 (default): latency at "
                    "the smallest, throughput at the largest")
     p.add_argument("--threads", type=positive_int("--threads"), help="threads (default: all available cores)")
-    p.add_argument("--repeats", type=positive_int("--repeats"), default=50, help="timed runs per batch (default 50; ONNX Runtime: at least)")
+    p.add_argument("--repeats", type=positive_int("--repeats"), default=50,
+                   help="timed runs per batch (default 50; ONNX Runtime: at least)")
     p.add_argument("--warmup", type=positive_int("--warmup", allow_zero=True), default=5,
                    help="untimed runs first (default 5)")
     p.add_argument("--max-seconds", type=positive_float("--max-seconds"), default=20.0,

@@ -184,7 +184,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: in
     return {k: np.asarray(v) for k, v in times.items()}
 
 
-# A decision between ONNX files (fp32 or int8, which int8 variant) is timed in this many alternating rounds (of
+# A decision between ONNX files (fp32 or int8, which int8 variant), and the report's and `prunekit bench`'s ONNX
+# Runtime latencies, are timed in this many alternating rounds (of
 # ``bench.repeats`` runs in all, 50 by default): on a 2-core VM the same file timed 0.77-1.17x itself in 3 rounds of
 # 20 runs and 1.00-1.05x in 10 rounds of 60 (a scratch measurement on 2026-12-01, 4 tries each; its speed drifts
 # over seconds, finer interleaving averages the drift out). Benchmarks time at least DECISION_MIN_RUNS runs.
