@@ -17,6 +17,10 @@ are therefore compared with each other, not with ``deploy_quick.md``'s latencies
     python benchmarks/deploy_bench.py --quick      # first: trains and writes the models (about 30 min)
     python benchmarks/int8_layers.py               # ~2 min on 2 cores: the 224x224 dense and pruned models
     python benchmarks/int8_layers.py --dir DIR ... # any directories holding model.onnx and model.int8.onnx
+
+Where the shipped int8 file keeps its first layers in fp32 (``--fp32-prefix``), deploy_bench also writes the fully
+int8 one (``model.full.int8.onnx``); that one is profiled, so that every row compares an fp32 convolution with an
+int8 one.
 """
 
 from __future__ import annotations
@@ -92,6 +96,13 @@ def profile(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[list[fl
     return convs, other, 1e3 * float(np.median(walls))
 
 
+def int8_file(d: Path) -> Path:
+    """The fully int8 file of a model directory: deploy_bench's ``model.full.int8.onnx`` when the shipped
+    ``model.int8.onnx`` keeps its first layers in fp32, else ``model.int8.onnx``."""
+    full = d / "model.full.int8.onnx"
+    return full if full.is_file() else d / "model.int8.onnx"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", action="append", type=Path, help="directory with model.onnx and model.int8.onnx "
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in sorted({1, args.batch}):
                 x = np.random.default_rng(0).standard_normal((b, *chw)).astype(np.float32)
                 f_conv, f_other, f_ms = profile(d / "model.onnx", x, threads, args.runs)
-                i_conv, i_other, i_ms = profile(d / "model.int8.onnx", x, threads, args.runs)
+                i_conv, i_other, i_ms = profile(int8_file(d), x, threads, args.runs)
                 if not (len(f_conv) == len(i_conv) == len(shapes)):
                     raise SystemExit(f"error: {d}: {len(f_conv)} fp32 convolutions, {len(i_conv)} int8 ones, "
                                      f"{len(shapes)} in the graph: cannot line them up")
@@ -128,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 per_batch[b] = {"layers": layers, "fp32_other_us": f_other, "int8_other_us": i_other,
                                 "fp32_wall_ms": f_ms, "int8_wall_ms": i_ms}
                 log(f"{d.name} batch {b}: fp32 {f_ms:.3f} ms, int8 {i_ms:.3f} ms (wall, profiled)")
-            models.append({"dir": str(d), "name": d.name, "input": chw, "batches": per_batch})
+            models.append({"dir": str(d), "name": d.name, "int8_file": int8_file(d).name, "input": chw,
+                           "batches": per_batch})
     doc = {"command": " ".join(sys.argv), "environment": env, "provenance": env.get("provenance"),
            "settings": {"batch": args.batch, "runs": args.runs, "threads": threads}, "models": models,
            "load": ls.summary(), "seconds": round(time.perf_counter() - t0, 1)}
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         for b, r in m["batches"].items():
             f_tot = sum(x["fp32_us"] for x in r["layers"]) + r["fp32_other_us"]
             i_tot = sum(x["int8_us"] for x in r["layers"]) + r["int8_other_us"]
-            lines += [f"## {m['name']} ({'x'.join(map(str, m['input']))}), batch {b}", "",
+            lines += [f"## {m['name']} ({'x'.join(map(str, m['input']))}), batch {b} ({m['int8_file']})", "",
                       f"Whole model: fp32 {f_tot:.0f} us, int8 {i_tot:.0f} us profiled = {f_tot / i_tot:.2f}x "
                       f"(wall time under the profiler {r['fp32_wall_ms']:.3f} / {r['int8_wall_ms']:.3f} ms).", "",
                       "| # | conv | output | fp32 us | int8 us | int8 speed-up | share of fp32 time |",
