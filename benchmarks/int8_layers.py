@@ -15,7 +15,7 @@ per-layer precision choice reaches it on this machine. Profiled times include th
 are therefore compared with each other, not with ``deploy_quick.md``'s latencies.
 
     python benchmarks/deploy_bench.py --quick      # first: trains and writes the models (about 30 min)
-    python benchmarks/int8_layers.py               # ~2 min on 2 cores: the 224x224 dense and pruned models
+    python benchmarks/int8_layers.py               # ~3 min on 2 cores: the 224x224 dense and pruned models
     python benchmarks/int8_layers.py --dir DIR ... # any directories holding model.onnx and model.int8.onnx
 
 Where the shipped int8 file keeps its first layers in fp32 (``--fp32-prefix``), deploy_bench also writes the fully
@@ -96,6 +96,11 @@ def profile(path: Path, x: np.ndarray, threads: int, runs: int) -> tuple[list[fl
     return convs, other, 1e3 * float(np.median(walls))
 
 
+def spread(xs: list[float]) -> str:
+    """'min-max' of ratios, e.g. '1.12-1.30x'."""
+    return f"{min(xs):.2f}-{max(xs):.2f}x"
+
+
 def int8_file(d: Path) -> Path:
     """The fully int8 file of a model directory: deploy_bench's ``model.full.int8.onnx`` when the shipped
     ``model.int8.onnx`` keeps its first layers in fp32, else ``model.int8.onnx``."""
@@ -108,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", action="append", type=Path, help="directory with model.onnx and model.int8.onnx "
                     "(repeatable; default: deploy_bench --quick's 224x224 dense and pruned models)")
     ap.add_argument("--batch", type=int, default=32, help="the throughput batch (batch 1 is always profiled)")
-    ap.add_argument("--runs", type=int, default=50, help="profiled runs per model and batch")
+    ap.add_argument("--runs", type=int, default=20, help="profiled runs per model, batch and round")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds, each profiling the fp32 and the int8 file in "
+                    "alternating order (per-layer times: the median over rounds)")
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default: every available core)")
     ap.add_argument("--out", default=str(RESULTS / "int8_layers"))
     args = ap.parse_args(argv)
@@ -130,31 +137,54 @@ def main(argv: list[str] | None = None) -> int:
             per_batch = {}
             for b in sorted({1, args.batch}):
                 x = np.random.default_rng(0).standard_normal((b, *chw)).astype(np.float32)
-                f_conv, f_other, f_ms = profile(d / "model.onnx", x, threads, args.runs)
-                i_conv, i_other, i_ms = profile(int8_file(d), x, threads, args.runs)
-                if not (len(f_conv) == len(i_conv) == len(shapes)):
-                    raise SystemExit(f"error: {d}: {len(f_conv)} fp32 convolutions, {len(i_conv)} int8 ones, "
-                                     f"{len(shapes)} in the graph: cannot line them up")
-                layers = [{**s, "fp32_us": f, "int8_us": i} for s, f, i in zip(shapes, f_conv, i_conv, strict=True)]
-                per_batch[b] = {"layers": layers, "fp32_other_us": f_other, "int8_other_us": i_other,
-                                "fp32_wall_ms": f_ms, "int8_wall_ms": i_ms}
+                rounds = []  # fp32 and int8 profiled in alternating order, one session alive at a time
+                for k in range(args.rounds):
+                    order = [("fp32", d / "model.onnx"), ("int8", int8_file(d))]
+                    got = {name: profile(f, x, threads, args.runs) for name, f in (order if k % 2 == 0
+                                                                                   else order[::-1])}
+                    if not (len(got["fp32"][0]) == len(got["int8"][0]) == len(shapes)):
+                        raise SystemExit(f"error: {d}: {len(got['fp32'][0])} fp32 convolutions, "
+                                         f"{len(got['int8'][0])} int8 ones, {len(shapes)} in the graph: cannot "
+                                         "line them up")
+                    rounds.append(got)
+
+                def med(name: str, i: int, rounds: list = rounds) -> np.ndarray:
+                    return np.median(np.array([r[name][i] for r in rounds], dtype=float), axis=0)
+
+                f_conv, i_conv = med("fp32", 0), med("int8", 0)
+                layers = [{**s, "fp32_us": float(f), "int8_us": float(i)}
+                          for s, f, i in zip(shapes, f_conv, i_conv, strict=True)]
+                per_round = [{"fp32_us": sum(r["fp32"][0]) + r["fp32"][1], "int8_us": sum(r["int8"][0]) + r["int8"][1],
+                              "best_per_layer": (sum(r["fp32"][0]) + r["fp32"][1]) / max(
+                                  sum(min(a, c) for a, c in zip(r["fp32"][0], r["int8"][0], strict=True))
+                                  + min(r["fp32"][1], r["int8"][1]), 1e-9)} for r in rounds]
+                f_ms, i_ms = float(med("fp32", 2)), float(med("int8", 2))
+                per_batch[b] = {"layers": layers, "fp32_other_us": float(med("fp32", 1)),
+                                "int8_other_us": float(med("int8", 1)), "fp32_wall_ms": f_ms, "int8_wall_ms": i_ms,
+                                "rounds": per_round}
                 log(f"{d.name} batch {b}: fp32 {f_ms:.3f} ms, int8 {i_ms:.3f} ms (wall, profiled)")
             models.append({"dir": str(d), "name": d.name, "int8_file": int8_file(d).name, "input": chw,
                            "batches": per_batch})
     doc = {"command": " ".join(sys.argv), "environment": env, "provenance": env.get("provenance"),
-           "settings": {"batch": args.batch, "runs": args.runs, "threads": threads}, "models": models,
+           "settings": {"batch": args.batch, "runs": args.runs, "rounds": args.rounds,
+                                                           "threads": threads}, "models": models,
            "load": ls.summary(), "seconds": round(time.perf_counter() - t0, 1)}
     lines = ["# int8 vs fp32 layer by layer (ONNX Runtime profiler)", "", provenance_line(doc["provenance"]), "",
-             f"{threads} ORT threads, {args.runs} profiled runs per model and batch after 5 warm-up runs; "
+             f"{threads} ORT threads; {args.rounds} rounds, each profiling the fp32 and the int8 file (alternating which "
+             f"goes first) for {args.runs} runs after 5 warm-up runs, one session alive at a time; per-layer "
+             "times are the median over rounds; "
              f"load average over the run {doc['load']}; {doc['seconds']:.0f} s. Microseconds per run as the "
              "profiler reports them (its overhead included).", ""]
     for m in models:
         for b, r in m["batches"].items():
+            rnd = r["rounds"]
             f_tot = sum(x["fp32_us"] for x in r["layers"]) + r["fp32_other_us"]
             i_tot = sum(x["int8_us"] for x in r["layers"]) + r["int8_other_us"]
             lines += [f"## {m['name']} ({'x'.join(map(str, m['input']))}), batch {b} ({m['int8_file']})", "",
                       f"Whole model: fp32 {f_tot:.0f} us, int8 {i_tot:.0f} us profiled = {f_tot / i_tot:.2f}x "
-                      f"(wall time under the profiler {r['fp32_wall_ms']:.3f} / {r['int8_wall_ms']:.3f} ms).", "",
+                      f"(wall time under the profiler {r['fp32_wall_ms']:.3f} / {r['int8_wall_ms']:.3f} ms; the "
+                      f"whole-model ratio round by round: {spread([x['fp32_us'] / x['int8_us'] for x in rnd])}).",
+                      "",
                       "| # | conv | output | fp32 us | int8 us | int8 speed-up | share of fp32 time |",
                       "|---:|---|---|---:|---:|---:|---:|"]
             for k, x in enumerate(r["layers"]):
@@ -193,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"precision, not counting the extra quantize/dequantize), "
                       f"{r['bounds']['first_fp32']:.2f}x. **Any choice of which convolutions run in int8** (each "
                       f"at the faster of its two times, the rest at the faster of the two graphs' rest, no "
-                      f"quantize/dequantize added between them): at most {r['bounds']['best_per_layer']:.2f}x. "
+                      f"quantize/dequantize added between them): at most {r['bounds']['best_per_layer']:.2f}x (round "
+                      f"by round: {spread([x['best_per_layer'] for x in rnd])}). "
                       f"int8 is slower than fp32 on convolution{'s' if len(slower) != 1 else ''} "
                       f"{', '.join(slower) or 'none'}."]
             lines.append("")
