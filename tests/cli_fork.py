@@ -18,14 +18,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _child(args: list[str], env: dict[str, str], out: str, err: str) -> None:
-    """In the forked child: run one command and exit with its code (never returns)."""
+def _child(args: list[str], env: dict[str, str | None], out: str, err: str, limit_as: int | None = None) -> None:
+    """In the forked child: run one command and exit with its code (never returns). ``limit_as``: an
+    address-space limit (``RLIMIT_AS``, bytes) for the command."""
     import runpy
     import traceback
 
     code = 1
     try:
-        os.environ.update(env)
+        if limit_as:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+        for k, v in env.items():  # None: unset
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if "OMP_NUM_THREADS" in env:  # a fresh interpreter reads it when importing torch; the server imported it
             import torch
 
@@ -61,6 +70,7 @@ def _read(f: Path) -> str:
 def _serve(jobs: list[dict], workers: int, timeout: float, tmp: str) -> list[dict]:
     """In the server: fork a child per job, ``workers`` alive at a time; a child over ``timeout`` is killed."""
     results: list[dict | None] = [None] * len(jobs)
+    killed: set[int] = set()
     alive: dict[int, tuple[int, float]] = {}  # pid -> (job index, start time)
     todo = list(range(len(jobs)))
     while todo or alive:
@@ -70,38 +80,51 @@ def _serve(jobs: list[dict], workers: int, timeout: float, tmp: str) -> list[dic
             os.chdir(jobs[i]["cwd"])
             pid = os.fork()
             if pid == 0:
-                _child(jobs[i]["args"], jobs[i]["env"], out, err)
+                _child(jobs[i]["args"], jobs[i]["env"], out, err, jobs[i].get("limit_as"))
             alive[pid] = (i, time.monotonic())
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
             for p, (_, t0) in list(alive.items()):
-                if time.monotonic() - t0 > timeout:
+                if time.monotonic() - t0 > timeout and p not in killed:
                     os.kill(p, 9)
+                    killed.add(p)
             time.sleep(0.005)
             continue
-        i, _ = alive.pop(pid)
+        i, t0 = alive.pop(pid)
         rc = os.waitstatus_to_exitcode(status)
-        results[i] = {"rc": rc, "stdout": _read(Path(tmp, f"{i}.out")), "stderr": _read(Path(tmp, f"{i}.err"))}
+        results[i] = {"rc": rc, "stdout": _read(Path(tmp, f"{i}.out")), "stderr": _read(Path(tmp, f"{i}.err")),
+                      "timed_out": pid in killed, "seconds": time.monotonic() - t0}
     return results  # type: ignore[return-value]
 
 
-def run_many(commands: Sequence[Sequence[object]], cwd: str | Path, env: dict[str, str] | None = None,
-             workers: int = 3, timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Run each ``prunekit`` command line in its own process, ``workers`` at a time; results in order. A
-    command killed after ``timeout`` seconds has return code -9."""
+def run_many(commands: Sequence[Sequence[object]], cwd: str | Path | Sequence[str | Path],
+             env: dict[str, str | None] | None = None, workers: int = 3, timeout: float = 300,
+             limit_as: int | None = None) -> list[subprocess.CompletedProcess]:
+    """Run each ``prunekit`` command line in its own process, ``workers`` at a time; results in order. ``cwd``:
+    one directory for all, or one per command; ``env``: variables set (None: unset) in each; ``limit_as``: each command's address-space limit in bytes. A
+    command killed after ``timeout`` seconds has return code -9 and ``timed_out`` True (also set on the others,
+    False); ``seconds`` is each command's wall time."""
     import tempfile
 
     todo = [[str(a) for a in c] for c in commands]
+    cwds = [str(cwd)] * len(todo) if isinstance(cwd, (str, Path)) else [str(c) for c in cwd]
+    if len(cwds) != len(todo):
+        raise ValueError("one cwd per command")
     with tempfile.TemporaryDirectory() as tmp:
-        req = {"jobs": [{"args": c, "cwd": str(cwd), "env": dict(env or {})} for c in todo], "workers": workers,
-               "timeout": timeout, "tmp": tmp}
+        req = {"jobs": [{"args": c, "cwd": d, "env": dict(env or {}), "limit_as": limit_as}
+                        for c, d in zip(todo, cwds, strict=True)],
+               "workers": workers, "timeout": timeout, "tmp": tmp}
         r = subprocess.run([sys.executable, __file__], input=json.dumps(req), capture_output=True, text=True,
                            timeout=timeout * len(todo) + 120)
         if r.returncode != 0:
             raise RuntimeError(f"cli_fork server failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
         done = json.loads(r.stdout)
-    return [subprocess.CompletedProcess([sys.executable, "-m", "prunekit", *c], d["rc"], d["stdout"], d["stderr"])
-            for c, d in zip(todo, done, strict=True)]
+    results = []
+    for c, d in zip(todo, done, strict=True):
+        r = subprocess.CompletedProcess([sys.executable, "-m", "prunekit", *c], d["rc"], d["stdout"], d["stderr"])
+        r.timed_out, r.seconds = d["timed_out"], d["seconds"]  # type: ignore[attr-defined]
+        results.append(r)
+    return results
 
 
 if __name__ == "__main__":

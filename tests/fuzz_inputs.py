@@ -322,9 +322,10 @@ def _limit_memory():  # runs in the child between fork and exec
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def run_one(w: World, m: Mutation, index: int, workdir: Path, timeout: float = TIME_LIMIT,
-            commands: dict[str, list[list[str]]] | None = None, name: str | None = None) -> Outcome:
-    """Run mutation ``m`` through the ``index``-th command of its target (cyclically), in ``workdir/name``."""
+def _prepare(w: World, m: Mutation, index: int, workdir: Path, commands: dict[str, list[list[str]]] | None,
+             name: str | None) -> tuple[list[str], list[str], Path]:
+    """Write mutation ``m``'s input for the ``index``-th command of its target (cyclically) in ``workdir/name``;
+    returns (the command's template, its arguments, the directory)."""
     cmds = (commands or COMMANDS)[m.target]
     template = cmds[index % len(cmds)]
     where = workdir / (name or f"{m.target}-{index:05d}")
@@ -332,6 +333,23 @@ def run_one(w: World, m: Mutation, index: int, workdir: Path, timeout: float = T
     (where / "out").mkdir()
     args = [a.replace("{M}", str(target)).replace("{OUT}", str(where / "out")).replace("{IMG}", str(w.image))
             for a in template]
+    return template, args, where
+
+
+def _outcome(m: Mutation, template: list[str], where: Path, rc: int | None, so: str, se: str,
+             seconds: float) -> Outcome:
+    outcome, refused_by, message = classify(rc, so, se)
+    if outcome in ("ok", "exit-2"):
+        shutil.rmtree(where, ignore_errors=True)  # keep the inputs of failures for inspection
+    return Outcome(m.id, m.target, m.kind, " ".join(template[:1]), rc, round(seconds, 2), outcome, refused_by,
+                   message[:300])
+
+
+def run_one(w: World, m: Mutation, index: int, workdir: Path, timeout: float = TIME_LIMIT,
+            commands: dict[str, list[list[str]]] | None = None, name: str | None = None) -> Outcome:
+    """Run mutation ``m`` through the ``index``-th command of its target (cyclically), in ``workdir/name``, in a
+    fresh interpreter."""
+    template, args, where = _prepare(w, m, index, workdir, commands, name)
     # $PRUNEKIT_FUZZ_SRC: run another source tree on the same inputs (e.g. the code before a fix)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.environ.get("PRUNEKIT_FUZZ_SRC", str(REPO / "src"))}
     env.pop("PRUNEKIT_MAX_MEMORY", None)
@@ -342,23 +360,35 @@ def run_one(w: World, m: Mutation, index: int, workdir: Path, timeout: float = T
         rc, so, se = r.returncode, r.stdout, r.stderr
     except subprocess.TimeoutExpired as e:
         rc, so, se = None, str(e.stdout or ""), str(e.stderr or "")
-    seconds = time.perf_counter() - t0
-    outcome, refused_by, message = classify(rc, so, se)
-    if outcome in ("ok", "exit-2"):
-        shutil.rmtree(where, ignore_errors=True)  # keep the inputs of failures for inspection
-    return Outcome(m.id, m.target, m.kind, " ".join(template[:1]), rc, round(seconds, 2), outcome, refused_by,
-                   message[:300])
+    return _outcome(m, template, where, rc, so, se, time.perf_counter() - t0)
 
 
 def run_all(w: World, selected: Sequence[Mutation], workdir: Path, workers: int = 2,
             progress: Callable[[Outcome], None] | None = None,
-            commands: dict[str, list[list[str]]] | None = None) -> list[Outcome]:
-    """Run the mutations, ``workers`` processes at a time; the command is chosen round-robin per target."""
+            commands: dict[str, list[list[str]]] | None = None, fork: bool = False) -> list[Outcome]:
+    """Run the mutations, ``workers`` processes at a time; the command is chosen round-robin per target. Each in a
+    fresh interpreter, or with ``fork`` in a process forked from one that imported torch and prunekit once and ran
+    nothing else (``cli_fork``: the same limits, ~2 s less CPU per command; not with $PRUNEKIT_FUZZ_SRC)."""
     per_target: Counter = Counter()
     jobs = []
     for n, m in enumerate(selected):
         jobs.append((m, per_target[m.target], f"m{n:05d}"))
         per_target[m.target] += 1
+
+    if fork and not os.environ.get("PRUNEKIT_FUZZ_SRC"):
+        from cli_fork import run_many
+
+        prepared = [_prepare(w, m, i, workdir, commands, name) for m, i, name in jobs]
+        runs = run_many([args for _, args, _ in prepared], cwd=[where for _, _, where in prepared],
+                        env={"OMP_NUM_THREADS": "1", "PRUNEKIT_MAX_MEMORY": None}, workers=workers,
+                        timeout=TIME_LIMIT, limit_as=MEMORY_LIMIT)
+        outs = []
+        for (m, _, _), (template, _, where), r in zip(jobs, prepared, runs, strict=True):
+            outs.append(_outcome(m, template, where, None if r.timed_out else r.returncode, r.stdout, r.stderr,
+                                 r.seconds))
+            if progress:
+                progress(outs[-1])
+        return outs
 
     def one(job):
         m, i, name = job

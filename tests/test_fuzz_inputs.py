@@ -1,6 +1,7 @@
 """Fuzzing the files prunekit reads (issue 21): every mutated ``model.json``, deployment metadata (sidecar and
 embedded in ONNX) and run config either works (exit 0) or is refused with exit 2 and exactly one line on stderr,
-never a traceback, a crash or a kill, in a fresh process under a 6 GiB address-space limit.
+never a traceback, a crash or a kill, each in its own process under a 6 GiB address-space limit (forked from one
+that imported torch and prunekit once and ran nothing else: ``cli_fork``).
 
 The default suite runs 30 mutations: the two cases of issue 21, a 5000-deep sidecar and a YAML alias bomb, plus
 a fixed-seed sample spread over all targets and mutation kinds (cheap commands only: no `prunekit run`);
@@ -75,7 +76,7 @@ def default_outcomes(world, tmp_path_factory) -> dict[str, fz.Outcome]:
     assert all(m.id in ids for m in FIXED)
     sample = FIXED + [m for m in fz.pick(fz.all_mutations(world), DEFAULT_N + len(FIXED), seed=0)
                       if m not in FIXED][:DEFAULT_N]
-    outs = fz.run_all(world, sample, tmp_path_factory.mktemp("fuzz_runs"), workers=2, commands=QUICK)
+    outs = fz.run_all(world, sample, tmp_path_factory.mktemp("fuzz_runs"), workers=2, commands=QUICK, fork=True)
     return {o.mutation: o for o in outs}
 
 
@@ -95,7 +96,7 @@ def test_fuzzed_inputs_never_crash_many(world, tmp_path_factory):
     n = int(os.environ.get("PRUNEKIT_FUZZ_N", "400"))
     seed = int(os.environ.get("PRUNEKIT_FUZZ_SEED", "1"))
     sample = fz.pick(fz.all_mutations(world), n, seed=seed)
-    outs = fz.run_all(world, sample, tmp_path_factory.mktemp("fuzz_many"), workers=2)
+    outs = fz.run_all(world, sample, tmp_path_factory.mktemp("fuzz_many"), workers=2, fork=True)
     s = fz.summarise(outs)
     print(f"\nfuzz (slow, seed {seed}): {s['tried']} mutated inputs; outcomes {s['outcomes']}; refused by "
           f"{s['refused_by']}\nby target: {json.dumps(s['by_target'])}")

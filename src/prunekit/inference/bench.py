@@ -130,17 +130,26 @@ def alternating_rounds(factories: Sequence[Callable[[], Callable[[], Any]]], rou
                        measure: Callable[[Callable[[], Any], int], Any]) -> list[list[Any]]:
     """``rounds`` rounds; each loads every runtime in turn (``factories[i]()`` returns its run function; order
     reversed every other round), measures it (``measure(run, round)``) and lets it go before the next is loaded.
-    Returns per factory the measurements of every round."""
+    Returns per factory the measurements of every round.
+
+    A runtime is let go by a garbage collection after each block (a reference cycle would keep its thread pool
+    alive). The objects that existed before the rounds are frozen meanwhile (``gc.freeze``), so each collection
+    scans only what the rounds made: after a dynamo ONNX export a full collection took 0.43 s, 25 % of a
+    pipeline run in the tests (profiled on 2026-12-02)."""
     import gc
 
     out: list[list[Any]] = [[] for _ in factories]
     order = list(range(len(factories)))
-    for r in range(rounds):
-        for i in order if r % 2 == 0 else order[::-1]:
-            run = factories[i]()
-            out[i].append(measure(run, r))
-            del run
-            gc.collect()  # the session's thread pool goes with it, before the next one is timed
+    gc.freeze()
+    try:
+        for r in range(rounds):
+            for i in order if r % 2 == 0 else order[::-1]:
+                run = factories[i]()
+                out[i].append(measure(run, r))
+                del run
+                gc.collect()  # the session's thread pool goes with it, before the next one is timed
+    finally:
+        gc.unfreeze()
     return out
 
 
