@@ -764,9 +764,12 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
     when int8 loses more than ``q.tolerance`` points, the guard keeps the most sensitive layers in fp32
     (:mod:`prunekit.deploy.guard`); then both files are timed on this machine (ONNX Runtime, batch 1 and
     ``q.throughput_batch``, interleaved) and ``deploy`` names the file to ship for ``q.objective`` and why
-    (:func:`prunekit.deploy.choose`). Both files are kept either way."""
+    (:func:`prunekit.deploy.choose_confirmed`: a win of int8 on speed must hold when the two are timed again). Both
+    files are kept either way."""
+    from dataclasses import replace
+
     from .deploy import Int8Builder, calibration_batches, load_onnx_proto, onnx_meta
-    from .deploy.artifact import FP32, INT8, Candidate, choose
+    from .deploy.artifact import FP32, INT8, Candidate, choose_confirmed
     from .deploy.guard import guard, layer_sensitivity, write_candidate
     from .inference.bench import DECISION_ROUNDS, compare_onnx
     from .inference.runtime import evaluate_runtime, load_onnx
@@ -835,8 +838,20 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
             for k, p, n in ((FP32, src, "fp32"), (INT8, Path(out), "int8"))}
     note = "; ".join(([g.summary()] if len(g.tries) > 1 else []) + ([mixed.summary()] if mixed and mixed.fp32_prefix
                                                                        else []))
-    res["deploy"] = choose(cand[FP32], cand[INT8], q.objective, q.tolerance, q.min_speedup, q.throughput_batch,
-                           note).to_dict()
+
+    def retime() -> tuple[Candidate, Candidate]:  # int8 won on speed: the two files timed again at that batch
+        bt = 1 if q.objective == "latency" else q.throughput_batch
+        if log:
+            log(f"int8 looked faster: timing fp32 and int8 again (batch {bt}) ...")
+        again = compare_onnx({FP32: src, INT8: out}, (bt,), threads, b.repeats, rounds=DECISION_ROUNDS)
+        res["latency_again"] = again
+        key, attr = ("p50_ms", "latency_ms") if q.objective == "latency" else ("img_per_s", "img_per_s")
+        return replace(cand[FP32], **{attr: again[FP32][str(bt)][key]}), \
+            replace(cand[INT8], **{attr: again[INT8][str(bt)][key]})
+
+    decision, _ = choose_confirmed(cand[FP32], cand[INT8], retime, q.objective, q.tolerance, q.min_speedup,
+                                   q.throughput_batch, note)
+    res["deploy"] = decision.to_dict()
     from .inference.bench import load_average
 
     res["load_avg"] = load_average()

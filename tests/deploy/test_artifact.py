@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import run_cli
-from prunekit.deploy.artifact import FP32, INT8, OBJECTIVES, Candidate, choose
+from prunekit.deploy.artifact import FP32, INT8, OBJECTIVES, Candidate, choose, choose_confirmed
 
 
 def cands(int8_ms=0.110, fp32_ms=0.103, int8_top1=89.9, fp32_top1=90.0, int8_ips=9000.0, fp32_ips=10000.0):
@@ -57,6 +57,44 @@ def test_objectives():
     assert choose(*cands(int8_ms=0.01), "fp32").choice == FP32
     assert choose(cands()[0], None, int8_note="guard gave up").reason == "no int8 model: guard gave up"
     assert set(OBJECTIVES) == {"latency", "throughput", "size", "fp32", "int8"}
+
+
+def _confirm(first, again, objective="latency", **kw):
+    """choose_confirmed on given first and second timings; returns (choice, second, number of re-timings)."""
+    calls = []
+
+    def retime():
+        calls.append(1)
+        return cands(**again)
+
+    choice, second = choose_confirmed(*cands(**first), retime, objective, throughput_batch=32, **kw)
+    return choice, second, len(calls)
+
+
+def test_an_int8_win_must_hold_when_timed_again():
+    # deploy_quick_zen5's 28x28 pruned model: 1.08x faster in the decision, 0.87x when the table timed it again
+    c, second, n = _confirm({"int8_ms": 0.072, "fp32_ms": 0.077}, {"int8_ms": 0.091, "fp32_ms": 0.080})
+    assert n == 1 and c.choice == FP32 and c is second and c.int8_speedup_b1 == pytest.approx(0.080 / 0.091)
+    assert c.reason.startswith("int8 looked 1.07x faster at batch 1 but not when timed again: int8 is slower at "
+                               "batch 1: 0.091 ms vs 0.080 ms fp32")
+    c, _, _ = _confirm({"int8_ms": 0.072, "fp32_ms": 0.077}, {"int8_ms": 0.076, "fp32_ms": 0.077})
+    assert c.choice == FP32 and "not when timed again: int8 and fp32 are within noise" in c.reason
+    # confirmed: int8, with the first timing's figures and both ratios in the reason (the note stays last)
+    c, second, n = _confirm({"int8_ms": 0.40, "fp32_ms": 0.70}, {"int8_ms": 0.42, "fp32_ms": 0.69}, int8_note="N")
+    assert n == 1 and c.choice == INT8 and second.choice == INT8 and c.int8_speedup_b1 == pytest.approx(1.75)
+    assert c.reason.startswith("int8 is 1.75x faster at batch 1") and c.reason.endswith("; 1.64x when timed again; N")
+    # throughput: the throughput batch is re-timed and decides
+    c, _, n = _confirm({"int8_ips": 20000, "fp32_ips": 10000}, {"int8_ips": 10100, "fp32_ips": 10000}, "throughput")
+    assert n == 1 and c.choice == FP32 and c.reason.startswith("int8 looked 2.00x faster at batch 32 but not when")
+
+
+def test_nothing_is_timed_again_unless_int8_wins_on_speed():
+    for first, objective in (({"int8_ms": 0.110, "fp32_ms": 0.103}, "latency"),  # fp32 already
+                             ({"int8_ms": 0.2, "fp32_ms": 0.7, "int8_top1": 80.0}, "latency"),  # accuracy decides
+                             ({"int8_ms": 0.2, "fp32_ms": 0.7}, "size"), ({"int8_ms": 0.2, "fp32_ms": 0.7}, "int8"),
+                             ({"int8_ms": 0.2, "fp32_ms": 0.7}, "fp32")):
+        c, second, n = _confirm(first, {"int8_ms": 9.0}, objective)
+        assert n == 0 and second is None and c == choose(*cands(**first), objective, throughput_batch=32)
 
 
 @pytest.fixture
@@ -110,3 +148,4 @@ def test_a_faster_int8_model_is_deployed(fp32_model, tmp_path, slow):
     out, so = _quantize(fp32_model, tmp_path)
     last = so.strip().splitlines()[-1]
     assert last.startswith(f"deploy: {INT8} ({out})") and "faster at batch 1" in last
+    assert "x when timed again" in last  # the win held in a second timing

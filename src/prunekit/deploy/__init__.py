@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import unknown
-from .artifact import OBJECTIVES, Candidate, Choice, choose
+from .artifact import OBJECTIVES, Candidate, Choice, choose, choose_confirmed
 from .cpu import ACTIVATION_TYPES, CPU_CLASSES, WEIGHT_TYPES, CpuInfo, QuantSettings, detect, settings_for
 from .metadata import FORMATS, SUFFIXES, DeployMeta, read_sidecar, sha256_file, sidecar_path
 from .onnx import DEFAULT_OPSET, EXPORTERS, export_onnx, load_onnx_proto, onnx_meta, ort_session
@@ -26,7 +26,7 @@ quantize = quantize_onnx  # the public verb (prunekit.quantize)
 __all__ = [
     "ACTIVATION_TYPES", "CPU_CLASSES", "DEFAULT_OPSET", "EXPORTERS", "FORMATS", "METHODS", "OBJECTIVES", "SUFFIXES",
     "WEIGHT_TYPES", "Candidate", "Choice", "CpuInfo", "DeployMeta", "Int8Builder", "QuantSettings",
-    "calibration_batches", "choose", "default_int8_path", "deployable", "export", "export_exported_program", "export_model", "export_onnx",
+    "calibration_batches", "choose", "choose_confirmed", "default_int8_path", "deployable", "export", "export_exported_program", "export_model", "export_onnx",
     "export_torchscript", "format_for", "load_exported_program", "load_onnx_proto", "load_torchscript",
     "onnx_meta", "ort_session", "quantize", "quantize_onnx", "read_sidecar", "settings_for", "sha256_file", "sidecar_path", "detect",
 ]
