@@ -770,7 +770,7 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
 
     from .deploy import Int8Builder, calibration_batches, load_onnx_proto, onnx_meta
     from .deploy.artifact import FP32, INT8, Candidate, choose_confirmed
-    from .deploy.guard import guard, layer_sensitivity, write_candidate
+    from .deploy.guard import guard, layer_sensitivity, weight_range, write_candidate
     from .inference.bench import DECISION_ROUNDS, compare_onnx
     from .inference.runtime import evaluate_runtime, load_onnx
 
@@ -793,17 +793,43 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
         else:
             fp32_ev = evaluate_runtime(load_onnx(src, threads), bundle, "test", eval_batch, limit)
             evals: dict[int, dict[str, Any]] = {}
+            alive: list[Any] = []  # every evaluated model stays referenced, so that its id (evals' key) stays its own
 
             def top1(candidate) -> float:
-                path = write_candidate(candidate, builder.dir)
-                evals[id(candidate)] = evaluate_runtime(load_onnx(path, threads), bundle, "test", eval_batch, limit)
+                if id(candidate) not in evals:
+                    alive.append(candidate)
+                    path = write_candidate(candidate, builder.dir)
+                    evals[id(candidate)] = evaluate_runtime(load_onnx(path, threads), bundle, "test", eval_batch,
+                                                            limit)
                 return evals[id(candidate)]["top1"]
 
             def rank(candidate) -> list[dict[str, Any]]:
                 return layer_sensitivity(candidate, builder.fp32_graph(), builder.kept, builder.input_name)
 
-            g = guard(builder.build, top1, fp32_ev["top1"], q.tolerance, q.max_fp32_layers if q.guard else 0, rank,
-                      log)
+            build = builder.build
+            if q.guard and settings.reduce_range and q.reduce_range is None:  # 7-bit weights chosen for this CPU
+                made: dict[int, Any] = {}  # id(model) -> the settings it was built with
+
+                def build_range(rr: bool):
+                    builder.settings = settings if rr else replace(settings, reduce_range=False, reason=(
+                        f"{settings.reason}; 8-bit weights instead: 7-bit ones lost more than {q.tolerance:g} top-1 "
+                        "points on the held-out slice and 8-bit ones less (measured, so a saturating u8*s8 kernel "
+                        "would have shown)"))
+                    model = builder.build()
+                    made[id(model)] = builder.settings
+                    return model
+
+                wr, first = weight_range(build_range, top1, fp32_ev["top1"], q.tolerance)
+                builder.settings = made[id(first)]  # every later build (guard, fp32 prefixes) uses these
+                if log and wr.drop_8bit is not None:
+                    log(wr.summary())
+                res_weights = wr.to_dict()
+
+                def build(exclude=()):  # the measured fully int8 model is not built and evaluated again
+                    return first if not exclude else builder.build(exclude)
+            else:
+                res_weights = None
+            g = guard(build, top1, fp32_ev["top1"], q.tolerance, q.max_fp32_layers if q.guard else 0, rank, log)
             kept, mixed = g.proto, None
             if times_prefixes(q):
                 mixed = _fastest_prefix(builder, g, src, q, threads, b.repeats, log)
@@ -818,7 +844,7 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
             res = builder.write(kept, out)
             int8_ev = evals[id(kept)]
     res["fp32_size_bytes"], res["size_bytes"] = src.stat().st_size, Path(out).stat().st_size
-    res["settings_reason"] = settings.reason
+    res["settings_reason"] = builder.settings.reason
     if q.calib_samples > len(bundle.train):
         res["note"] = f"calib_samples {q.calib_samples} > {len(bundle.train)} training images: used all of them"
     if not evaluate:
@@ -828,6 +854,7 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
     res["agreement"] = 100.0 * float((fp32_ev["predictions"] == int8_ev["predictions"]).mean())
     res["top1_drop"] = res["fp32"]["top1"] - res["int8"]["top1"]
     res["guard"] = {**g.to_dict(), "summary": g.summary(), "enabled": q.guard}
+    res["weights"] = res_weights
     res["mixed"] = mixed.to_dict() if mixed is not None else None
     if log:
         log(f"timing fp32 and int8 on this machine (batch 1 and {q.throughput_batch}) ...")

@@ -13,7 +13,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from conftest import run_cli
-from prunekit.deploy.guard import _nsr, _score, guard
+from prunekit.deploy.guard import _nsr, _score, guard, weight_range
 
 K = 1000.0
 
@@ -134,3 +134,70 @@ def test_guard_loop_doubles_and_stops_at_the_budget():
     built.clear()
     g = guard(build, lambda p: 50.0 + len(p), 90.0, 0.5, 6, lambda p: ranking)
     assert [len(b) for b in built] == [0, 1, 2, 4, 6] and not g.ok and len(g.fp32_nodes) == 6
+
+
+def test_8bit_weights_are_measured_before_any_layer_goes_fp32():
+    """Where this CPU's settings chose 7-bit weights (reduce_range): when they lose more than the tolerance, the same
+    model with 8-bit weights is measured and whichever loses less is kept."""
+    built = []
+
+    def build(rr):
+        built.append(rr)
+        return {"rr": rr}
+
+    acc = {True: 97.0, False: 99.6}
+    wr, m = weight_range(build, lambda p: acc[p["rr"]], 100.0, 0.5)
+    assert built == [True, False] and wr.full_range and m == {"rr": False}
+    assert (wr.drop_7bit, wr.drop_8bit) == pytest.approx((3.0, 0.4))
+    assert wr.summary() == "7-bit weights lost 3.00 top-1 points (> tolerance 0.5), 8-bit weights 0.40: 8-bit " \
+                           "weights kept" and wr.to_dict()["summary"] == wr.summary()
+    built.clear()  # 8-bit no better: 7-bit stays
+    wr, m = weight_range(build, lambda p: {True: 97.0, False: 96.0}[p["rr"]], 100.0, 0.5)
+    assert built == [True, False] and not wr.full_range and m == {"rr": True} and "7-bit weights kept" in wr.summary()
+    built.clear()  # within the tolerance: 8-bit is not even built
+    wr, m = weight_range(build, lambda p: 99.8, 100.0, 0.5)
+    assert built == [True] and not wr.full_range and wr.drop_8bit is None and m == {"rr": True}
+
+
+def test_quantize_ships_8bit_weights_when_7bit_ones_lose(sensitive, tmp_path, monkeypatch):
+    """End to end on an AVX2-class setting (7-bit weights) with 7-bit models made to lose 20 points at evaluation
+    (real int8 accuracy varies by CPU): the 8-bit model is measured, kept, written and said; the guard then has
+    nothing to repair. With --reduce-range given, nothing changes."""
+    import prunekit.inference.runtime as runtime
+
+    real = runtime.evaluate_runtime
+
+    penalty = {True: 20.0, False: 0.0}  # top-1 points taken from models with / without reduce_range
+
+    def evaluate(rt, *a, **k):
+        ev = real(rt, *a, **k)
+        q = (rt.meta.info or {}).get("quantization")
+        return {**ev, "top1": ev["top1"] - penalty[q["reduce_range"]]} if q else ev
+
+    monkeypatch.setattr(runtime, "evaluate_runtime", evaluate)
+    plain = sensitive.with_name("m.onnx")
+    out = tmp_path / "m.int8.onnx"
+    res = _quantize(plain, out, "--cpu", "x86-avx2", "--tolerance", "5")
+    w = res["weights"]
+    assert w["full_range"] and w["drop_7bit"] > 15 and w["drop_8bit"] <= 5
+    assert res["settings"]["reduce_range"] is False and "8-bit weights instead" in res["settings_reason"]
+    info = json.loads(out.with_name(out.name + ".json").read_text())["info"]["quantization"]
+    assert info["reduce_range"] is False and info["fp32_nodes"] == []
+    assert len(res["guard"]["tries"]) == 1 and res["guard"]["drop"] == pytest.approx(w["drop_8bit"])
+    assert res["top1_drop"] == pytest.approx(w["drop_8bit"])
+    # the text output says it
+    rc, so, se = run_cli("quantize", "--model", plain, "--data", "bundled", "--calib-samples", "256",
+                         "--eval-samples", "500", "--repeats", "3", "--throughput-batch", "2", "--out", out,
+                         "--overwrite", "--fp32-prefix", "0", "--cpu", "x86-avx2", "--tolerance", "5")
+    assert rc == 0, se
+    assert "weights: 7-bit weights lost" in so and "8-bit weights kept" in so
+    # 8-bit weights worse still: the 7-bit model is kept, and everything says 7-bit (the last build was 8-bit)
+    penalty[False] = 30.0
+    res = _quantize(plain, out, "--cpu", "x86-avx2", "--tolerance", "5", "--overwrite", "--max-fp32-layers", "1")
+    assert not res["weights"]["full_range"] and res["weights"]["drop_8bit"] > res["weights"]["drop_7bit"]
+    assert res["settings"]["reduce_range"] is True and "8-bit weights instead" not in res["settings_reason"]
+    assert json.loads(out.with_name(out.name + ".json").read_text())["info"]["quantization"]["reduce_range"] is True
+    penalty[False] = 0.0
+    # an explicit --reduce-range is the user's choice: not second-guessed (the guard repairs what it can)
+    res = _quantize(plain, tmp_path / "r.int8.onnx", "--cpu", "x86-avx2", "--tolerance", "5", "--reduce-range")
+    assert res["weights"] is None and res["settings"]["reduce_range"] is True

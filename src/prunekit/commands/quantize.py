@@ -6,9 +6,10 @@ preprocessed exactly like training. The activation/weight types suit this machin
 /proc/cpuinfo: U8S8 with VNNI/AMX, U8S8 + reduce_range on x86 without VNNI, S8S8 on ARM); --cpu,
 --activations, --weights and --reduce-range override that, and the choice and its reason are stored in the
 int8 model's metadata. Then, on the held-out slice (the first --eval-samples test images), fp32 and int8 top-1
-are compared; when int8 loses more than --tolerance points, the layers most sensitive to quantization (measured)
-are kept in fp32 until it does not (--no-guard: never). int8 only where it is faster: variants that keep the
-first 1, 2, 4 layers in fp32 are timed against the fully int8 model, and the fastest is kept when it beats it
+are compared; when int8 loses more than --tolerance points, 8-bit weights are measured first where this CPU's
+settings chose 7-bit ones (and --reduce-range was not given), then the layers most sensitive to quantization
+(measured) are kept in fp32 until it does not (--no-guard: neither). int8 only where it is faster: variants that
+keep the first 1, 2, 4 layers in fp32 are timed against the fully int8 model, and the fastest is kept when it beats it
 (--fp32-prefix 0: off). Both files are timed with ONNX Runtime on this machine (batch 1 and --throughput-batch,
 interleaved), and the deploy artifact is chosen for --objective (default: the faster at batch 1 within the
 tolerance): both files are kept, the last line says which one to ship and why.
@@ -107,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"top-1 on {res['int8']['n']} held-out {cfg.data.name} test images: fp32 {res['fp32']['top1']:.2f}%  "
               f"int8 {res['int8']['top1']:.2f}%  (drop {res['top1_drop']:+.2f} points; same top-1 on "
               f"{res['agreement']:.1f}%)")
+        if (res.get("weights") or {}).get("drop_8bit") is not None:
+            print(f"weights: {res['weights']['summary']}")
         if len(g["tries"]) > 1:
             print(f"guard: {g['summary']}")
         mixed = res.get("mixed") or {}

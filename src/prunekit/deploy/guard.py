@@ -16,7 +16,7 @@ held-out slice, until the drop is within the tolerance.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,41 @@ class GuardResult:
         last = self.tries[-1]["fp32_nodes"]
         return (f"int8 stays more than {self.tolerance:g} pt below fp32 even with {last} "
                 f"layer{'s' if last != 1 else ''} in fp32 (best drop {self.drop:+.2f} pt)")
+
+
+@dataclass
+class WeightRange:
+    """Whether 8-bit weights replaced the 7-bit ones (``reduce_range``) chosen for this CPU, and why."""
+
+    full_range: bool  # 8-bit weights kept
+    drop_7bit: float
+    drop_8bit: float | None = None  # None: not tried (7-bit was within the tolerance)
+    tolerance: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.summary()}
+
+    def summary(self) -> str:
+        if self.drop_8bit is None:
+            return f"7-bit weights: drop {self.drop_7bit:+.2f} pt, within the tolerance"
+        verdict = "8-bit weights kept" if self.full_range else "7-bit weights kept"
+        return (f"7-bit weights lost {self.drop_7bit:.2f} top-1 points (> tolerance {self.tolerance:g}), 8-bit "
+                f"weights {self.drop_8bit:.2f}: {verdict}")
+
+
+def weight_range(build: Callable[[bool], Any], evaluate: Callable[[Any], float], fp32_top1: float,
+                 tolerance: float) -> tuple[WeightRange, Any]:
+    """For a CPU whose settings use 7-bit weights (``reduce_range``, against u8*s8 saturation): when they lose
+    more than ``tolerance`` top-1 points, measure the same model with 8-bit weights (``build(reduce_range)`` ->
+    ModelProto, ``evaluate`` -> top-1 %) and keep whichever loses less, before any layer is kept in fp32. A
+    saturating kernel shows up in the measured accuracy. Returns the verdict and the kept model."""
+    p7 = build(True)
+    d7 = fp32_top1 - evaluate(p7)
+    if d7 <= tolerance:
+        return WeightRange(False, d7, None, tolerance), p7
+    p8 = build(False)
+    d8 = fp32_top1 - evaluate(p8)
+    return WeightRange(d8 < d7, d7, d8, tolerance), (p8 if d8 < d7 else p7)
 
 
 def guard(build: Callable[[Sequence[str]], Any], evaluate: Callable[[Any], float], fp32_top1: float,
