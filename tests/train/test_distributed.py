@@ -3,6 +3,7 @@ process with the same global batch."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from prunekit.io import load_tensors
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+EXIT_ABORT = "terminate called without an active exception"
 
 
 def free_port() -> int:
@@ -28,6 +30,12 @@ def launch(nproc: int, out: Path, criterion: str, steps: int, end_step: int) -> 
            str(end_step)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if r.returncode != 0 and EXIT_ABORT in r.stderr and all((out / f"rank{i}.json").is_file() for i in range(nproc)):
+        # every rank finished and wrote its results, then one aborted at exit: Gloo's teardown (see
+        # prunekit.train.distributed._destroy), seen in two suite runs on 2-core VMs (make_test.txt): launch again
+        shutil.rmtree(out)
+        r = subprocess.run(cmd[:6] + [f"--master_port={free_port()}"] + cmd[7:], capture_output=True, text=True,
+                           timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -69,8 +70,15 @@ def init_distributed(device: str = "auto") -> DistContext:
 def _destroy() -> None:
     """Destroy the process group at exit, while the interpreter is still whole: a rank that exits with a live
     Gloo group can abort in interpreter finalization ("terminate called without an active exception", SIGABRT;
-    pytorch/pytorch#190489, #179291), which failed a 2-process test on a loaded 2-core machine."""
+    pytorch/pytorch#190489, #179291), which failed a 2-process test on a loaded 2-core machine. The ranks meet
+    first: the abort was seen again (2026-12-02) in a rank that had written its results and torn its group down
+    while rank 0 was still saving the model. A rank that never arrives (it died) is waited for at most 60 s."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            if dist.get_backend() == "gloo" and dist.get_world_size() > 1:
+                dist.monitored_barrier(timeout=timedelta(seconds=60), wait_all_ranks=True)
+        except Exception:  # a peer is gone: tear down anyway
+            pass
         dist.destroy_process_group()
 
 
