@@ -121,3 +121,15 @@ def test_the_int8_variants_timed_are_reported():
     assert "int8 top-1 88.90% vs fp32 89.00%; keeping the first 1 layer ...." in text
     p.results["quantize"]["mixed"] = {"fp32_prefix": 0, "tried": tried[:1], "summary": "fully int8 (no layer ...)"}
     assert "no layer" not in "\n".join(_headline(collect(p)))  # nothing was timed: nothing to say
+
+
+def test_the_8bit_weights_retry_is_reported():
+    p = fake_pipeline(SLOWER)
+    w = {"full_range": True, "drop_7bit": 2.1, "drop_8bit": 0.4, "tolerance": 0.5,
+         "summary": "7-bit weights lost 2.10 top-1 points (> tolerance 0.5), 8-bit weights 0.40: 8-bit weights kept"}
+    p.results["quantize"]["weights"] = w
+    doc = collect(p)
+    assert doc["quantize"]["weights"] == w  # report.json
+    assert f"; {w['summary']}; int8 top-1 88.90%" in "\n".join(_headline(doc))
+    p.results["quantize"]["weights"] = {**w, "drop_8bit": None, "full_range": False, "summary": "7-bit: within"}
+    assert "7-bit" not in "\n".join(_headline(collect(p)))  # 8-bit not tried: nothing to say

@@ -62,7 +62,8 @@ def collect(p) -> dict[str, Any]:
         "budget": _budget_summary((r.get("prune") or {}).get("budget")),
         "export": r.get("export"),
         "quantize": {**{k: v for k, v in (r.get("quantize") or {}).items() if not isinstance(v, (dict, list))},
-                     **{k: (r.get("quantize") or {}).get(k) for k in ("settings", "guard", "mixed", "latency")
+                     **{k: (r.get("quantize") or {}).get(k) for k in ("settings", "weights", "guard", "mixed",
+                                                                       "latency")
                         if (r.get("quantize") or {}).get(k) is not None}},
         "seconds": {k: v.get("seconds") for k, v in r.items() if isinstance(v, dict) and "seconds" in v},
     }
@@ -196,8 +197,9 @@ def _headline(doc: dict[str, Any]) -> list[str]:
     q = doc.get("quantize") or {}
     if q.get("settings"):
         guard = (q.get("guard") or {}).get("summary")
-        mixed = q.get("mixed") or {}
+        mixed, weights = q.get("mixed") or {}, q.get("weights") or {}
         lines.append(f"int8 settings: {q['settings'].get('label')} QDQ, for {q['settings'].get('reason')}"
+                     + (f"; {weights['summary']}" if weights.get("drop_8bit") is not None else "")
                      + (f"; {guard}" if guard else "")
                      + (f"; {mixed['summary']}" if mixed.get("summary") and mixed.get("tried", [])[1:] else "")
                      + ".")
