@@ -101,9 +101,9 @@ def run_many(commands: Sequence[Sequence[object]], cwd: str | Path | Sequence[st
              env: dict[str, str | None] | None = None, workers: int = 3, timeout: float = 300,
              limit_as: int | None = None) -> list[subprocess.CompletedProcess]:
     """Run each ``prunekit`` command line in its own process, ``workers`` at a time; results in order. ``cwd``:
-    one directory for all, or one per command; ``env``: variables set (None: unset) in each; ``limit_as``: each command's address-space limit in bytes. A
-    command killed after ``timeout`` seconds has return code -9 and ``timed_out`` True (also set on the others,
-    False); ``seconds`` is each command's wall time."""
+    one directory for all, or one per command; ``env``: variables set (None: unset) in each; ``limit_as``: each
+    command's address-space limit in bytes. A command killed after ``timeout`` seconds has return code -9 and
+    ``timed_out`` True (False on the others); ``seconds`` is each command's wall time."""
     import tempfile
 
     todo = [[str(a) for a in c] for c in commands]
