@@ -792,35 +792,33 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
             g = None
         else:
             fp32_ev = evaluate_runtime(load_onnx(src, threads), bundle, "test", eval_batch, limit)
-            evals: dict[int, dict[str, Any]] = {}
-            alive: list[Any] = []  # every evaluated model stays referenced, so that its id (evals' key) stays its own
+            # id(model) -> (model, its evaluation): measured once each; holding the model keeps its id its own
+            evals: dict[int, tuple[Any, dict[str, Any]]] = {}
 
             def top1(candidate) -> float:
                 if id(candidate) not in evals:
-                    alive.append(candidate)
                     path = write_candidate(candidate, builder.dir)
-                    evals[id(candidate)] = evaluate_runtime(load_onnx(path, threads), bundle, "test", eval_batch,
-                                                            limit)
-                return evals[id(candidate)]["top1"]
+                    evals[id(candidate)] = candidate, evaluate_runtime(load_onnx(path, threads), bundle, "test",
+                                                                       eval_batch, limit)
+                return evals[id(candidate)][1]["top1"]
 
             def rank(candidate) -> list[dict[str, Any]]:
                 return layer_sensitivity(candidate, builder.fp32_graph(), builder.kept, builder.input_name)
 
             build = builder.build
             if q.guard and settings.reduce_range and q.reduce_range is None:  # 7-bit weights chosen for this CPU
-                made: dict[int, Any] = {}  # id(model) -> the settings it was built with
+                full_range = replace(settings, reduce_range=False, reason=(
+                    f"{settings.reason}; 8-bit weights instead: 7-bit ones lost more than {q.tolerance:g} top-1 "
+                    "points on the held-out slice and 8-bit ones less (measured, so a saturating u8*s8 kernel "
+                    "would have shown)"))
 
                 def build_range(rr: bool):
-                    builder.settings = settings if rr else replace(settings, reduce_range=False, reason=(
-                        f"{settings.reason}; 8-bit weights instead: 7-bit ones lost more than {q.tolerance:g} top-1 "
-                        "points on the held-out slice and 8-bit ones less (measured, so a saturating u8*s8 kernel "
-                        "would have shown)"))
-                    model = builder.build()
-                    made[id(model)] = builder.settings
-                    return model
+                    builder.settings = settings if rr else full_range
+                    return builder.build()
 
                 wr, first = weight_range(build_range, top1, fp32_ev["top1"], q.tolerance)
-                builder.settings = made[id(first)]  # every later build (guard, fp32 prefixes) uses these
+                # every later build (guard, fp32 prefixes) uses the kept model's settings
+                builder.settings = full_range if wr.full_range else settings
                 if log and wr.drop_8bit is not None:
                     log(wr.summary())
                 res_weights = wr.to_dict()
@@ -842,7 +840,7 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
                         mixed.reject(g.proto, f"the first {n} layer{'s' if n != 1 else ''} in fp32 ran faster but "
                                               f"lost {drop:.2f} top-1 points (> tolerance {q.tolerance:g})")
             res = builder.write(kept, out)
-            int8_ev = evals[id(kept)]
+            int8_ev = evals[id(kept)][1]
     res["fp32_size_bytes"], res["size_bytes"] = src.stat().st_size, Path(out).stat().st_size
     res["settings_reason"] = builder.settings.reason
     if q.calib_samples > len(bundle.train):

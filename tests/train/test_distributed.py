@@ -25,17 +25,19 @@ def free_port() -> int:
 
 
 def launch(nproc: int, out: Path, criterion: str, steps: int, end_step: int) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(WORKER), str(out), criterion, str(steps),
-           str(end_step)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    def run() -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(WORKER), str(out), criterion,
+               str(steps), str(end_step)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    r = run()
     if r.returncode != 0 and EXIT_ABORT in r.stderr and all((out / f"rank{i}.json").is_file() for i in range(nproc)):
         # every rank finished and wrote its results, then one aborted at exit: Gloo's teardown (see
         # prunekit.train.distributed._destroy), seen in two suite runs on 2-core VMs (make_test.txt): launch again
         shutil.rmtree(out)
-        r = subprocess.run(cmd[:6] + [f"--master_port={free_port()}"] + cmd[7:], capture_output=True, text=True,
-                           timeout=600, env=env)
+        r = run()
     assert r.returncode == 0, r.stderr[-3000:]
 
 
