@@ -35,7 +35,14 @@ MODELS = {
 
 def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dict:
     from prunekit import shrink
-    from prunekit.inference.latency import LatencyCost, LatencyTable, Timer, align, measure_models
+    from prunekit.inference.latency import (
+        CALIBRATION_PASSES,
+        LatencyCost,
+        LatencyTable,
+        Timer,
+        align,
+        measure_models,
+    )
     from prunekit.models import create_model
     from prunekit.pruning import OneShot, PruningConfig, prune_, strip
     from prunekit.pruning.budget import ChannelFractions
@@ -74,7 +81,8 @@ def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dic
     # their ratios; each is put on the calibration's scale through the dense model (measured x dense at
     # calibration / dense now)
     names = list(configs)
-    times = measure_models([pruned(configs[n]) if n != "dense" else dense_model for n in names], shape, timer)
+    times = measure_models([pruned(configs[n]) if n != "dense" else dense_model for n in names], shape, timer,
+                           passes=CALIBRATION_PASSES)  # each model's fastest pass, as the calibration takes them
     scale = cost.dense_measured / times[names.index("dense")]
     for name, keep in configs.items():
         measured = times[names.index(name)] * scale
@@ -117,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
              "", f"Per-layer tables on a {'4x4' if args.quick else '6x6'} grid of input x output channels, "
              f"{threads} threads; predicted = the piecewise-linear curve from the sum of interpolated layer latencies "
              "to the latency measured on the dense model and uniform 50%/75% (the calibration the budget search "
-             "makes; those rows are in-sample; slope and intercept: the least-squares line, reported); measured = the physically pruned model exported to ONNX, timed again. Channel counts "
+             "makes, each model's fastest of 3 passes 2 s apart; those rows are in-sample, and their error is the "
+             "timing's own noise; slope and intercept: the least-squares line, reported); measured = the physically "
+             "pruned models exported to ONNX, timed again in the same way with the dense model (the ratio to it, "
+             "times the calibration's dense latency). Channel counts "
              f"are multiples of {results[0]['align'] if results else '?'} (what the search chooses on this CPU). "
              "Goal: within 10%.", "",
              "| model | batch | allocation | predicted (ms) | measured (ms) | error |", "|---|---:|---|---:|---:|---:|"]

@@ -568,6 +568,51 @@ def test_a_ratio_close_to_or_over_the_budget_is_confirmed_by_passes_spread_over_
     assert r["ratio"] == pytest.approx(ratio) and r["ratio"] == pytest.approx(r["model_ms"] / r["dense_ms"])
 
 
+def test_measure_models_takes_each_models_fastest_of_passes_spread_over_seconds(monkeypatch):
+    from prunekit.inference import latency as L
+
+    slept = []
+    monkeypatch.setattr(L, "_sleep", slept.append)
+    m = mobilenet()
+    # the second pass lands in a slow phase for the small model, the first for the dense one
+    timer = ScriptedTimer([(0.10, 0.44), (0.16, 0.30), (0.11, 0.31)])
+    assert L.measure_models([m, m], SHAPE, timer, passes=3, pause=1.5) == [0.10, 0.30]
+    assert timer.calls == 3 and slept == [1.5, 1.5]
+    one = ScriptedTimer([(0.16, 0.30), (0.10, 0.44)])
+    assert L.measure_models([m, m], SHAPE, one) == [0.16, 0.30] and one.calls == 1  # one pass by default
+
+
+def test_latency_model_anchors_are_each_models_fastest_pass(tmp_path):
+    from prunekit import shrink
+    from prunekit.inference import latency as L
+
+    class PhasedTimer(FakeTimer):
+        """Every model's first pass hits a slow phase that adds 0.1 ms a call (small models suffer most)."""
+
+        def interleaved_ms(self, modules, example):
+            self.passes = getattr(self, "passes", 0) + 1
+            return [ms + (0.1 if self.passes == 1 else 0.0) for ms in super().interleaved_ms(modules, example)]
+
+    m = mobilenet()
+    p = prune_(m, PruningConfig(schedule=OneShot(0.5)), SHAPE)
+    dense_model = strip(m, copy=True)
+
+    def build(keep):
+        removed = {g.name: list(range(int(k), g.size)) for g, k in zip(p.groups, keep, strict=True) if k < g.size}
+        return shrink(dense_model, SHAPE, removed, graph=p.graph, check=False).model
+
+    timer = PhasedTimer()
+    cost = L.LatencyCost(dense_model, SHAPE, ChannelFractions(p.graph, p.groups),
+                         L.LatencyTable(timer, cache=tmp_path), grid=4, round_to=4, build=build)
+    assert timer.passes == L.CALIBRATION_PASSES
+    quiet = FakeTimer()
+    for c in cost.calibration:
+        model = dense_model if c["model"] == "dense" else build(
+            np.maximum(4, np.round(np.array([g.size for g in p.groups]) * (1 - float(c["model"].split()[1])) / 4)
+                       * 4).clip(max=[g.size for g in p.groups]))
+        assert c["measured_ms"] == pytest.approx(quiet.model_ms(model, torch.zeros(1, *SHAPE)))
+
+
 def test_latency_model_is_calibrated_on_measured_whole_models(tmp_path):
     from prunekit import shrink
     from prunekit.inference import latency as L

@@ -69,8 +69,10 @@ def _speed(word: str, x: float | None, a: str, b: str, min_speedup: float) -> st
 
 
 def choose(fp32: Candidate, int8: Candidate | None, objective: str = "latency", tolerance: float = 0.5,
-           min_speedup: float = 1.05, throughput_batch: int | None = None, int8_note: str = "") -> Choice:
+           min_speedup: float = 1.05, throughput_batch: int | None = None, int8_note: str = "",
+           timed_again: float | None = None) -> Choice:
     """The deploy artifact and a one-line reason built from the measurements (see the module docstring).
+    ``timed_again``: int8's speed-up in a second timing (:func:`choose_confirmed`), said when int8 is chosen.
 
     >>> f = Candidate(FP32, "m.onnx", 1000, 90.0, 0.103, 9000)
     >>> q = Candidate(INT8, "m.int8.onnx", 300, 89.9, 0.110, 9500)
@@ -90,9 +92,11 @@ def choose(fp32: Candidate, int8: Candidate | None, objective: str = "latency", 
     acc = (f"top-1 {int8.top1:.2f}% vs {fp32.top1:.2f}% (drop {drop:+.2f} pt, tolerance {tolerance:g})"
            if drop is not None else "accuracy not measured")
     note = f"; {int8_note}" if int8_note else ""
+    again = f"; {timed_again:.2f}x when timed again" if timed_again is not None else ""
 
     def pick(which: Candidate, why: str) -> Choice:
-        return Choice(which.runtime, which.path, why + note, objective, s1, st, drop)
+        return Choice(which.runtime, which.path, why + (again if which is int8 else "") + note, objective, s1, st,
+                      drop)
 
     if objective == "fp32":
         return pick(fp32, f"fp32 requested (quantize.objective=fp32); {lat}; {acc}")
@@ -135,8 +139,6 @@ def choose_confirmed(fp32: Candidate, int8: Candidate | None, retime: Callable[[
     where = "at batch 1" if latency else (f"at batch {throughput_batch}" if throughput_batch else
                                            "at the throughput batch")
     if second.choice == INT8:
-        head, sep, tail = first.reason.partition("; " + int8_note) if int8_note else (first.reason, "", "")
-        first.reason = f"{head}; {x2:.2f}x when timed again{sep}{tail}"
-        return first, second
+        return choose(fp32, int8, objective, tolerance, min_speedup, throughput_batch, int8_note, x2), second
     second.reason = f"int8 looked {x1:.2f}x faster {where} but not when timed again: {second.reason}"
     return second, second
