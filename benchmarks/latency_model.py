@@ -2,8 +2,9 @@
 
 For each model (MobileNet V1 at 28x28x1 and 224x224x3, torchvision ResNet-50 and MobileNet V2 at 224x224) and
 batch size (1 and 32): build the per-layer latency table on ONNX Runtime fp32 (all cores), calibrate it on
-the dense model and uniform 50%/75% (as the budget search does), then compare its prediction with the measured
-latency of the physically pruned model for uniform pruning at 25/50/75% and three random per-layer allocations.
+the dense model and uniform pruning at prunekit.inference.latency.ANCHORS (as the budget search does), then compare
+its prediction with the measured latency of the physically pruned model for those (in-sample), uniform pruning at
+37.5/62.5% and three random per-layer allocations (out of sample).
 Channel counts are multiples of the alignment the search uses on this CPU (prunekit.inference.latency.align()).
 Goal: within 10%.
 
@@ -24,6 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
+OUT_OF_SAMPLE = (0.375, 0.625)  # uniform prunings between the calibration's anchors (with random allocations)
+
 MODELS = {
     "mobilenet_v1_28": ("mobilenet_v1", dict(width=1.0, num_classes=10, in_channels=1, small_input=True), (1, 28, 28),
                         "pointwise"),
@@ -36,6 +39,7 @@ MODELS = {
 def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dict:
     from prunekit import shrink
     from prunekit.inference.latency import (
+        ANCHORS,
         CALIBRATION_PASSES,
         LatencyCost,
         LatencyTable,
@@ -72,8 +76,9 @@ def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dic
     table_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     configs = {"dense": sizes.copy()}
-    for s in (0.25, 0.5, 0.75):
-        configs[f"uniform {int(s * 100)}%"] = aligned(sizes * (1 - s))
+    in_sample = {"dense"} | {f"uniform {100 * s:g}%" for s in ANCHORS}
+    for s in sorted({*ANCHORS, *OUT_OF_SAMPLE}):
+        configs[f"uniform {100 * s:g}%"] = aligned(sizes * (1 - s))
     for i in range(n_random):
         configs[f"random {i + 1}"] = aligned(sizes * (1 - rng.uniform(0, 0.8, len(sizes))))
     rows = []
@@ -93,21 +98,22 @@ def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dic
               f"({100 * rows[-1]['error']:+.1f}%)")
     return {"model": key, "batch": batch, "layers": len(cost.specs), "grid": grid, "table_seconds": round(table_s, 1),
             "measured_in_table": table.measured, "align": a, "slope": cost.slope, "intercept_ms": cost.intercept,
-            "calibration": cost.calibration, "rows": rows,
+            "calibration": cost.calibration, "rows": rows, "in_sample": sorted(in_sample),
             "max_abs_error": max(abs(r["error"]) for r in rows),
             "max_abs_error_out_of_sample": max(abs(r["error"]) for r in rows
-                                               if r["config"] not in ("dense", "uniform 50%", "uniform 75%"))}
+                                               if r["config"] not in in_sample)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="grid 4 instead of 6, one random allocation instead of 3")
+    ap.add_argument("--quick", action="store_true", help="grid 4 instead of 6, two random allocations instead of 3")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--threads", type=int, default=0, help="default: all available cores")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from prunekit.inference.bench import available_cores
+    from prunekit.inference.latency import ANCHORS
 
     threads = args.threads or available_cores()
     torch.set_num_threads(threads)
@@ -117,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     with C.LoadSampler() as ls:
         for key in args.models.split(","):
             for b in (int(x) for x in args.batches.split(",")):
-                results.append(run_one(key, b, 4 if args.quick else 6, 1 if args.quick else 3, threads))
+                results.append(run_one(key, b, 4 if args.quick else 6, 2 if args.quick else 3, threads))
     doc = {"command": C.command_line(), "environment": env, "provenance": env["provenance"], "threads": threads,
            "results": results, "load": ls.summary(), "seconds_total": round(time.perf_counter() - t_all, 1),
            "quick": args.quick}
     lines = ["# Latency model accuracy (ONNX Runtime fp32, this machine)", "", C.provenance_line(doc["provenance"]),
              "", f"Per-layer tables on a {'4x4' if args.quick else '6x6'} grid of input x output channels, "
              f"{threads} threads; predicted = the piecewise-linear curve from the sum of interpolated layer latencies "
-             "to the latency measured on the dense model and uniform 50%/75% (the calibration the budget search "
+             f"to the latency measured on the dense model and uniform {'/'.join(f'{100 * a:g}' for a in ANCHORS)}% (the "
+             "calibration the budget search "
              "makes, each model's fastest of 3 passes 2 s apart; those rows are in-sample, and their error is the "
              "timing's own noise; slope and intercept: the least-squares line, reported); measured = the physically "
              "pruned models exported to ONNX, timed again in the same way with the dense model (the ratio to it, "

@@ -287,6 +287,13 @@ def _interp(xs: list[int], ys: np.ndarray, x: float) -> float:
     return float(np.interp(x, xs, ys))
 
 
+# Uniform prunings the latency model is calibrated on, with the dense model. Whole-model latency is not linear in the
+# table's sum between dense and 50 %: with anchors at 50/75 % only, uniform 25 % at batch 1 was predicted 14.6 % and
+# 19.0 % slow for MobileNet V1 224x224 and 10.0 % and 9.2 % fast for ResNet-50 in 2026-12-02's two runs (the second
+# re-measured the 224x224 anchors within 2 %; benchmarks/results/latency_model_quick_onepass.md, _passes.md)
+ANCHORS = (0.25, 0.5, 0.75)
+
+
 class LatencyCost:
     """Predicted latency (ms) for per-group keep counts: interpolated per-layer tables, summed and calibrated on
     measured whole models.
@@ -298,7 +305,7 @@ class LatencyCost:
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], fractions: Any, table: LatencyTable,
                  grid: int = 6, round_to: int = 1, progress: Callable[[str], None] | None = None,
-                 build: Callable[[np.ndarray], nn.Module] | None = None, anchors: Sequence[float] = (0.5, 0.75)):
+                 build: Callable[[np.ndarray], nn.Module] | None = None, anchors: Sequence[float] = ANCHORS):
         """``build(keep)``: the model pruned to ``keep`` channels per group (a plain module); with it the table's
         sum is calibrated on the dense model and on uniform pruning at each of ``anchors``, all timed
         interleaved (without it: slope 1, intercept from the dense model alone)."""
