@@ -406,9 +406,9 @@ def measure_model(model: nn.Module, input_shape: Sequence[int], timer: Timer) ->
 _sleep = time.sleep  # the pause between passes (tests replace it)
 
 # Passes (``PASS_PAUSE`` s apart) over which the latency model's calibration anchors take each model's fastest: on
-# a 2-core VM, phases of seconds added about 0.1 ms to every call of MobileNet V1 at 28x28 (0.30 -> 0.44 ms dense,
-# 0.06 -> 0.16 ms at 75 % pruned), so one pass in such a phase put the 75 % anchor at 0.34x dense instead of 0.21x and
-# the curve through it 45 % off (latency_model benchmark and scratch runs, 2026-12-02)
+# a 2-core VM, phases of seconds added about 0.1 ms to every call of MobileNet V1 at 28x28 (scratch runs, 2026-12-02:
+# 0.30 -> 0.44 ms dense, 0.06 -> 0.16 ms at 75 % pruned); with one pass, its 75 % anchor timed 0.19x dense and the
+# same model 0.34x a second later (benchmarks/results/latency_model_quick_onepass.md)
 CALIBRATION_PASSES, PASS_PAUSE = 3, 2.0
 
 
