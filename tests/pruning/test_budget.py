@@ -815,7 +815,6 @@ class OptimisticTableTimer(DriftingTimer):
 
     def interleaved_ms(self, modules, example):
         from prunekit.cost import profile
-
         from prunekit.inference.latency import CALIBRATION_PASSES
 
         self.calls[0] += 1
