@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from prunekit.inference.bench import available_cores
-    from prunekit.inference.latency import ANCHORS
+    from prunekit.inference.latency import ANCHORS, CALIBRATION_PASSES, PASS_PAUSE
 
     threads = args.threads or available_cores()
     torch.set_num_threads(threads)
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{threads} threads; predicted = the piecewise-linear curve from the sum of interpolated layer latencies "
              f"to the latency measured on the dense model and uniform {'/'.join(f'{100 * a:g}' for a in ANCHORS)}% (the "
              "calibration the budget search "
-             "makes, each model's fastest of 3 passes 2 s apart; those rows are in-sample, and their error is the "
+             f"makes, each model's fastest of {CALIBRATION_PASSES} passes {PASS_PAUSE:g} s apart; those rows are "
+             "in-sample, and their error is the "
              "timing's own noise; slope and intercept: the least-squares line, reported); measured = the physically "
              "pruned models exported to ONNX, timed again in the same way with the dense model (the ratio to it, "
              "times the calibration's dense latency). Channel counts "
