@@ -88,6 +88,24 @@ def test_an_int8_win_must_hold_when_timed_again():
     assert n == 1 and c.choice == FP32 and c.reason.startswith("int8 looked 2.00x faster at batch 32 but not when")
 
 
+def test_the_reason_says_when_the_other_batch_size_points_the_other_way():
+    # deploy_quick_zen5's 224x224 pruned model, fully int8 at batch 32 vs a batch-1 pick that loses throughput
+    c = choose(*cands(int8_ms=0.40, fp32_ms=0.70, int8_ips=900, fp32_ips=1000), throughput_batch=32)
+    assert c.choice == INT8 and c.reason.endswith(
+        "; but int8 is slower at batch 32: 900 img/s vs 1,000 img/s fp32 (1.11x slower) (quantize.objective="
+        "throughput would keep fp32)")
+    c = choose(*cands(int8_ms=0.110, fp32_ms=0.103, int8_ips=29000, fp32_ips=10000), throughput_batch=32)
+    assert c.choice == FP32 and c.reason.endswith(
+        "fp32 kept; int8 is 2.90x faster at batch 32 (29,000 img/s vs 10,000 img/s fp32) (quantize.objective="
+        "throughput would choose int8)")
+    c = choose(*cands(int8_ms=0.40, fp32_ms=0.30, int8_ips=20000, fp32_ips=10000), "throughput", throughput_batch=32)
+    assert c.choice == INT8 and "but int8 is slower at batch 1" in c.reason and "objective=latency" in c.reason
+    # nothing to add when both batch sizes agree, or one was not measured, or it is within noise
+    for kw in ({"int8_ms": 0.40, "fp32_ms": 0.70, "int8_ips": 20000}, {"int8_ms": 0.40, "fp32_ms": 0.70, "int8_ips": None},
+               {"int8_ms": 0.40, "fp32_ms": 0.70, "int8_ips": 9800}, {"int8_ms": 0.110, "fp32_ms": 0.103}):
+        assert "quantize.objective=" not in choose(*cands(**kw), throughput_batch=32).reason
+
+
 def test_nothing_is_timed_again_unless_int8_wins_on_speed():
     for first, objective in (({"int8_ms": 0.110, "fp32_ms": 0.103}, "latency"),  # fp32 already
                              ({"int8_ms": 0.2, "fp32_ms": 0.7, "int8_top1": 80.0}, "latency"),  # accuracy decides

@@ -4,7 +4,8 @@ Both candidates run in the same runtime (ONNX Runtime, CPU) on the same machine,
 Objectives:
 
 * ``latency`` (default): the faster at batch 1, among the candidates within ``tolerance`` top-1 points of fp32;
-* ``throughput``: the same with images/s at the throughput batch;
+* ``throughput``: the same with images/s at the throughput batch (with either, the reason also says when the other
+  batch size's measurement points the other way);
 * ``size``: the smaller file within the tolerance (int8), even when it is slower (which is then said);
 * ``fp32`` / ``int8``: that one, whatever the measurements (quantizing here for another machine).
 
@@ -110,9 +111,15 @@ def choose(fp32: Candidate, int8: Candidate | None, objective: str = "latency", 
         return pick(int8, f"smallest file within tolerance: int8 is {fp32.size_bytes / int8.size_bytes:.1f}x "
                           f"smaller; {lat}; {acc}")
     x, text = (s1, lat) if objective == "latency" else (st, thr)
+    # the other batch size's measurement, when it points the other way: a batch-1 pick can lose throughput and back
+    other_x, other_text, other = (st, thr, "throughput") if objective == "latency" else (s1, lat, "latency")
     if x is not None and x >= min_speedup:
-        return pick(int8, f"{text}; {acc}")
-    return pick(fp32, f"{text}; fp32 kept")
+        flip = (f"; but {other_text} (quantize.objective={other} would keep fp32)"
+                if other_x is not None and other_x <= 1 / min_speedup else "")
+        return pick(int8, f"{text}; {acc}{flip}")
+    flip = (f"; {other_text} (quantize.objective={other} would choose int8)"
+            if other_x is not None and other_x >= min_speedup else "")
+    return pick(fp32, f"{text}; fp32 kept{flip}")
 
 
 def choose_confirmed(fp32: Candidate, int8: Candidate | None, retime: Callable[[], tuple[Candidate, Candidate]],
