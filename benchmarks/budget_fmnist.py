@@ -11,6 +11,9 @@ fp32 at batch 32 on this machine):
 * ranked: the plan's ranked allocation (no search: channels ranked across layers by LAMP-normalised score per
   MAC their removal saves, sized to the budget, at latency budgets to the measured latency; prunekit's default,
   `--budget-allocation ranked`);
+* uniform_fill: uniform, then channels added back (multiples of 8) to the layers with the lowest kept fraction
+  while the budget allows (`--budget-allocation uniform_fill`): uniform with multiples of 8 can leave a few percent
+  of the budget unused, so this arm separates "which layers" from "how much of the budget";
 * global (MAC budgets): scope=global with target=macs (one ranking across layers; no layer below half the
   channels uniform would keep it, prune.global_floor);
 * width: MobileNet V1 with the largest width multiplier that meets the budget, trained from scratch for the
@@ -58,7 +61,7 @@ MODES = {
              "batch_size": 256, "lr": 0.1, "candidates": 300},
 }
 BUDGETS = ["macs=0.5x", "macs=0.25x", "latency_ms=0.5x", "latency_ms=0.25x"]
-METHODS = ["searched", "uniform", "ranked", "global", "narrow", "searched_scratch", "width"]
+METHODS = ["searched", "uniform", "ranked", "uniform_fill", "global", "narrow", "searched_scratch", "width"]
 SCRATCH = {"narrow": "uniform", "searched_scratch": "searched"}  # arm -> the pruned arm whose architecture it trains
 LATENCY_BATCH = 32
 
@@ -351,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         C.log(f"dense: {dense_info}")
         width_cache: dict = {}
         results = []
-        for budget in budgets:
-            cfg = run_config(c, 0, budget)
+        for budget in budgets:  # a latency plan makes the uniform_fill allocation only when asked for it
+            cfg = run_config(c, 0, budget, {"prune": {"budget_allocation": "uniform_fill"}} if "uniform_fill" in
+                             methods else None)
             t0 = time.perf_counter()
             try:
                 plan = steps.plan_budget(cfg, dense_dir / "model", work / budget.replace("=", "_") / "plan",
@@ -374,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             def save_partial() -> None:  # after every arm: a run stopped by a time box keeps what finished
                 doc = _doc(c, env, dense_info, results, ls, t_all, seeds, partial=True)
                 C.write_results(_prefix(args, mode), doc, markdown(doc))
-            arms = {"searched": plan, "uniform": plan, "ranked": plan}  # prune.budget_allocation names which
+            arms = {k: plan for k in ("searched", "uniform", "ranked", "uniform_fill")}  # budget_allocation: which
             if budget.startswith("macs"):
                 arms["global"] = None
             arms = {k: v for k, v in arms.items() if k in methods}

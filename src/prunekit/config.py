@@ -112,8 +112,11 @@ class PruneCfg(PruningConfig, StageTrainCfg):
                                "search: channels ranked across layers by normalised score, prune.global_norm, per MAC "
                                "their removal saves, sized to the budget; the best or as good as the best at 1/4 "
                                "budgets on our benchmark, README), searched (the candidate search's pick; prune "
-                               "runs the search only for this) or uniform (the same sparsity everywhere)",
-                               choices=("ranked", "searched", "uniform"))
+                               "runs the search only for this), uniform (the same sparsity everywhere, as small as meets "
+                               "the budget) or uniform_fill (uniform, then channels added back to the groups with the "
+                               "lowest kept fraction while the budget allows: a width multiplier that spends the "
+                               "whole budget)",
+                               choices=("ranked", "searched", "uniform", "uniform_fill"))
     search_candidates: int = F(100, "allocations the budget search scores by adaptive-BN accuracy (0: greedy only)",
                                lo=0, hi=100_000)
     search_floor: float = F(0.5, "the budget search keeps every layer at or above this fraction of the channels "

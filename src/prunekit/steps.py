@@ -281,12 +281,16 @@ class BudgetPlan:
     # this takes more passes (inference.latency.measure_ratio's dense_ref)
     dense_fastest: float | None = None
     ranked: Any = None  # channels ranked across groups by score per unit of budget saved (search.ranked)
+    # uniform pruning that spends the whole budget (search.filled): MAC/parameter budgets, or when the prune step
+    # uses it (at a latency budget it is built and timed like the others)
+    filled: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "runtime": self.runtime, "dense_cost": self.dense_cost, "target": self.target,
                 "predicted": self.allocation.cost, "allocation": self.allocation.to_dict(),
                 "uniform": self.uniform.to_dict(),
                 **({"ranked": self.ranked.to_dict()} if self.ranked is not None else {}),
+                **({"uniform_fill": self.filled.to_dict()} if self.filled is not None else {}),
                 "candidates": self.candidates, "seconds": self.seconds,
                 "calibration": getattr(self.cost_model, "calibration", None), "checks": self.checks,
                 "dense_fastest": self.dense_fastest}
@@ -369,7 +373,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
 
     from .pruning import strip
     from .pruning.budget import Budget, ChannelFractions, ProfileCost
-    from .pruning.search import greedy_within, ranked, search, uniform
+    from .pruning.search import filled, greedy_within, ranked, search, uniform
 
     t0 = time.perf_counter()
     p = cfg.prune
@@ -487,12 +491,15 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     alloc, records = measured_fit(searched, "searched", aim)
     base = measured_fit(lambda a: uniform(names, sizes, cost, a, limits), "uniform", aim)
     rank = measured_fit(ranking, "ranked", aim)
-    for a in (base, rank):  # scored as in the search when it scored the same channels, else now
+    fill = None
+    if budget.kind != "latency_ms" or p.budget_allocation == "uniform_fill":
+        fill = measured_fit(lambda a: filled(names, sizes, cost, a, limits), "uniform_fill", aim)
+    for a in (base, rank, *([fill] if fill is not None else [])):  # scored as in the search when it scored the same channels, else now
         a.score = next(({k: r[k] for k in ("top1", "loss", "refined_top1", "refined_loss") if k in r}
                         for r in records if r["kept"] == list(a.keep)), None) or evaluator(a.keep)
     plan = BudgetPlan(str(budget), runtime, cost.dense, target, alloc, base, sens, records,
                       time.perf_counter() - t0, cost, checks, min(quiet) if budget.kind == "latency_ms" else None,
-                      rank)
+                      rank, fill)
     if out is not None:
         from .report import plots
 
@@ -510,7 +517,10 @@ def _chosen(plan: BudgetPlan, which: str) -> Any:
     if which == "ranked" and plan.ranked is None:
         raise PrunekitError("this budget plan has no ranked allocation (BudgetPlan.ranked): plan it with "
                             "prunekit.steps.plan_budget")
-    return {"uniform": plan.uniform, "ranked": plan.ranked}.get(which, plan.allocation)
+    if which == "uniform_fill" and plan.filled is None:
+        raise PrunekitError("this budget plan has no uniform_fill allocation (a latency plan makes it only when "
+                            "prune.budget_allocation is uniform_fill): plan it with that setting")
+    return {"uniform": plan.uniform, "ranked": plan.ranked, "uniform_fill": plan.filled}.get(which, plan.allocation)
 
 
 def measure_cost(plan_or_budget: Any, model: nn.Module, input_shape: Sequence[int], cfg: RunConfig,

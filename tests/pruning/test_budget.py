@@ -265,6 +265,45 @@ def test_ranked_cuts_low_scores_and_costly_channels_first():
         ScoreLoss(["x"], [np.ones(2)], "max")
 
 
+def test_uniform_fill_spends_the_budget_uniform_leaves_lowest_fraction_first():
+    """uniform_fill: uniform's channels, then round_to steps back to the group with the lowest kept fraction while
+    the budget allows (a group whose step does not fit is skipped); no step left fits."""
+    from prunekit.pruning.search import filled
+
+    sizes, names = [32, 64, 64, 128], ["g0", "g1", "g2", "g3"]
+    weight = np.array([4.0, 1.0, 1.0, 3.0])
+
+    class Cost:
+        kind = "macs"
+
+        def __call__(self, keep):
+            return float(np.dot(keep, weight))
+
+    limits = Limits(8, 1, 0.95)
+    for frac in (0.23, 0.3, 0.41, 0.5, 0.77):
+        target = frac * float(np.dot(sizes, weight))
+        u = uniform(names, sizes, Cost(), target, limits)
+        f = filled(names, sizes, Cost(), target, limits)
+        keep = np.array(f.keep)
+        assert f.method == "uniform_fill" and f.extra["uniform_cost"] == u.cost
+        assert u.cost <= f.cost == Cost()(keep) <= target
+        assert all(k % 8 == 0 or k == n for k, n in zip(f.keep, sizes, strict=True))
+        assert all(k >= uk for k, uk in zip(f.keep, u.keep, strict=True))
+        for i in range(len(sizes)):  # full: no further step fits
+            if keep[i] < sizes[i]:
+                assert Cost()(np.where(np.arange(len(sizes)) == i, np.minimum(keep + 8, sizes), keep)) > target
+    # at 23 % (147.2 of 640): uniform keeps 8/16/16/24 (fractions .25/.25/.25/.19) = 136; g3 has the lowest
+    # fraction but its step costs 24 and g0's 32, so both are skipped; g1's 8 fits (144), then nothing does
+    target = 0.23 * float(np.dot(sizes, weight))
+    assert uniform(names, sizes, Cost(), target, limits).keep == [8, 16, 16, 24]
+    assert filled(names, sizes, Cost(), target, limits).keep == [8, 24, 16, 24]
+    # at 17.5 % (112): uniform 8/8/8/16 = 96; the two groups at the lowest fraction each get a step (not one of
+    # them two: the second step goes to the group that is now lowest)
+    target = 0.175 * float(np.dot(sizes, weight))
+    assert uniform(names, sizes, Cost(), target, limits).keep == [8, 8, 8, 16]
+    assert filled(names, sizes, Cost(), target, limits).keep == [8, 16, 16, 16]
+
+
 def test_extra_candidates_are_scored_without_changing_the_random_draws():
     """``extra`` allocations (the plan passes the ranked one) join the candidates after the random draws, which are
     the same as without them; one that beats the rest is the pick."""
@@ -759,6 +798,16 @@ def test_plan_without_candidates_is_the_greedy_allocation_above_the_floor(tiny_m
     assert all(g["kept"] >= f >= 0.5 * h["kept"] for g, f, h in zip(a["groups"], a["floor"], u["groups"],
                                                                      strict=True))
     assert "prune.search_floor" in out
+    # a MAC budget's plan also holds uniform_fill (uniform spending the whole budget), which prune can use
+    fill = plan["uniform_fill"]
+    assert u["cost"] <= fill["cost"] <= plan["target"] and fill["uniform_cost"] == u["cost"]
+    assert all(g["kept"] >= h["kept"] for g, h in zip(fill["groups"], u["groups"], strict=True))
+    rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.25x", "--budget-allocation",
+                           "uniform_fill", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
+                           "--epochs", "0.25", "--out", tmp_path / "pf")
+    assert rc == 0, err
+    b = json.loads((tmp_path / "pf" / "budget.json").read_text())
+    assert b["used"] == "uniform_fill" and b["met"] and b["measured"] == b["predicted"] == fill["cost"]
 
 
 class DriftingTimer:
