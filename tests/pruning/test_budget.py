@@ -801,6 +801,12 @@ def test_plan_without_candidates_is_the_greedy_allocation_above_the_floor(tiny_m
     # a MAC budget's plan also holds uniform_fill (uniform spending the whole budget), which prune can use
     fill = plan["uniform_fill"]
     assert u["cost"] <= fill["cost"] <= plan["target"] and fill["uniform_cost"] == u["cost"]
+    lines = out.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("group"))
+    assert lines[head].split() == ["group", "total", "uniform", "uniform_fill", "ranked", "searched"]
+    assert [int(ln.split()[3]) for ln in lines[head + 1:head + 1 + len(u["groups"])]] == [
+        g["kept"] for g in fill["groups"]]
+    assert f"uniform_fill {fill['score']['top1']:.2f}%" in out and "uniform, uniform_fill for the other" in out
     assert all(g["kept"] >= h["kept"] for g, h in zip(fill["groups"], u["groups"], strict=True))
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "macs=0.25x", "--budget-allocation",
                            "uniform_fill", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",

@@ -85,12 +85,16 @@ def _budget(args: argparse.Namespace, cfg, plan: dict) -> int:
     unit = {"macs": "MACs", "params": "params", "latency_ms": f"ms ({res.runtime}, batch {cfg.prune.budget_batch})"}[
         res.budget.split("=")[0]]
     print(f"\nbudget {res.budget}: {res.target:.4g} {unit} (dense {res.dense_cost:.4g}); predicted {a.cost:.4g}")
-    r = res.ranked or u
-    print(f"{'group':<28} {'total':>6} {'uniform':>8} {'ranked':>7} {'searched':>9}")
-    for n, t, ku, kr, ka in zip(a.names, a.sizes, u.keep, r.keep, a.keep, strict=True):
-        print(f"{n:<28} {t:>6} {ku:>8} {kr:>7} {ka:>9}")
+    r, f = res.ranked or u, res.filled
+    fill_col = f" {'uniform_fill':>12}" if f is not None else ""
+    print(f"{'group':<28} {'total':>6} {'uniform':>8}{fill_col} {'ranked':>7} {'searched':>9}")
+    for i, (n, t, ku, kr, ka) in enumerate(zip(a.names, a.sizes, u.keep, r.keep, a.keep, strict=True)):
+        kf = f" {f.keep[i]:>12}" if f is not None else ""
+        print(f"{n:<28} {t:>6} {ku:>8}{kf} {kr:>7} {ka:>9}")
+    fill = (f", uniform_fill {f.score['top1']:.2f}% (uniform spending the whole budget: {f.cost:.4g} vs "
+            f"{u.cost:.4g})") if f is not None else ""
     print(f"adaptive-BN top-1 on {res.sensitivity.meta.get('eval_images', '?')} held-out training images: searched "
-          f"{a.score['top1']:.2f}% ({a.method}), uniform {u.score['top1']:.2f}%, ranked {r.score['top1']:.2f}% "
+          f"{a.score['top1']:.2f}% ({a.method}), uniform {u.score['top1']:.2f}%{fill}, ranked {r.score['top1']:.2f}% "
           "(no search: channels ranked across layers per unit of budget saved)")
     if "refined_top1" in a.score:
         ur = f", uniform {u.score['refined_top1']:.2f}%" if "refined_top1" in u.score else ""
@@ -107,5 +111,6 @@ def _budget(args: argparse.Namespace, cfg, plan: dict) -> int:
         print(f"no group below {cfg.prune.search_floor:g} x uniform's channels (prune.search_floor): at least "
               f"{', '.join(map(str, a.extra['floor']))}")
     print(f"next: prunekit prune --model {args.model} --budget {res.budget} --out <dir>  (prunes to the ranked "
-          "allocation; --budget-allocation searched or uniform for the other columns)")
+          "allocation; --budget-allocation searched, uniform" + (", uniform_fill" if f is not None else "") +
+          " for the other columns)")
     return 0
