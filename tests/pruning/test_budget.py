@@ -221,6 +221,17 @@ def test_a_floor_that_costs_more_than_uniform_falls_back_to_uniform():
     assert b.method == "greedy" and b.keep == greedy(sens, names, sizes, toy, target, limits, lowest).keep
 
 
+def _linear_cost(weight):
+    """A cost model where each channel of group ``i`` costs ``weight[i]``."""
+    class Cost:
+        kind = "macs"
+
+        def __call__(self, keep):
+            return float(np.dot(keep, weight))
+
+    return Cost()
+
+
 def test_ranked_cuts_low_scores_and_costly_channels_first():
     """The ranked allocation (no search): channels go lowest normalised score per unit of cost saved first. With
     the same scores everywhere, the group whose channels cost 4x loses the largest share; a group with one strong
@@ -229,33 +240,21 @@ def test_ranked_cuts_low_scores_and_costly_channels_first():
 
     sizes, names = [32, 32, 32, 32], ["g0", "g1", "g2", "g3"]
     weight = np.array([1.0, 1.0, 4.0, 1.0])
-
-    class Cost:
-        kind = "macs"
-
-        def __call__(self, keep):
-            return float(np.dot(keep, weight))
+    cost = _linear_cost(weight)
 
     even = np.linspace(1.0, 2.0, 32)
     peaked = np.r_[np.full(31, 0.05), 10.0]
     limits, target = Limits(4, 1, 0.9), 0.5 * float(np.dot(sizes, weight))
-    a = ranked([even, peaked, even, even], names, sizes, Cost(), target, limits, floor=0.5)
-    u = uniform(names, sizes, Cost(), target, limits)
-    assert a.method == "ranked" and a.cost <= target and a.cost == Cost()(np.array(a.keep))
+    a = ranked([even, peaked, even, even], names, sizes, cost, target, limits, floor=0.5)
+    u = uniform(names, sizes, cost, target, limits)
+    assert a.method == "ranked" and a.cost <= target and a.cost == cost(np.array(a.keep))
     assert a.keep[2] < a.keep[0] == a.keep[3] and a.keep[1] < a.keep[0]  # costly and peaked groups cut deepest
     assert all(k % 4 == 0 and k >= f >= 0.5 * uk for k, f, uk in zip(a.keep, a.extra["floor"], u.keep, strict=True))
     assert a.keep != u.keep
     # ranked by another cost's savings (``by``; a latency budget ranks per MAC): that cost decides which group
     # goes first, the budget's own cost when to stop
-    macs = weight[[2, 1, 0, 3]]
-
-    class ByCost:
-        kind = "macs"
-
-        def __call__(self, keep):
-            return float(np.dot(keep, macs))
-
-    b = ranked([even, even, even, even], names, sizes, Cost(), target, limits, floor=0.5, by=ByCost())
+    b = ranked([even, even, even, even], names, sizes, cost, target, limits, floor=0.5,
+               by=_linear_cost(weight[[2, 1, 0, 3]]))
     assert b.cost <= target and b.keep[0] < min(b.keep[1:])  # without ``by``: group 2 goes first
     # the loss it ranks by: the sum of the lowest normalised scores a group loses (LAMP: every group's best is 1)
     s = ScoreLoss(["x"], [np.array([3.0, 1.0, 2.0])])
@@ -272,36 +271,31 @@ def test_uniform_fill_spends_the_budget_uniform_leaves_lowest_fraction_first():
 
     sizes, names = [32, 64, 64, 128], ["g0", "g1", "g2", "g3"]
     weight = np.array([4.0, 1.0, 1.0, 3.0])
-
-    class Cost:
-        kind = "macs"
-
-        def __call__(self, keep):
-            return float(np.dot(keep, weight))
+    cost = _linear_cost(weight)
 
     limits = Limits(8, 1, 0.95)
     for frac in (0.23, 0.3, 0.41, 0.5, 0.77):
         target = frac * float(np.dot(sizes, weight))
-        u = uniform(names, sizes, Cost(), target, limits)
-        f = filled(names, sizes, Cost(), target, limits)
+        u = uniform(names, sizes, cost, target, limits)
+        f = filled(names, sizes, cost, target, limits)
         keep = np.array(f.keep)
         assert f.method == "uniform_fill" and f.extra["uniform_cost"] == u.cost
-        assert u.cost <= f.cost == Cost()(keep) <= target
+        assert u.cost <= f.cost == cost(keep) <= target
         assert all(k % 8 == 0 or k == n for k, n in zip(f.keep, sizes, strict=True))
         assert all(k >= uk for k, uk in zip(f.keep, u.keep, strict=True))
         for i in range(len(sizes)):  # full: no further step fits
             if keep[i] < sizes[i]:
-                assert Cost()(np.where(np.arange(len(sizes)) == i, np.minimum(keep + 8, sizes), keep)) > target
+                assert cost(np.where(np.arange(len(sizes)) == i, np.minimum(keep + 8, sizes), keep)) > target
     # at 23 % (147.2 of 640): uniform keeps 8/16/16/24 (fractions .25/.25/.25/.19) = 136; g3 has the lowest
     # fraction but its step costs 24 and g0's 32, so both are skipped; g1's 8 fits (144), then nothing does
     target = 0.23 * float(np.dot(sizes, weight))
-    assert uniform(names, sizes, Cost(), target, limits).keep == [8, 16, 16, 24]
-    assert filled(names, sizes, Cost(), target, limits).keep == [8, 24, 16, 24]
+    assert uniform(names, sizes, cost, target, limits).keep == [8, 16, 16, 24]
+    assert filled(names, sizes, cost, target, limits).keep == [8, 24, 16, 24]
     # at 17.5 % (112): uniform 8/8/8/16 = 96; the two groups at the lowest fraction each get a step (not one of
     # them two: the second step goes to the group that is now lowest)
     target = 0.175 * float(np.dot(sizes, weight))
-    assert uniform(names, sizes, Cost(), target, limits).keep == [8, 8, 8, 16]
-    assert filled(names, sizes, Cost(), target, limits).keep == [8, 16, 16, 16]
+    assert uniform(names, sizes, cost, target, limits).keep == [8, 8, 8, 16]
+    assert filled(names, sizes, cost, target, limits).keep == [8, 16, 16, 16]
 
 
 def test_extra_candidates_are_scored_without_changing_the_random_draws():
