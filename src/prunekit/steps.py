@@ -494,7 +494,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     fill = None
     if budget.kind != "latency_ms" or p.budget_allocation == "uniform_fill":
         fill = measured_fit(lambda a: filled(names, sizes, cost, a, limits), "uniform_fill", aim)
-    for a in (base, rank, *([fill] if fill is not None else [])):  # scored as in the search when it scored the same channels, else now
+    for a in (base, rank, *([fill] if fill is not None else [])):  # as in the search if it scored them, else now
         a.score = next(({k: r[k] for k in ("top1", "loss", "refined_top1", "refined_loss") if k in r}
                         for r in records if r["kept"] == list(a.keep)), None) or evaluator(a.keep)
     plan = BudgetPlan(str(budget), runtime, cost.dense, target, alloc, base, sens, records,

@@ -840,18 +840,23 @@ class DriftingTimer:
         return [self.clock[0] * self._ms(m, example) for m in modules]
 
 
-def test_prune_to_a_latency_budget_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("allocation", ["ranked", "uniform_fill"])
+def test_prune_to_a_latency_budget_end_to_end(tiny_model_dir, tmp_path, monkeypatch, allocation):
     """plan -> prune -> check for latency_ms=0.5x: the table is calibrated on whole models (fusion), and the
-    check times the pruned and dense models interleaved, so the machine's drift since planning cancels."""
+    check times the pruned and dense models interleaved, so the machine's drift since planning cancels. A latency
+    plan makes (builds and times) the uniform_fill allocation only when it is the one used."""
     from prunekit.inference import latency as L
 
     monkeypatch.setattr(L, "Timer", DriftingTimer)
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     rc, out, err = run_cli("prune", "--model", tiny_model_dir, "--budget", "latency_ms=0.5x", "--search-candidates",
                            "4", "--set", "prune.sensitivity_images=128", "--set", "prune.calib_images=64",
-                           "--epochs", "0.25", "--out", tmp_path / "p")
+                           "--budget-allocation", allocation, "--epochs", "0.25", "--out", tmp_path / "p")
     assert rc == 0, err
     b = json.loads((tmp_path / "p" / "budget.json").read_text())
+    assert b["used"] == allocation and b["predicted"] == b[allocation]["cost"]
+    timed = {c["allocation"] for c in b["checks"]}
+    assert ("uniform_fill" in b) == ("uniform_fill" in timed) == (allocation == "uniform_fill")
     assert b["runtime"] == "onnxruntime-fp32" and b["target"] == pytest.approx(0.5 * b["dense_cost"])
     assert b["met"] and b["measured"] == pytest.approx(b["ratio"] * b["dense_cost"])
     assert b["model_ms"] > b["measured"]  # drifted: the raw time alone would have failed the check
