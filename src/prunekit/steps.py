@@ -739,8 +739,8 @@ def times_prefixes(q: QuantizeCfg) -> bool:
     return bool(q.fp32_prefix) and q.objective in ("latency", "throughput") and q.cpu == "auto"
 
 
-def _fastest_prefix(builder: Any, g: Any, src: Path, q: QuantizeCfg, threads: int | None, repeats: int,
-                    log: Log | None):
+def _fastest_prefix(builder: Any, settings: Any, g: Any, src: Path, q: QuantizeCfg, threads: int | None,
+                    repeats: int, log: Log | None):
     """:func:`prunekit.deploy.mixed.fastest_prefix` on the guard's model, timed with ONNX Runtime on this machine
     (interleaved with the fp32 model) at the objective's batch size."""
     from .deploy.guard import write_candidate
@@ -755,8 +755,8 @@ def _fastest_prefix(builder: Any, g: Any, src: Path, q: QuantizeCfg, threads: in
         lat = compare_onnx(files, (batch,), threads, repeats, rounds=DECISION_ROUNDS)
         return {k: v[str(batch)]["p50_ms"] for k, v in lat.items()}
 
-    return fastest_prefix(builder.build, time_ms, g.proto, g.fp32_nodes, weighted_nodes(builder.fp32_graph().graph),
-                          q.fp32_prefix, q.min_speedup, batch, log)
+    return fastest_prefix(lambda exclude: builder.build(exclude, settings), time_ms, g.proto, g.fp32_nodes,
+                          weighted_nodes(builder.fp32_graph().graph), q.fp32_prefix, q.min_speedup, batch, log)
 
 
 def _batch_for(shape: Sequence[int], batch_size: int, budget: int) -> int:
@@ -821,26 +821,21 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
                     f"{settings.reason}; 8-bit weights instead: 7-bit ones lost more than {q.tolerance:g} top-1 "
                     "points on the held-out slice and 8-bit ones less (measured, so a saturating u8*s8 kernel "
                     "would have shown)"))
-
-                def build_range(rr: bool):
-                    builder.settings = settings if rr else full_range
-                    return builder.build()
-
-                wr, first = weight_range(build_range, top1, fp32_ev["top1"], q.tolerance)
-                # every later build (guard, fp32 prefixes) uses the kept model's settings
-                builder.settings = full_range if wr.full_range else settings
+                wr, first = weight_range(lambda rr: builder.build(settings=settings if rr else full_range), top1,
+                                         fp32_ev["top1"], q.tolerance)
+                chosen = full_range if wr.full_range else settings  # every later build (guard, fp32 prefixes)
                 if log and wr.drop_8bit is not None:
                     log(wr.summary())
                 res_weights = wr.to_dict()
 
                 def build(exclude=()):  # the measured fully int8 model is not built and evaluated again
-                    return first if not exclude else builder.build(exclude)
+                    return first if not exclude else builder.build(exclude, chosen)
             else:
-                res_weights = None
+                res_weights, chosen = None, settings
             g = guard(build, top1, fp32_ev["top1"], q.tolerance, q.max_fp32_layers if q.guard else 0, rank, log)
             kept, mixed = g.proto, None
             if times_prefixes(q):
-                mixed = _fastest_prefix(builder, g, src, q, threads, b.repeats, log)
+                mixed = _fastest_prefix(builder, chosen, g, src, q, threads, b.repeats, log)
                 if mixed.fp32_prefix:
                     drop = fp32_ev["top1"] - top1(mixed.proto)
                     if drop <= q.tolerance or drop <= g.drop:
@@ -852,7 +847,7 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
             res = builder.write(kept, out)
             int8_ev = evals[id(kept)][1]
     res["fp32_size_bytes"], res["size_bytes"] = src.stat().st_size, Path(out).stat().st_size
-    res["settings_reason"] = builder.settings.reason
+    res["settings_reason"] = res["settings"]["reason"]  # the written model's (8-bit weights after a retry)
     if q.calib_samples > len(bundle.train):
         res["note"] = f"calib_samples {q.calib_samples} > {len(bundle.train)} training images: used all of them"
     if not evaluate:

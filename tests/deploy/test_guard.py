@@ -159,6 +159,14 @@ def test_8bit_weights_are_measured_before_any_layer_goes_fp32():
     assert built == [True] and not wr.full_range and wr.drop_8bit is None and m == {"rr": True}
 
 
+def _reduce_range_of(proto) -> bool:
+    """Whether an int8 model from Int8Builder.build was quantized with 7-bit weights (its metadata says)."""
+    from prunekit.deploy.metadata import META_KEY
+
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}[META_KEY])
+    return meta["info"]["quantization"]["reduce_range"]
+
+
 def test_quantize_ships_8bit_weights_when_7bit_ones_lose(sensitive, tmp_path, monkeypatch):
     """End to end on an AVX2-class setting (7-bit weights) with 7-bit models made to lose 20 points at evaluation
     (real int8 accuracy varies by CPU): the 8-bit model is measured, kept, written and said; the guard then has
@@ -191,10 +199,23 @@ def test_quantize_ships_8bit_weights_when_7bit_ones_lose(sensitive, tmp_path, mo
                          "--overwrite", "--fp32-prefix", "0", "--cpu", "x86-avx2", "--tolerance", "5")
     assert rc == 0, se
     assert "weights: 7-bit weights lost" in so and "8-bit weights kept" in so
-    # 8-bit weights worse still: the 7-bit model is kept, and everything says 7-bit (the last build was 8-bit)
+    # 8-bit weights worse still: the 7-bit model is kept, and everything says 7-bit (the last build was 8-bit); the
+    # guard's builds with layers in fp32 use the kept model's 7-bit weights too
+    from prunekit.deploy.quantize import Int8Builder
+
+    builds, real_build = [], Int8Builder.build
+
+    def spy(self, exclude=(), settings=None):
+        proto = real_build(self, exclude, settings)
+        builds.append((list(exclude), _reduce_range_of(proto)))
+        return proto
+
+    monkeypatch.setattr(Int8Builder, "build", spy)
     penalty[False] = 30.0
     res = _quantize(plain, out, "--cpu", "x86-avx2", "--tolerance", "5", "--overwrite", "--max-fp32-layers", "1")
     assert not res["weights"]["full_range"] and res["weights"]["drop_8bit"] > res["weights"]["drop_7bit"]
+    assert [rr for ex, rr in builds if not ex] == [True, False]  # the two fully int8 models, 7-bit first
+    assert [rr for ex, rr in builds if ex] and all(rr for ex, rr in builds if ex)  # the guard's: 7-bit
     assert res["settings"]["reduce_range"] is True and "8-bit weights instead" not in res["settings_reason"]
     assert json.loads(out.with_name(out.name + ".json").read_text())["info"]["quantization"]["reduce_range"] is True
     penalty[False] = 0.0

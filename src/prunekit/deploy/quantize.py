@@ -163,11 +163,12 @@ class Int8Builder:
 
         return onnx.load(str(self.model_in))
 
-    def build(self, exclude: Sequence[str] = ()):
-        """The int8 QDQ model (an ``onnx.ModelProto`` with prunekit metadata), nodes in ``exclude`` kept fp32."""
+    def build(self, exclude: Sequence[str] = (), settings: QuantSettings | None = None):
+        """The int8 QDQ model (an ``onnx.ModelProto`` with prunekit metadata), nodes in ``exclude`` kept fp32,
+        quantized with ``settings`` (default: the builder's; the calibration ranges are shared either way)."""
         import onnx
 
-        q, s = self._q, self.settings
+        q, s = self._q, settings or self.settings
         t0 = time.perf_counter()
         calib_method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                         "percentile": q.CalibrationMethod.Percentile}[self.method]
@@ -224,8 +225,12 @@ class Int8Builder:
         info = meta.info["quantization"]
         return {"path": str(out), "sidecar": str(side), "bytes": len(data), "fp32_bytes": fp32_bytes,
                 "size_ratio": len(data) / fp32_bytes, "method": self.method, "per_channel": info["per_channel"],
-                "settings": self.settings.to_dict(), "fp32_nodes": info["fp32_nodes"],
+                "settings": {k: info[k] for k in SETTINGS_KEYS}, "fp32_nodes": info["fp32_nodes"],
                 "calib_samples": self._reader.count, "calib_data": self.calib_source, "seconds": self.seconds}
+
+
+SETTINGS_KEYS = ("activations", "weights", "reduce_range", "per_channel", "label", "cpu_class", "cpu", "cpu_flags",
+                 "cpu_source", "int8_expected_faster", "reason", "overridden")  # QuantSettings.to_dict(), per model
 
 
 def quantize_onnx(src: str | os.PathLike, out: str | os.PathLike, calibration: Iterable[np.ndarray], *,
