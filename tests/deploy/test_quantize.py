@@ -159,3 +159,12 @@ def test_quantize_errors(dense_fp32, dense_int8, tiny_model_dir, tmp_path):
     r = run_cli_subprocess("quantize", "--model", tmp_path / "cut.onnx", "--out", tmp_path / "cut.int8.onnx")
     one_line_error(r.returncode, r.stderr, "truncated, corrupt or not ONNX")
     assert not (tmp_path / "cut.int8.onnx").exists()
+
+
+def test_the_result_reads_back_every_setting_from_the_written_model():
+    """``Int8Builder.write`` reports the written model's settings from its metadata (a build may use other
+    settings than the builder's): ``SETTINGS_KEYS`` must name every field ``QuantSettings.to_dict`` writes."""
+    from prunekit.deploy.cpu import settings_for
+    from prunekit.deploy.quantize import SETTINGS_KEYS
+
+    assert tuple(settings_for().to_dict()) == SETTINGS_KEYS
