@@ -368,7 +368,9 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     parameters, or a latency table measured on ``cfg.prune.budget_runtime`` here), the greedy allocation and
     ``search_candidates`` more scored by adaptive-BN accuracy (with ``search_finetune_steps`` > 0, the best few
     again after a short masked fine-tuning; the dense model's weights are left as they were). The plan also holds
-    uniform pruning and the ranked allocation (:func:`~prunekit.pruning.search.ranked`) sized to the same budget."""
+    uniform pruning and the ranked allocation (:func:`~prunekit.pruning.search.ranked`) sized to the same budget,
+    and uniform pruning that spends the whole budget (:func:`~prunekit.pruning.search.filled`; at a latency budget
+    only when ``prune.budget_allocation`` is ``uniform_fill``)."""
     import time
 
     from .pruning import strip
