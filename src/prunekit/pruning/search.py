@@ -143,19 +143,18 @@ def uniform(names: list[str], sizes: Sequence[int], cost: CostModel, target: flo
     return a
 
 
-def filled(names: list[str], sizes: Sequence[int], cost: CostModel, target: float, limits: Limits,
-           base: Allocation | None = None) -> Allocation:
+def filled(names: list[str], sizes: Sequence[int], cost: CostModel, target: float, limits: Limits) -> Allocation:
     """Uniform pruning that spends the whole budget: :func:`uniform`'s channels, then one ``round_to`` step at a
     time back to the group with the lowest kept fraction (ties: the first), a group whose step would break the
     budget skipped from then on, until no step fits. No score decides where channels go. With multiples of 8,
     :func:`uniform` can leave a few percent of the budget unused (groups cross a multiple together: 96.4 % of a
     quarter of MobileNet V1 0.5's MACs at 28x28, this 99.7 %), so comparing an allocation with this separates
     "which layers keep channels" from "how much of the budget is spent". ``extra["uniform_cost"]``: uniform's."""
-    base = base or uniform(names, sizes, cost, target, limits)
+    base = uniform(names, sizes, cost, target, limits)
     keep = np.array(base.keep, dtype=np.int64)
     size = np.asarray(sizes, dtype=np.int64)
     step = max(1, limits.round_to)
-    current = cost(keep)
+    current = base.cost
     blocked = np.zeros(len(keep), dtype=bool)
     while True:
         frac = keep / size
