@@ -849,6 +849,10 @@ def quantize(src: str | Path, out: str | Path, data: DataCfg, q: QuantizeCfg, *,
             res = builder.write(kept, out)
             int8_ev = evals[id(kept)][1]
     res["fp32_size_bytes"], res["size_bytes"] = src.stat().st_size, Path(out).stat().st_size
+    if res["per_tensor_zeroed"] and log:
+        from .deploy.quantize import zeroed_summary
+
+        log(f"warning: {zeroed_summary(res['per_tensor_zeroed'])}")
     res["settings_reason"] = res["settings"]["reason"]  # the written model's (8-bit weights after a retry)
     if q.calib_samples > len(bundle.train):
         res["note"] = f"calib_samples {q.calib_samples} > {len(bundle.train)} training images: used all of them"

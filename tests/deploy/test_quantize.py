@@ -121,11 +121,85 @@ def test_calibration_methods_and_per_tensor(dense_fp32, tmp_path, bundled, metho
                 and len(inits[n.input[0]].dims) == 4]
     assert w_scales
     assert all((len(s.dims) == 1 and s.dims[0] > 1) == per_channel for s in w_scales)
-    # the int8 model still tracks the fp32 one on real images
+    # the int8 model still tracks the fp32 one on real images; per-tensor scales may lose whole channels of a
+    # briefly trained model (a BN-folded outlier channel, seen on an Intel Xeon: 8.5% agreement) - never silently
     x, _ = next(iterate_batches(bundled, "test", 200, train=False))
     a = load_runtime(dense_fp32).predict_logits(x)
     b = load_runtime(out).predict_logits(x)
-    assert np.isfinite(b).all() and (a.argmax(1) == b.argmax(1)).mean() >= 0.7
+    agree = (a.argmax(1) == b.argmax(1)).mean()
+    assert np.isfinite(b).all()
+    assert agree >= 0.7 or (not per_channel and side["info"]["quantization"]["per_tensor_zeroed"]), agree
+    if per_channel:
+        assert "per_tensor_zeroed" not in side["info"]["quantization"]
+
+
+def _conv_graph(op: str, w: np.ndarray, **attrs):
+    from onnx import helper, numpy_helper
+
+    node = helper.make_node(op, ["x", "w"], ["y"], name="layer", **attrs)
+    return helper.make_graph([node], "g", [], [], [numpy_helper.from_array(w.astype(np.float32), "w")])
+
+
+@pytest.mark.parametrize("weights,reduce_range,small,zeroed", [
+    ("int8", False, 0.003, 1),   # 8-bit symmetric: half a step is 1/254 of the range
+    ("int8", False, 0.005, 0),
+    ("int8", True, 0.005, 1),    # 7-bit (ORT: -64..64): half a step is 1/128
+    ("int8", True, 0.01, 0),
+    ("uint8", False, 0.003, 0),  # asymmetric over [0, 1]: half a step is 1/510
+    ("uint8", False, 0.0015, 1),
+])
+def test_per_tensor_zeroed_thresholds(weights, reduce_range, small, zeroed):
+    from prunekit.deploy.cpu import CpuInfo, settings_for
+    from prunekit.deploy.quantize import per_tensor_zeroed
+
+    cpu = CpuInfo("x86_64", "test", ("avx512_vnni",), "x86-vnni", "test")
+    w = np.array([1.0, 0.5, small]).reshape(3, 1, 1, 1)
+    st = settings_for(cpu, weights=weights, reduce_range=reduce_range, per_channel=False)
+    got = per_tensor_zeroed(_conv_graph("Conv", w), st)
+    assert [d["zeroed"] for d in got] == ([zeroed] if zeroed else [])
+    if zeroed:
+        assert got[0]["node"] == "layer" and got[0]["channels"] == 3 and got[0]["spread"] == pytest.approx(1 / 0.5)
+    assert per_tensor_zeroed(_conv_graph("Conv", w), settings_for(cpu, weights=weights, per_channel=True)) == []
+
+
+def test_per_tensor_zeroed_output_channel_axis():
+    """Output channels: axis 0 of Conv and of Gemm with transB, axis 1 of Gemm without it and of ConvTranspose."""
+    from prunekit.deploy.cpu import CpuInfo, settings_for
+    from prunekit.deploy.quantize import per_tensor_zeroed
+
+    st = settings_for(CpuInfo("x86_64", "test", ("avx512_vnni",), "x86-vnni", "test"), per_channel=False)
+    w = np.ones((4, 2))
+    w[:, 1] = 1e-4  # column 1 tiny: one zeroed channel when columns are the outputs, none when rows are
+    assert [d["zeroed"] for d in per_tensor_zeroed(_conv_graph("Gemm", w), st)] == [1]
+    assert per_tensor_zeroed(_conv_graph("Gemm", w, transB=1), st) == []
+    assert [d["channels"] for d in per_tensor_zeroed(_conv_graph("ConvTranspose", w[..., None, None]), st)] == [2]
+    assert per_tensor_zeroed(_conv_graph("Conv", w[..., None, None]), st) == []
+
+
+def test_per_tensor_quantization_warns_about_zeroed_channels(dense_fp32, tmp_path):
+    """A depthwise channel 1000x larger than the rest of its layer (what BatchNorm folding gives a channel with a
+    tiny running variance): per-tensor scales zero every other channel of that layer, and quantize says so."""
+    from onnx import numpy_helper
+
+    m = onnx.load(str(dense_fp32))
+    inits = {i.name: i for i in m.graph.initializer}
+    node = next(n for n in m.graph.node if n.op_type == "Conv"
+                and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    w = numpy_helper.to_array(inits[node.input[1]]).copy()
+    w[0] = 1000 * np.abs(w).max()
+    inits[node.input[1]].CopyFrom(numpy_helper.from_array(w, node.input[1]))
+    src = tmp_path / "outlier.onnx"
+    onnx.save(m, str(src))
+    src.with_name("outlier.onnx.json").write_bytes(dense_fp32.with_name(dense_fp32.name + ".json").read_bytes())
+    common = ("quantize", "--model", src, "--data", "bundled", "--calib-samples", "64", "--no-eval")
+    rc, so, se = run_cli(*common, "--no-per-channel", "--out", tmp_path / "pt.onnx", "--json")
+    assert rc == 0, se
+    zeroed = {d["node"]: d for d in json.loads(so)["per_tensor_zeroed"]}
+    assert zeroed[node.name]["zeroed"] == w.shape[0] - 1 == zeroed[node.name]["channels"] - 1
+    rc, so, se = run_cli(*common, "--no-per-channel", "--out", tmp_path / "pt2.onnx")
+    assert rc == 0 and "warning: per-tensor weight scales round every weight of" in se and node.name in se, se
+    rc, so, se = run_cli(*common, "--per-channel", "--out", tmp_path / "pc.onnx", "--json")
+    assert rc == 0 and json.loads(so)["per_tensor_zeroed"] == [], se
 
 
 def test_quantize_errors(dense_fp32, dense_int8, tiny_model_dir, tmp_path):

@@ -37,6 +37,55 @@ from .onnx import load_onnx_proto, onnx_meta, ort_session, set_metadata
 METHODS = ("minmax", "entropy", "percentile")
 
 
+def per_tensor_zeroed(graph, settings: QuantSettings) -> list[dict[str, Any]]:
+    """Layers whose weights, quantized with one scale per tensor (``settings.per_channel`` off), round whole
+    output channels to zero: a channel whose largest |weight| is below half the tensor's quantization step (the
+    tensor's range over 254 levels, 128 with 7-bit ``reduce_range`` weights, 255 for asymmetric uint8) loses
+    all its weights. BatchNorm folded into a convolution makes this common (a channel with a tiny running variance
+    gets weights hundreds of times larger than its neighbours: MobileNet's depthwise layers). Returns, per
+    such layer (Conv/ConvTranspose/Gemm with a constant weight), ``{node, zeroed, channels, spread}``, ``spread``
+    being the largest channel range over the median one; empty when per-channel scales are used."""
+    from onnx import numpy_helper
+
+    if settings.per_channel:
+        return []
+    inits = {i.name: i for i in graph.initializer}
+    out = []
+    for n in graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        if w.ndim < 2 or w.size == 0:
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in n.attribute)
+        axis = 1 if n.op_type == "ConvTranspose" or (n.op_type == "Gemm" and not trans_b) else 0
+        ch = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        if settings.weights == "uint8":
+            lo, hi = min(0.0, float(ch.min())), max(0.0, float(ch.max()))
+            step = (hi - lo) / 255
+        else:
+            step = 2 * float(np.abs(ch).max()) / (128 if settings.reduce_range else 254)
+        amax = np.abs(ch).max(axis=1)
+        zeroed = int((amax < step / 2).sum())
+        if zeroed and step > 0:
+            med = float(np.median(amax))
+            out.append({"node": n.name or n.output[0], "zeroed": zeroed, "channels": int(len(amax)),
+                        "spread": float(amax.max() / med) if med > 0 else float("inf")})
+    return out
+
+
+def zeroed_summary(layers: Sequence[dict[str, Any]]) -> str:
+    """One line for :func:`per_tensor_zeroed`'s result ('' when nothing is lost)."""
+    if not layers:
+        return ""
+    worst = max(layers, key=lambda d: d["zeroed"] / d["channels"])
+    total = sum(d["zeroed"] for d in layers)
+    return (f"per-tensor weight scales round every weight of {total} output channel{'s' if total != 1 else ''} "
+            f"to zero in {len(layers)} layer{'s' if len(layers) != 1 else ''} (worst: {worst['node']}, "
+            f"{worst['zeroed']} of {worst['channels']}, channel ranges {worst['spread']:.0f}x apart); per-channel "
+            "scales (--per-channel, the default) keep them")
+
+
 def calibration_batches(bundle, samples: int, batch_size: int = 64, split: str = "train") -> Iterator[np.ndarray]:
     """The first ``samples`` images of ``split``, preprocessed like training (normalised, no augmentation)."""
     from ..data import iterate_batches
@@ -132,6 +181,7 @@ class Int8Builder:
                 self.note = f"quant_pre_process skipped ({type(e).__name__})"
         self.builds = 0
         self.seconds = 0.0
+        self._zeroed: dict[tuple[str, bool], list[dict[str, Any]]] = {}
 
     def _new_reader(self, batches: Iterable[np.ndarray]) -> _Reader:
         """A real ``CalibrationDataReader`` subclass (duck typing works today; isinstance checks may come)."""
@@ -210,6 +260,12 @@ class Int8Builder:
                                       "calib_samples": self._reader.count, "calib_data": self.calib_source,
                                       "preprocessed": self.model_in != self.src, "fp32_source": self.src.name,
                                       **({"note": self.note} if self.note else {})}}
+        key = (s.weights, s.reduce_range)
+        if not s.per_channel and key not in self._zeroed:
+            self._zeroed[key] = per_tensor_zeroed(self.fp32_graph().graph, s)
+        zeroed = [d for d in self._zeroed.get(key, []) if d["node"] not in exclude] if not s.per_channel else []
+        if zeroed:
+            meta.info["quantization"]["per_tensor_zeroed"] = zeroed
         set_metadata(proto, meta)
         return proto
 
@@ -226,6 +282,7 @@ class Int8Builder:
         return {"path": str(out), "sidecar": str(side), "bytes": len(data), "fp32_bytes": fp32_bytes,
                 "size_ratio": len(data) / fp32_bytes, "method": self.method, "per_channel": info["per_channel"],
                 "settings": {k: info[k] for k in SETTINGS_KEYS}, "fp32_nodes": info["fp32_nodes"],
+                "per_tensor_zeroed": info.get("per_tensor_zeroed", []),
                 "calib_samples": self._reader.count, "calib_data": self.calib_source, "seconds": self.seconds}
 
 
