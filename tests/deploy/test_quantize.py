@@ -147,6 +147,8 @@ def _conv_graph(op: str, w: np.ndarray, **attrs):
     ("int8", True, 0.01, 0),
     ("uint8", False, 0.003, 0),  # asymmetric over [0, 1]: half a step is 1/510
     ("uint8", False, 0.0015, 1),
+    ("uint8", True, 0.003, 1),   # 7-bit asymmetric (ORT: 0..127): half a step is 1/254
+    ("uint8", True, 0.005, 0),
 ])
 def test_per_tensor_zeroed_thresholds(weights, reduce_range, small, zeroed):
     from prunekit.deploy.cpu import CpuInfo, settings_for
@@ -160,6 +162,18 @@ def test_per_tensor_zeroed_thresholds(weights, reduce_range, small, zeroed):
     if zeroed:
         assert got[0]["node"] == "layer" and got[0]["channels"] == 3 and got[0]["spread"] == pytest.approx(1 / 0.5)
     assert per_tensor_zeroed(_conv_graph("Conv", w), settings_for(cpu, weights=weights, per_channel=True)) == []
+
+
+def test_per_tensor_zeroed_all_zero_channels_have_no_spread():
+    """Most channels all zeros (masked, not shrunk): no ratio to a zero median, and the summary still reads."""
+    from prunekit.deploy.cpu import CpuInfo, settings_for
+    from prunekit.deploy.quantize import per_tensor_zeroed, zeroed_summary
+
+    st = settings_for(CpuInfo("x86_64", "test", ("avx512_vnni",), "x86-vnni", "test"), per_channel=False)
+    got = per_tensor_zeroed(_conv_graph("Conv", np.array([1.0, 0, 0]).reshape(3, 1, 1, 1)), st)
+    assert got == [{"node": "layer", "zeroed": 2, "channels": 3, "spread": None}]
+    assert "2 of 3)" in zeroed_summary(got) and "apart" not in zeroed_summary(got)
+    assert zeroed_summary([]) == ""
 
 
 def test_per_tensor_zeroed_output_channel_axis():

@@ -40,11 +40,12 @@ METHODS = ("minmax", "entropy", "percentile")
 def per_tensor_zeroed(graph, settings: QuantSettings) -> list[dict[str, Any]]:
     """Layers whose weights, quantized with one scale per tensor (``settings.per_channel`` off), round whole
     output channels to zero: a channel whose largest |weight| is below half the tensor's quantization step (the
-    tensor's range over 254 levels, 128 with 7-bit ``reduce_range`` weights, 255 for asymmetric uint8) loses
+    tensor's range over 254 levels, 128 with 7-bit ``reduce_range`` weights; 255 and 127 for asymmetric uint8) loses
     all its weights. BatchNorm folded into a convolution makes this common (a channel with a tiny running variance
     gets weights hundreds of times larger than its neighbours: MobileNet's depthwise layers). Returns, per
     such layer (Conv/ConvTranspose/Gemm with a constant weight), ``{node, zeroed, channels, spread}``, ``spread``
-    being the largest channel range over the median one; empty when per-channel scales are used."""
+    being the largest channel range over the median one (None when the median channel is all zeros); empty when
+    per-channel scales are used."""
     from onnx import numpy_helper
 
     if settings.per_channel:
@@ -62,7 +63,7 @@ def per_tensor_zeroed(graph, settings: QuantSettings) -> list[dict[str, Any]]:
         ch = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
         if settings.weights == "uint8":
             lo, hi = min(0.0, float(ch.min())), max(0.0, float(ch.max()))
-            step = (hi - lo) / 255
+            step = (hi - lo) / (127 if settings.reduce_range else 255)
         else:
             step = 2 * float(np.abs(ch).max()) / (128 if settings.reduce_range else 254)
         amax = np.abs(ch).max(axis=1)
@@ -70,7 +71,7 @@ def per_tensor_zeroed(graph, settings: QuantSettings) -> list[dict[str, Any]]:
         if zeroed and step > 0:
             med = float(np.median(amax))
             out.append({"node": n.name or n.output[0], "zeroed": zeroed, "channels": int(len(amax)),
-                        "spread": float(amax.max() / med) if med > 0 else float("inf")})
+                        "spread": float(amax.max() / med) if med > 0 else None})
     return out
 
 
@@ -82,7 +83,9 @@ def zeroed_summary(layers: Sequence[dict[str, Any]]) -> str:
     total = sum(d["zeroed"] for d in layers)
     return (f"per-tensor weight scales round every weight of {total} output channel{'s' if total != 1 else ''} "
             f"to zero in {len(layers)} layer{'s' if len(layers) != 1 else ''} (worst: {worst['node']}, "
-            f"{worst['zeroed']} of {worst['channels']}, channel ranges {worst['spread']:.0f}x apart); per-channel "
+            f"{worst['zeroed']} of {worst['channels']}"
+            + (f", channel ranges {worst['spread']:.0f}x apart" if worst["spread"] is not None else "")
+            + "); per-channel "
             "scales (--per-channel, the default) keep them")
 
 
