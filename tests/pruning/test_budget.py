@@ -994,3 +994,44 @@ def test_latency_prediction_follows_the_calibration_curve(tmp_path):
     assert cost(sizes // 2) == pytest.approx(1.0) and cost(sizes) == pytest.approx(3.0)
     assert cost(sizes * 3 // 4) == pytest.approx(1.0 + 2.0 * (cost._layers(sizes * 3 // 4) - half) / (dense - half))
     assert cost(np.ones_like(sizes)) >= 0.0  # extended below the smallest anchor, never negative
+
+
+def test_monotone_envelope_lowers_a_cell_slower_than_a_larger_one_and_keeps_the_rest():
+    from prunekit.inference.latency import monotone
+
+    v = np.array([[1.0, 2.0, 3.0],
+                  [2.0, 9.0, 4.0],   # 9: a slow phase; the cells with more channels in both took 4 and 5
+                  [3.0, 4.0, 5.0]])
+    want = v.copy()
+    want[1, 1] = 4.0
+    assert np.array_equal(monotone(v), want)
+    assert np.array_equal(monotone(want), want)  # a monotone table is kept as measured
+    assert np.array_equal(monotone(np.array([[1.0, 5.0, 2.0, 3.0]])), [[1.0, 2.0, 2.0, 3.0]])  # depthwise: one row
+
+
+def test_latency_model_tables_go_through_the_envelope(tmp_path):
+    """A layer cell timed in a slow phase (the 50 % input-channel cell of one layer, 50x) would make a smaller model
+    predicted slower than a larger one; through the envelope it is not, and without it (for comparison) it is."""
+    from prunekit.inference import latency as L
+
+    class SlowCellTimer(FakeTimer):
+        def model_ms(self, module, example):
+            ms = super().model_ms(module, example)
+            conv = module[0] if isinstance(module, torch.nn.Sequential) else None  # a layer, not the whole model
+            return 50 * ms if isinstance(conv, torch.nn.Conv2d) and conv.groups == 1 and conv.in_channels == 16 \
+                else ms
+
+    m = mobilenet()
+    p = prune_(m, PruningConfig(schedule=OneShot(0.5)), SHAPE)
+    fr, sizes = ChannelFractions(p.graph, p.groups), np.array([g.size for g in p.groups])
+    kw = {"grid": 4, "round_to": 1}
+    cost = L.LatencyCost(strip(m, copy=True), SHAPE, fr, L.LatencyTable(SlowCellTimer(), cache=tmp_path), **kw)
+    raw = L.LatencyCost(strip(m, copy=True), SHAPE, fr, L.LatencyTable(SlowCellTimer(), cache=tmp_path),
+                        envelope=False, **kw)
+    assert any((v != L.monotone(v)).any() for _, _, v in raw.grids)
+    assert all((v == L.monotone(v)).all() for _, _, v in cost.grids)
+    fractions = np.linspace(0.25, 1.0, 13)
+    preds = [cost(np.maximum(1, np.round(sizes * f))) for f in fractions]
+    assert all(a <= b + 1e-12 for a, b in zip(preds, preds[1:], strict=False)), preds
+    raw_preds = [raw(np.maximum(1, np.round(sizes * f))) for f in fractions]
+    assert any(a > b for a, b in zip(raw_preds, raw_preds[1:], strict=False)), raw_preds

@@ -287,6 +287,16 @@ def _interp(xs: list[int], ys: np.ndarray, x: float) -> float:
     return float(np.interp(x, xs, ys))
 
 
+def monotone(values: np.ndarray) -> np.ndarray:
+    """A layer's table (rows: output channels, columns: input channels, both ascending) with every cell at most
+    every cell with as many or more channels in both: a layer with fewer channels is not slower. Timing noise is
+    one-sided (interference only slows a run), so a cell slower than a larger one is a slow phase, not the layer:
+    in one full run on an Intel Xeon a few such cells of MobileNet V1 28x28 at batch 1 predicted uniform 62.5 %
+    slower than uniform 50 % and off by 45 %; with this envelope 15.5 %, the other models within 2 points
+    (benchmarks/results/latency_monotone_xeon.md)."""
+    return np.minimum.accumulate(np.minimum.accumulate(values[::-1, ::-1], axis=0), axis=1)[::-1, ::-1]
+
+
 # Uniform prunings the latency model is calibrated on, with the dense model. Whole-model latency is not linear in the
 # table's sum between dense and 50 %: with anchors at 50/75 % only, uniform 25 % at batch 1 was predicted 14.6 % and
 # 19.0 % slow for MobileNet V1 224x224 and 10.0 % and 9.2 % fast for ResNet-50 in 2026-12-02's two runs (the second
@@ -305,10 +315,12 @@ class LatencyCost:
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], fractions: Any, table: LatencyTable,
                  grid: int = 6, round_to: int = 1, progress: Callable[[str], None] | None = None,
-                 build: Callable[[np.ndarray], nn.Module] | None = None, anchors: Sequence[float] = ANCHORS):
+                 build: Callable[[np.ndarray], nn.Module] | None = None, anchors: Sequence[float] = ANCHORS,
+                 envelope: bool = True):
         """``build(keep)``: the model pruned to ``keep`` channels per group (a plain module); with it the table's
         sum is calibrated on the dense model and on uniform pruning at each of ``anchors``, all timed
-        interleaved (without it: slope 1, intercept from the dense model alone)."""
+        interleaved (without it: slope 1, intercept from the dense model alone). ``envelope``: each layer's
+        table through :func:`monotone` (False: the cells as measured, for comparison)."""
         self.fractions, self.table = fractions, table
         self.specs = layer_specs(model, input_shape)
         self.input_shape = tuple(input_shape)
@@ -323,7 +335,7 @@ class LatencyCost:
                 couts = [0]
             else:
                 values = np.array([[table(s, ci, co) for ci in cins] for co in couts])
-            self.grids.append((cins, couts, values))
+            self.grids.append((cins, couts, monotone(values) if envelope else values))
             if progress and (i + 1) % 5 == 0:
                 progress(f"latency table {i + 1}/{len(self.specs)} layers ({table.measured} measured)")
         table.save()
