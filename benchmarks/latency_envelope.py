@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
            "source": str(args.results), "source_provenance": src.get("provenance"), "rows": rows}
     sp = src.get("provenance") or {}
     lines = ["# Latency tables: as measured vs through a monotone envelope", "", provenance_line(doc["provenance"]),
-             "", f"Re-analysis of [{args.results.stem}]({args.results.name}) (commit "
+             "", f"Re-analysis of [{args.results.stem}]({args.results.stem}.md) (commit "
              f"{(sp.get('git_commit') or '?')[:10]}, {sp.get('recorded', '?')}): the same cached layer tables, "
              "calibration and measured latencies; only the tables' envelope differs. Out-of-sample rows only "
              "(uniform 37.5/62.5 % and the random allocations).", "",
