@@ -25,27 +25,12 @@ from _common import environment, log, provenance_line, write_results  # noqa: E4
 
 def reanalyse(res: dict, n_random: int) -> dict:
     from prunekit.inference import latency as L
-    from prunekit.models import create_model
-    from prunekit.pruning import OneShot, PruningConfig, prune_, strip
     from prunekit.pruning.budget import ChannelFractions
 
     key, batch, grid, a = res["model"], res["batch"], res["grid"], res["align"]
-    arch, kw, shape, layers = LM.MODELS[key]
-    torch.manual_seed(0)
-    model = create_model(arch, **kw).eval()
-    pruner = prune_(model, PruningConfig(schedule=OneShot(0.5), layers=layers), shape)
+    dense, pruner, shape = LM.model_and_groups(key)
     sizes = np.array([g.size for g in pruner.groups])
-    dense = strip(model, copy=True)
-
-    def aligned(keep):
-        return np.minimum(sizes, np.maximum(a, np.round(keep / a) * a)).astype(int)
-
-    rng = np.random.default_rng(0)  # the allocations latency_model.py drew
-    configs = {"dense": sizes.copy()}
-    for s in sorted({*L.ANCHORS, *LM.OUT_OF_SAMPLE}):
-        configs[f"uniform {100 * s:g}%"] = aligned(sizes * (1 - s))
-    for i in range(n_random):
-        configs[f"random {i + 1}"] = aligned(sizes * (1 - rng.uniform(0, 0.8, len(sizes))))
+    configs = LM.allocations(sizes, a, n_random)  # the allocations latency_model.py drew
     calibrated = {c["model"]: c["measured_ms"] for c in res["calibration"]}
     keeps = {"dense": sizes, **{f"uniform {x:g}": configs[f"uniform {100 * x:g}%"] for x in L.ANCHORS}}
     out = {}

@@ -36,6 +36,35 @@ MODELS = {
 }
 
 
+def model_and_groups(key: str):
+    """(dense model with random weights, the pruner whose groups the allocations size, input shape) of ``key``."""
+    from prunekit.models import create_model
+    from prunekit.pruning import OneShot, PruningConfig, prune_, strip
+
+    arch, kw, shape, layers = MODELS[key]
+    torch.manual_seed(0)
+    model = create_model(arch, **kw).eval()
+    pruner = prune_(model, PruningConfig(schedule=OneShot(0.5), layers=layers), shape)
+    return strip(model, copy=True), pruner, shape
+
+
+def allocations(sizes: np.ndarray, a: int, n_random: int) -> dict[str, np.ndarray]:
+    """The allocations timed (keep counts per group, multiples of ``a``): dense, uniform at the anchors and the
+    out-of-sample fractions, and ``n_random`` random ones (seed 0)."""
+    from prunekit.inference.latency import ANCHORS
+
+    def aligned(keep):
+        return np.minimum(sizes, np.maximum(a, np.round(keep / a) * a)).astype(int)
+
+    rng = np.random.default_rng(0)
+    configs = {"dense": sizes.copy()}
+    for s in sorted({*ANCHORS, *OUT_OF_SAMPLE}):
+        configs[f"uniform {100 * s:g}%"] = aligned(sizes * (1 - s))
+    for i in range(n_random):
+        configs[f"random {i + 1}"] = aligned(sizes * (1 - rng.uniform(0, 0.8, len(sizes))))
+    return configs
+
+
 def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dict:
     from prunekit import shrink
     from prunekit.inference.latency import (
@@ -47,17 +76,11 @@ def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dic
         align,
         measure_models,
     )
-    from prunekit.models import create_model
-    from prunekit.pruning import OneShot, PruningConfig, prune_, strip
     from prunekit.pruning.budget import ChannelFractions
 
-    arch, kw, shape, layers = MODELS[key]
-    torch.manual_seed(0)
-    model = create_model(arch, **kw).eval()
-    pruner = prune_(model, PruningConfig(schedule=OneShot(0.5), layers=layers), shape)
+    dense_model, pruner, shape = model_and_groups(key)
     sizes = np.array([g.size for g in pruner.groups])
     a = align()
-    dense_model = strip(model, copy=True)
     timer = Timer("onnxruntime-fp32", batch, threads, max_seconds=1.0, repeats=30, rounds=5)
 
     def pruned(keep):
@@ -65,22 +88,14 @@ def run_one(key: str, batch: int, grid: int, n_random: int, threads: int) -> dic
                    if k < g.size}
         return shrink(dense_model, shape, removed, graph=pruner.graph, check=False).model.eval()
 
-    def aligned(keep):
-        return np.minimum(sizes, np.maximum(a, np.round(keep / a) * a)).astype(int)
-
     table = LatencyTable(Timer("onnxruntime-fp32", batch, threads))
     t0 = time.perf_counter()
     cost = LatencyCost(dense_model, shape, ChannelFractions(pruner.graph, pruner.groups), table,
                        grid=grid, round_to=a, progress=C.log,
                        build=pruned)
     table_s = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    configs = {"dense": sizes.copy()}
+    configs = allocations(sizes, a, n_random)
     in_sample = {"dense"} | {f"uniform {100 * s:g}%" for s in ANCHORS}
-    for s in sorted({*ANCHORS, *OUT_OF_SAMPLE}):
-        configs[f"uniform {100 * s:g}%"] = aligned(sizes * (1 - s))
-    for i in range(n_random):
-        configs[f"random {i + 1}"] = aligned(sizes * (1 - rng.uniform(0, 0.8, len(sizes))))
     rows = []
     # every allocation timed interleaved with the others (and the dense model): the machine's drift cancels in
     # their ratios; each is put on the calibration's scale through the dense model (measured x dense at
