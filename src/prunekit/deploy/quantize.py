@@ -68,7 +68,7 @@ def per_tensor_zeroed(graph, settings: QuantSettings) -> list[dict[str, Any]]:
             step = 2 * float(np.abs(ch).max()) / (128 if settings.reduce_range else 254)
         amax = np.abs(ch).max(axis=1)
         zeroed = int((amax < step / 2).sum())
-        if zeroed and step > 0:
+        if zeroed:
             med = float(np.median(amax))
             out.append({"node": n.name or n.output[0], "zeroed": zeroed, "channels": int(len(amax)),
                         "spread": float(amax.max() / med) if med > 0 else None})
@@ -85,8 +85,7 @@ def zeroed_summary(layers: Sequence[dict[str, Any]]) -> str:
             f"to zero in {len(layers)} layer{'s' if len(layers) != 1 else ''} (worst: {worst['node']}, "
             f"{worst['zeroed']} of {worst['channels']}"
             + (f", channel ranges {worst['spread']:.0f}x apart" if worst["spread"] is not None else "")
-            + "); per-channel "
-            "scales (--per-channel, the default) keep them")
+            + "); per-channel scales (--per-channel, the default) keep them")
 
 
 def calibration_batches(bundle, samples: int, batch_size: int = 64, split: str = "train") -> Iterator[np.ndarray]:
@@ -263,12 +262,13 @@ class Int8Builder:
                                       "calib_samples": self._reader.count, "calib_data": self.calib_source,
                                       "preprocessed": self.model_in != self.src, "fp32_source": self.src.name,
                                       **({"note": self.note} if self.note else {})}}
-        key = (s.weights, s.reduce_range)
-        if not s.per_channel and key not in self._zeroed:
-            self._zeroed[key] = per_tensor_zeroed(self.fp32_graph().graph, s)
-        zeroed = [d for d in self._zeroed.get(key, []) if d["node"] not in exclude] if not s.per_channel else []
-        if zeroed:
-            meta.info["quantization"]["per_tensor_zeroed"] = zeroed
+        if not s.per_channel:  # computed once per weight type and range, whatever is kept fp32
+            key = (s.weights, s.reduce_range)
+            if key not in self._zeroed:
+                self._zeroed[key] = per_tensor_zeroed(self.fp32_graph().graph, s)
+            zeroed = [d for d in self._zeroed[key] if d["node"] not in exclude]
+            if zeroed:
+                meta.info["quantization"]["per_tensor_zeroed"] = zeroed
         set_metadata(proto, meta)
         return proto
 
