@@ -24,6 +24,10 @@ _hypothesis.load_profile("explore" if os.environ.get("PRUNEKIT_HYPOTHESIS") == "
 # pytest-xdist runs one worker per core (make test: 2): two threads in each worker would make 4 spin-waiting
 # threads on 2 cores; alone, a process may use two
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # ... and so does every process a test starts (CLI subprocesses, the notebook's kernel) unless it says otherwise:
+    # a child with two threads beside the other worker ran a test 4x slower than alone (81 s vs 19 s)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,12 +118,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out / "model"
 
 
-@pytest.fixture(scope="module")
-def fp32_model(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model exported to fp32 ONNX (``m.onnx``), one per test module (modules write files beside it)."""
-    out = tmp_path_factory.mktemp("fp32_model") / "m.onnx"
+@pytest.fixture(scope="session")
+def _fp32_export(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model exported once per session (the default exporter: 5-8 s of dynamo tracing)."""
+    out = tmp_path_factory.mktemp("fp32_export") / "m.onnx"
     rc, so, se = run_cli("export", "--model", tiny_model_dir, "--out", out)
     assert rc == 0, se
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_model(_fp32_export, tmp_path_factory) -> Path:
+    """The tiny model exported to fp32 ONNX (``m.onnx``), a copy per test module (modules write files beside it)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("fp32_model") / "m.onnx"
+    for f in _fp32_export.parent.iterdir():  # the model and whatever the export wrote beside it
+        shutil.copy2(f, out.parent / f.name)
     return out
 
 

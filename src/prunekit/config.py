@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import yaml
 
 from .data import DATASETS, Augment
-from .deploy import ACTIVATION_TYPES, CPU_CLASSES, FORMATS, METHODS, OBJECTIVES, WEIGHT_TYPES
+from .deploy import ACTIVATION_TYPES, CPU_CLASSES, EXPORTERS, FORMATS, METHODS, OBJECTIVES, WEIGHT_TYPES
 from .errors import PrunekitError, closest
 from .pruning import PruningConfig, ScheduleSpec
 from .pruning.budget import BUDGET_RUNTIMES, Budget
@@ -178,6 +178,9 @@ class FinetuneCfg(StageTrainCfg):
 class ExportCfg:
     formats: list[str] = F(["onnx", "torchscript"], "export formats", choices=FORMATS)
     opset: int = F(18, "ONNX opset", lo=13, hi=30)
+    exporter: str = F("auto", "ONNX exporter: torch.export-based dynamo, TorchScript-based legacy (much faster to "
+                      "export, same verification), or auto (dynamo, legacy if it fails); also for the dense and "
+                      "pruned models the evaluate stage times", choices=EXPORTERS)
 
 
 @dataclass

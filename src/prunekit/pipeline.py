@@ -88,7 +88,8 @@ def _export(p: Pipeline, d: Path) -> dict[str, Any]:
     out = {}
     for fmt in p.cfg.export.formats:
         path = d / steps.EXPORT_NAMES[fmt]
-        res = steps.export(p.stage_dir("finetune") / "model", path, fmt, opset=p.cfg.export.opset)
+        res = steps.export(p.stage_dir("finetune") / "model", path, fmt, opset=p.cfg.export.opset,
+                           exporter=p.cfg.export.exporter)
         out[fmt] = {"path": str(path), "max_abs_diff": res.get("max_abs_diff"), "size_bytes": res["size_bytes"]}
     return out
 
@@ -146,7 +147,7 @@ def _evaluate(p: Pipeline, d: Path) -> dict[str, Any]:
             onnx = p.stage_dir("export") / "model.onnx"
             if name != "finetuned" or not onnx.is_file():
                 onnx = d / f"{name}.onnx"
-                steps.export(path, onnx, "onnx", opset=p.cfg.export.opset)
+                steps.export(path, onnx, "onnx", opset=p.cfg.export.opset, exporter=p.cfg.export.exporter)
             onnx_files[(name, ORT_FP32)] = onnx
     q = p.stage_dir("quantize") / "model.int8.onnx"
     if q.is_file():
