@@ -455,7 +455,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
 
     def measured_fit(make: Callable[[float], Any], what: str, aim: float):
         """``make(aim)``; for latency, its choice is built and timed (interleaved with the dense model) and the
-        aim moved until the measurement lands in [0.9, 1] x target: a search exploits the table's errors (the
+        aim moved until the measurement lands in [FIT_LOW, 1] x target: a search exploits the table's errors (the
         allocation it likes best is often one the table misjudges), in either direction. Bracketing on the aim
         (geometric bisection once both sides are known), at most 4 tries; the least-pruned measured fit wins."""
         made = make(aim)
@@ -475,7 +475,7 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
                 if measured > best_ms:
                     best, best_ms = made, measured
                 lo = aim
-                if measured >= 0.9 * target:
+                if measured >= FIT_LOW * target:
                     break
             else:
                 hi = aim
@@ -512,6 +512,13 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
         f"{alloc.cost:.4g}, adaptive-BN top-1 {alloc.score['top1']:.2f}% (uniform {base.score['top1']:.2f}%, ranked "
         f"{rank.score['top1']:.2f}%)")
     return plan
+
+
+# A latency plan's allocation is re-aimed until it measures within [FIT_LOW, 1] x the target. With 0.9, on an Intel
+# Xeon, the ranked allocation at latency 1/4 was accepted at 0.91 of the target while uniform pruning was re-aimed to
+# 0.99: ranked 81.50 vs 82.08 % top-1 (4 seeds; benchmarks/results/budget_fmnist_quick_split1-1-3_ftlr0p1_envelope*)
+# compared how much of the budget each spent as much as where the channels went.
+FIT_LOW = 0.95
 
 
 def _chosen(plan: BudgetPlan, which: str) -> Any:

@@ -906,7 +906,9 @@ def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path
     fits = [c for c in searched if c["measured"] <= target]
     best = max(fits, key=lambda c: c["measured"])  # the least-pruned allocation that fits as measured
     assert plan["predicted"] == pytest.approx(best["predicted"])
-    assert best["measured"] >= 0.9 * target or len(searched) == 4  # moved into [0.9, 1] x target, or gave up
+    from prunekit.steps import FIT_LOW
+
+    assert best["measured"] >= FIT_LOW * target or len(searched) == 4  # moved into [0.95, 1] x target, or gave up
     uniform_fits = [c for c in plan["checks"] if c["allocation"] == "uniform" and c["measured"] <= target]
     assert uniform_fits
     # every check knows the dense model's fastest latency seen so far while planning (to notice a slow phase of
