@@ -514,11 +514,11 @@ def plan_budget(cfg: RunConfig, model_ref: str | Path | Loaded, out: str | Path 
     return plan
 
 
-# A latency plan's allocation is re-aimed until it measures within [FIT_LOW, 1] x the target. With 0.9, on an Intel
-# Xeon, the ranked allocation at latency 1/4 was accepted at 0.91 of the target while uniform pruning was re-aimed to
-# 0.99: ranked 81.50 vs 82.08 % top-1 (4 seeds; benchmarks/results/budget_fmnist_quick_split1-1-3_ftlr0p1_envelope*)
-# compared how much of the budget each spent as much as where the channels went.
-FIT_LOW = 0.95
+# A latency plan's allocation is re-aimed until it measures within [FIT_LOW, 1] x the target. On an Intel Xeon, 4 seeds
+# at latency 1/4 (benchmarks/results/budget_fmnist_quick_split1-1-3_ftlr0p1_{envelope,fit95}_paired.md): with 0.9 the
+# ranked allocation was accepted at 0.91 of the target and every check met it; with 0.95 at 0.99, and the prune
+# step's re-timing (+-5 % run to run) put it over the 5 % allowance in 2 of 4 seeds. 0.9 leaves room for that noise.
+FIT_LOW = 0.9
 
 
 def _chosen(plan: BudgetPlan, which: str) -> Any:

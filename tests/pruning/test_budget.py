@@ -908,7 +908,7 @@ def test_a_latency_plan_measures_its_choice_and_re_aims(tiny_model_dir, tmp_path
     assert plan["predicted"] == pytest.approx(best["predicted"])
     from prunekit.steps import FIT_LOW
 
-    assert best["measured"] >= FIT_LOW * target or len(searched) == 4  # moved into [0.95, 1] x target, or gave up
+    assert best["measured"] >= FIT_LOW * target or len(searched) == 4  # moved into [FIT_LOW, 1] x target, or gave up
     uniform_fits = [c for c in plan["checks"] if c["allocation"] == "uniform" and c["measured"] <= target]
     assert uniform_fits
     # every check knows the dense model's fastest latency seen so far while planning (to notice a slow phase of
