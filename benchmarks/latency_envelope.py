@@ -31,20 +31,18 @@ def reanalyse(res: dict, n_random: int) -> dict:
     dense, pruner, shape = LM.model_and_groups(key)
     sizes = np.array([g.size for g in pruner.groups])
     configs = LM.allocations(sizes, a, n_random)  # the allocations latency_model.py drew
-    calibrated = {c["model"]: c["measured_ms"] for c in res["calibration"]}
-    keeps = {"dense": sizes, **{f"uniform {x:g}": configs[f"uniform {100 * x:g}%"] for x in L.ANCHORS}}
+    # the file's calibration measurements (dense, then uniform at each anchor: the order LatencyCost times them in)
+    # stand in for the timings, so LatencyCost calibrates itself exactly as in that run
+    measured = [c["measured_ms"] for c in res["calibration"]]
     out = {}
     for name, envelope in (("as measured", False), ("envelope", True)):
         table = L.LatencyTable(L.Timer("onnxruntime-fp32", batch, res.get("threads", 2)))
-        with mock.patch.object(L, "measure_models", lambda models, *x, **k: [1.0] * len(models)):
+        with mock.patch.object(L, "measure_models", lambda models, *x, **k: measured[:len(models)]):
             cost = L.LatencyCost(dense, shape, ChannelFractions(pruner.graph, pruner.groups), table, grid=grid,
-                                 round_to=a, envelope=envelope)
+                                 round_to=a, build=lambda keep: dense, envelope=envelope)
         if table.measured:
             raise SystemExit(f"{key} batch {batch}: {table.measured} table cells not in this machine's cache: run "
                              "this on the machine (and cache) that produced the results file")
-        xs, ys = [cost._layers(keeps[k]) for k in calibrated], list(calibrated.values())
-        cost.slope, cost.intercept = L._fit(xs, ys)
-        cost.curve = L._curve(xs, ys)
         errors = {}
         for r in res["rows"]:
             p = cost(configs[r["config"]])
