@@ -34,6 +34,7 @@ def test_defaults_and_overrides(tmp_path):
     ({"data": {"name": "imagefolder"}}, "data.root is required"),
     ({"export": {"formats": ["onnx", "tflite"]}}, r"export.formats\[1\] must be one of onnx, torchscript, exported-program, got 'tflite'"),
     ({"export": {"formats": ["torchscript"]}}, "quantize.enabled needs 'onnx'"),
+    ({"export": {"exporter": "torchscript"}}, "export.exporter must be one of auto, dynamo, legacy, got 'torchscript'"),
     ({"model": []}, "model must be a mapping"),
     ({"version": 2}, "config version 2 is not supported"),
 ])
