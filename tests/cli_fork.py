@@ -5,6 +5,7 @@ one child per command: the child sets ``sys.argv``, runs the ``prunekit.__main__
 ``python -m prunekit`` would (an uncaught exception prints its traceback and exits 1) with its stdout and stderr
 redirected at the file-descriptor level (what C++ libraries print is seen too), and exits. No state passes from
 one command to the next, and the server has run nothing but imports when it forks, so no thread pool exists yet.
+``Server`` keeps one such server for commands that depend on each other (run, kill, resume), one at a time.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _child(args: list[str], env: dict[str, str | None], out: str, err: str, limit_as: int | None = None) -> None:
+def _child(args: list[str], env: dict[str, str | None], out: str, err: str, limit_as: int | None = None,
+           script: str | None = None) -> None:
     """In the forked child: run one command and exit with its code (never returns). ``limit_as``: an
-    address-space limit (``RLIMIT_AS``, bytes) for the command."""
+    address-space limit (``RLIMIT_AS``, bytes) for the command; ``script``: run this Python file with ``args`` as
+    its arguments (as ``python SCRIPT ARGS`` would) instead of ``python -m prunekit ARGS``."""
     import runpy
     import traceback
 
@@ -43,9 +46,12 @@ def _child(args: list[str], env: dict[str, str | None], out: str, err: str, limi
             f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.dup2(f, fd)
             os.close(f)
-        sys.argv = ["prunekit", *args]
+        sys.argv = [script or "prunekit", *args]
         try:
-            runpy.run_module("prunekit", run_name="__main__", alter_sys=True)
+            if script:
+                runpy.run_path(script, run_name="__main__")
+            else:
+                runpy.run_module("prunekit", run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as e:  # what the interpreter makes of sys.exit(code)
             if e.code is None or isinstance(e.code, int):
@@ -80,7 +86,7 @@ def _serve(jobs: list[dict], workers: int, timeout: float, tmp: str) -> list[dic
             os.chdir(jobs[i]["cwd"])
             pid = os.fork()
             if pid == 0:
-                _child(jobs[i]["args"], jobs[i]["env"], out, err, jobs[i].get("limit_as"))
+                _child(jobs[i]["args"], jobs[i]["env"], out, err, jobs[i].get("limit_as"), jobs[i].get("script"))
             alive[pid] = (i, time.monotonic())
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
@@ -127,11 +133,68 @@ def run_many(commands: Sequence[Sequence[object]], cwd: str | Path | Sequence[st
     return results
 
 
+class Server:
+    """One server for commands that must run one after another (a run, then its ``--resume``): each
+    :meth:`run` forks a fresh child from the same server, which imported torch and prunekit once. Use as a
+    context manager (or call :meth:`close`)."""
+
+    def __init__(self, env: dict[str, str | None] | None = None):
+        import tempfile
+
+        self.env = dict(env or {})
+        self._tmp = tempfile.TemporaryDirectory()
+        self._proc = subprocess.Popen([sys.executable, __file__, "--serve", self._tmp.name], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def run(self, args: Sequence[object], cwd: str | Path = ".", script: str | Path | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        """``args`` as ``python -m prunekit ARGS`` (or ``python SCRIPT ARGS``) would run them, in a forked child;
+        a child over ``timeout`` seconds is killed (return code -9, ``timed_out`` True)."""
+        job = {"args": [str(a) for a in args], "cwd": str(Path(cwd).resolve()), "env": self.env,
+               "script": str(script) if script else None, "timeout": timeout}
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(json.dumps(job) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"cli_fork server died (exit {self._proc.wait()})")
+        d = json.loads(line)
+        head = [sys.executable, str(script)] if script else [sys.executable, "-m", "prunekit"]
+        r = subprocess.CompletedProcess([*head, *job["args"]], d["rc"], d["stdout"], d["stderr"])
+        r.timed_out, r.seconds = d["timed_out"], d["seconds"]  # type: ignore[attr-defined]
+        return r
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 if __name__ == "__main__":
-    request = json.loads(sys.stdin.read())
+    serve = sys.argv[1:2] == ["--serve"]
+    request = None if serve else json.loads(sys.stdin.read())
     import torch  # noqa: F401  (what every command would import: once, here)
 
     import prunekit.cli  # noqa: F401
     import prunekit.steps  # noqa: F401
 
-    print(json.dumps(_serve(request["jobs"], request["workers"], request["timeout"], request["tmp"])))
+    if serve:  # one job per line on stdin, one result per line on stdout, until stdin closes
+        for job_line in sys.stdin:
+            job = json.loads(job_line)
+            print(json.dumps(_serve([job], 1, job["timeout"], sys.argv[2])[0]), flush=True)
+    else:
+        print(json.dumps(_serve(request["jobs"], request["workers"], request["timeout"], request["tmp"])))

@@ -120,16 +120,14 @@ sys.exit(main(argv))
 '''
 
 
-def run(args: list, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "prunekit", *map(str, args)], capture_output=True, text=True,
-                       env=ENV, timeout=timeout)
+def run(server, args: list, timeout: float = 300) -> subprocess.CompletedProcess:
+    r = server.run(args, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
 
-def run_killed(worker: Path, spec: dict, args: list) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, str(worker), json.dumps(spec), *map(str, args)], capture_output=True,
-                       text=True, env=ENV, timeout=300)
+def run_killed(server, worker: Path, spec: dict, args: list) -> subprocess.CompletedProcess:
+    r = server.run([json.dumps(spec), *args], script=worker)
     assert r.returncode == -signal.SIGKILL, f"not killed (exit {r.returncode}): {r.stderr[-2000:]}"
     return r
 
@@ -218,6 +216,16 @@ def _id(p: dict) -> str:
 
 
 @pytest.fixture(scope="module")
+def server():
+    """Every command but the signalled ones runs in a child forked from one server that imported torch and
+    prunekit once (``cli_fork.Server``: ~2 s of CPU less per command; the kills hit the child alone)."""
+    from cli_fork import Server
+
+    with Server(env={"OMP_NUM_THREADS": "1"}) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
 def worker(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("kill_worker") / "kill_worker.py"
     path.write_text(WORKER)
@@ -225,16 +233,16 @@ def worker(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def train_ref(tmp_path_factory) -> Path:
+def train_ref(server, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("kill_ref") / "train"
-    run([*TRAIN_ARGS, "--out", out])
+    run(server, [*TRAIN_ARGS, "--out", out])
     return out
 
 
 @pytest.fixture(scope="module")
-def prune_ref(train_ref, tmp_path_factory) -> Path:
+def prune_ref(server, train_ref, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("kill_ref") / "prune"
-    run([*prune_args(train_ref / "model"), "--out", out])
+    run(server, [*prune_args(train_ref / "model"), "--out", out])
     return out
 
 
@@ -260,34 +268,34 @@ def check_after_kill(out: Path, point: dict, ckpt_steps: list[int]) -> None:
 
 
 @pytest.mark.parametrize("point", TRAIN_POINTS, ids=[_id(p) for p in TRAIN_POINTS])
-def test_train_killed_then_resumed_is_bit_identical(point, worker, train_ref, tmp_path):
+def test_train_killed_then_resumed_is_bit_identical(point, server, worker, train_ref, tmp_path):
     out = tmp_path / "run"
     args = [*TRAIN_ARGS, "--out", out]
     if point["kind"] == "signal":
         run_signalled(args, point["after"], point["delay"])
     else:
-        run_killed(worker, point, args)
+        run_killed(server, worker, point, args)
         check_after_kill(out, point, TRAIN_CKPTS)
     assert not (out / "model" / "model.json").exists() or point["kind"] == "signal"
     had_checkpoint = (out / "checkpoint.pt").exists()
-    r = run([*args, "--resume"])
+    r = run(server, [*args, "--resume"])
     assert ("resumed from" in r.stdout) == had_checkpoint  # else it starts over, which is also exact
     assert_identical(out, train_ref, ("model.safetensors",))
 
 
 @pytest.mark.parametrize("point", PRUNE_POINTS, ids=[_id(p) for p in PRUNE_POINTS])
-def test_prune_killed_then_resumed_is_bit_identical(point, worker, train_ref, prune_ref, tmp_path):
+def test_prune_killed_then_resumed_is_bit_identical(point, server, worker, train_ref, prune_ref, tmp_path):
     out = tmp_path / "run"
     args = [*prune_args(train_ref / "model"), "--out", out]
     if point["kind"] == "signal":
         run_signalled(args, point["after"], point["delay"])
     else:
-        run_killed(worker, point, args)
+        run_killed(server, worker, point, args)
         every = point.get("checkpoint_every")
         check_after_kill(out, point, checkpoint_steps(PRUNE_EPOCHS, every) if every else
                          checkpoint_steps(PRUNE_EPOCHS, STEPS_PER_EPOCH))
     had_checkpoint = (out / "checkpoint.pt").exists()
-    r = run([*args, "--resume"])
+    r = run(server, [*args, "--resume"])
     assert ("resumed from" in r.stdout) == had_checkpoint  # else it starts over, which is also exact
     assert_identical(out, prune_ref, ("model.safetensors", "masks.safetensors"))
     assert json.loads((out / "summary.json").read_text()) == json.loads((prune_ref / "summary.json").read_text())
@@ -302,14 +310,14 @@ def test_kill_points_cover_the_brief():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_train_killed_twice_at_random_steps(seed, worker, train_ref, tmp_path):
+def test_train_killed_twice_at_random_steps(seed, server, worker, train_ref, tmp_path):
     """Heavier: two kills in a row at random steps (the second one in the resumed run), then a final resume."""
     r = random.Random(seed)
     out = tmp_path / "run"
     args = [*TRAIN_ARGS, "--out", out]
     first = r.randint(2, TRAIN_TOTAL - STEPS_PER_EPOCH)
-    run_killed(worker, {"kind": "step", "n": first}, args)
-    run_killed(worker, {"kind": "step", "n": r.randint(2, 10)}, [*args, "--resume"])
-    run([*args, "--resume"])
+    run_killed(server, worker, {"kind": "step", "n": first}, args)
+    run_killed(server, worker, {"kind": "step", "n": r.randint(2, 10)}, [*args, "--resume"])
+    run(server, [*args, "--resume"])
     assert_identical(out, train_ref, ("model.safetensors",))
     shutil.rmtree(out)
